@@ -1,0 +1,43 @@
+"""dccnext: DCCNeXt, the Dynamic Clustering Convolutional Neural Network (Li et al., AAAI 2025).
+
+Importing this package registers `dccnext_b0` ... `dccnext_b4` with timm.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import CheckpointError, ConfigError, DataError, DCCNeXtError, ImageError  # noqa: E402
+from .models import (  # noqa: E402
+    PAPER_TABLE1,
+    VARIANTS,
+    DCCNeXt,
+    DCCNeXtConfig,
+    DCConv,
+    cluster_conv,
+    cluster_conv_reference,
+    cluster_indices,
+    convformer_to_dccnext,
+    create_dccnext,
+    variant_config,
+    warm_start_from_convformer,
+)
+
+__all__ = [
+    "__version__",
+    "DCConv",
+    "cluster_indices",
+    "cluster_conv",
+    "cluster_conv_reference",
+    "DCCNeXt",
+    "DCCNeXtConfig",
+    "VARIANTS",
+    "PAPER_TABLE1",
+    "variant_config",
+    "create_dccnext",
+    "convformer_to_dccnext",
+    "warm_start_from_convformer",
+    "DCCNeXtError",
+    "ConfigError",
+    "CheckpointError",
+    "DataError",
+    "ImageError",
+]

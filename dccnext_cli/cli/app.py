@@ -1,0 +1,95 @@
+"""The `dccnext` Typer root: built-in commands, plugin commands, and the one place errors become exit 2.
+
+Built-in commands are the modules `dccnext_cli.cli.cmd_*`, each with a `register(app)` function.
+Third-party packages add commands through the entry-point group `dccnext_cli.commands`: the entry
+point may name a `typer.Typer` (added as a command group), a function (added as a command), or a
+`register(app)`-style callable marked with `dccnext_register = True`. A plugin that fails to load
+warns on stderr and the other commands keep working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from importlib.metadata import entry_points
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from ..errors import DCCNeXtError
+
+ENTRY_POINT_GROUP = "dccnext_cli.commands"
+err_console = Console(stderr=True)
+
+
+class DCCNeXtGroup(TyperGroup):
+    """Turns the expected failures (DCCNeXtError) into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DCCNeXtError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise click.exceptions.Exit(2) from None
+
+
+def fail(message: str) -> None:
+    """Stop a command with one clear line and exit status 2 (for checks made in the CLI layer)."""
+    raise DCCNeXtError(message)
+
+
+def _register_builtin(app: typer.Typer) -> None:
+    from .. import cli as cli_pkg
+
+    for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("cmd_"):
+            importlib.import_module(f"{cli_pkg.__name__}.{info.name}").register(app)
+
+
+def _register_plugins(app: typer.Typer) -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if isinstance(obj, typer.Typer):
+                app.add_typer(obj, name=ep.name)
+            elif getattr(obj, "dccnext_register", False):
+                obj(app)
+            elif callable(obj):
+                app.command(name=ep.name)(obj)
+            else:
+                raise TypeError(f"{ep.value} is neither a typer.Typer nor a function")
+        except Exception as e:  # a broken plugin must not break the other commands
+            err_console.print(
+                f"[yellow]warning:[/] plugin command {ep.name!r} ({ep.value}) failed to load: {e}",
+                highlight=False,
+            )
+
+
+def build_app() -> typer.Typer:
+    """A fresh app with every built-in and plugin command (tests build their own)."""
+    app = typer.Typer(
+        cls=DCCNeXtGroup,
+        name="dccnext",
+        help="DCCNeXt, the Dynamic Clustering Convolutional Neural Network (Li et al., AAAI 2025): "
+        "train, evaluate, count, visualise and export it.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    _register_builtin(app)
+    _register_plugins(app)
+    return app
+
+
+def main() -> None:
+    app = build_app()
+    app(prog_name="dccnext")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Options every command shares (shared/spec/design.md): same names, same parsing, same errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from ..models.config import VARIANTS
+
+MIN_SIZE = 32  # px: the stem (stride 4) and three stride-2 downsamplings leave at least one token
+
+console = Console()
+
+
+class Variant(str, Enum):
+    b0 = "b0"
+    b1 = "b1"
+    b2 = "b2"
+    b3 = "b3"
+    b4 = "b4"
+
+
+assert [v.value for v in Variant] == list(VARIANTS)
+
+
+def parse_resolution(value: str | None) -> tuple[int, int] | None:
+    """'224' -> (224, 224); '1280x800' -> (1280, 800) as height x width; at least 32 px each."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    parts = text.split("x") if "x" in text else [text, text]
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise typer.BadParameter(f"{value!r} is not a resolution; write 224 or HEIGHTxWIDTH such as 1280x800")
+    height, width = (int(p) for p in parts)
+    if min(height, width) < MIN_SIZE:
+        raise typer.BadParameter(f"{height}x{width} is too small; height and width must be at least {MIN_SIZE} px")
+    return height, width
+
+
+def parse_int_pair(name: str, minimum: int = 1):
+    """A parser for 'A,B' (one value per DCC stage; a single value applies to both)."""
+
+    def parse(value: str | None) -> tuple[int, int] | None:
+        if value is None:
+            return None
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) not in (1, 2) or not all(p.lstrip("-").isdigit() for p in parts):
+            raise typer.BadParameter(f"{value!r} is not valid; write one integer per DCC stage, e.g. 12,18")
+        ints = [int(p) for p in parts]
+        if any(v < minimum for v in ints):
+            raise typer.BadParameter(f"{name} must be at least {minimum}, got {value}")
+        return (ints[0], ints[0]) if len(ints) == 1 else (ints[0], ints[1])
+
+    return parse
+
+
+VariantOpt = Annotated[Optional[Variant], typer.Option("--variant", help="Model variant: b0, b1, b2, b3 or b4.")]
+ResOpt = Annotated[
+    Optional[str],
+    typer.Option("--res", help="Input size: 224 (square) or HEIGHTxWIDTH such as 1280x800; at least 32 px."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON result on stdout, nothing else.")]
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option("--checkpoint", help="A dccnext .safetensors file (from `train` or `export`).", dir_okay=False),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs instead of refusing.")]
+
+
+def print_json(obj: Any) -> None:
+    """The --json result: one JSON document on stdout, nothing else."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()

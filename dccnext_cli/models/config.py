@@ -1,0 +1,132 @@
+"""The model configuration: every architectural choice of spec sections 2-3 as a named field.
+
+Fields tagged [D] in the spec are decisions of this project where the paper is silent; they are
+options here so that anyone can reproduce a different reading of the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import ConfigError
+
+__all__ = ["DCCNeXtConfig", "VARIANTS", "VARIANT_DROP_PATH", "PAPER_TABLE1", "variant_config"]
+
+SpatialOp = Literal["dcc", "conv"]
+FfnAct = Literal["gelu", "starrelu"]
+
+
+@dataclass(frozen=True)
+class DCCNeXtConfig:
+    """Architecture of one DCCNeXt network.
+
+    Stages 1-2 always mix tokens with a 7x7 depthwise conv; `global_op` picks the spatial op of
+    stages 3-4: `dcc` (the paper) or `conv` (the 7x7 of stages 1-2, a ConvFormer-like control).
+    `cluster_sizes` and `subvector_intervals` hold one value per DCC stage (stage 3, stage 4).
+    """
+
+    dims: tuple[int, ...] = (64, 128, 320, 512)
+    depths: tuple[int, ...] = (3, 3, 9, 3)
+    num_classes: int = 1000
+    in_chans: int = 3
+    global_op: SpatialOp = "dcc"  # [D] spatial op of stages 3-4
+    cluster_sizes: tuple[int, ...] = (12, 18)  # [P] K per DCC stage, counting the centre
+    subvector_intervals: tuple[int, ...] = (8, 8)  # [P] d per DCC stage; 1 = no sub-sampling
+    res_scale: bool = True  # [R] learnable residual scales in stages 3-4 (ConvFormer's res-scale)
+    ffn_act: FfnAct = "gelu"  # [D] ConvFFN activation: exact GELU (eq. 8) or StarReLU (ConvFormer)
+    mixer_expansion: int = 2  # [R] SepConv expansion: spatial op on 2C channels
+    mlp_ratio: int = 4  # [P] ConvFFN hidden width 4C
+    mixer_kernel_size: int = 7  # [P] depthwise kernel of the local stages
+    ffn_kernel_size: int = 3  # [P] ConvFFN depthwise kernel
+    head_mlp_ratio: int = 4  # [R] MLP head hidden width 4*C4
+    drop_path_rate: float = 0.0  # [D] maximum stochastic depth, linear over all blocks
+    drop_rate: float = 0.0  # dropout before the classifier (timm's drop_rate)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "cluster_sizes", tuple(int(k) for k in self.cluster_sizes))
+        object.__setattr__(self, "subvector_intervals", tuple(int(d) for d in self.subvector_intervals))
+        self.validate()
+
+    def validate(self) -> None:
+        if len(self.dims) != 4 or len(self.depths) != 4:
+            raise ConfigError(f"dims and depths need 4 stages each, got dims={self.dims} depths={self.depths}")
+        if any(d < 1 for d in self.dims) or any(d < 1 for d in self.depths):
+            raise ConfigError(f"dims and depths must be positive, got dims={self.dims} depths={self.depths}")
+        if self.global_op not in ("dcc", "conv"):
+            raise ConfigError(f"global_op must be 'dcc' or 'conv', got {self.global_op!r}")
+        if self.ffn_act not in ("gelu", "starrelu"):
+            raise ConfigError(f"ffn_act must be 'gelu' or 'starrelu', got {self.ffn_act!r}")
+        for name in ("cluster_sizes", "subvector_intervals"):
+            values = getattr(self, name)
+            if len(values) != 2:
+                raise ConfigError(f"{name} needs one value per DCC stage (stage 3, stage 4), got {values}")
+            if any(v < 1 for v in values):
+                raise ConfigError(f"{name} must be >= 1, got {values}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    def stage_op(self, stage: int) -> SpatialOp:
+        """Spatial op of stage 0..3: stages 1-2 are local, stages 3-4 are `global_op`."""
+        return "conv" if stage < 2 else self.global_op
+
+    def dcc_params(self, stage: int) -> tuple[int, int]:
+        """(cluster_size, subvector_interval) of DCC stage 2 or 3 (0-based)."""
+        return self.cluster_sizes[stage - 2], self.subvector_intervals[stage - 2]
+
+    def replace(self, **changes: Any) -> "DCCNeXtConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DCCNeXtConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"model config is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("model config must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown model option(s) in config: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+VARIANTS: dict[str, DCCNeXtConfig] = {
+    "b0": DCCNeXtConfig(dims=(32, 64, 160, 256), depths=(3, 3, 5, 2)),
+    "b1": DCCNeXtConfig(dims=(48, 96, 240, 384), depths=(2, 2, 6, 2)),
+    "b2": DCCNeXtConfig(dims=(64, 128, 320, 512), depths=(3, 3, 9, 3)),
+    "b3": DCCNeXtConfig(dims=(96, 192, 384, 576), depths=(3, 12, 18, 3)),
+    "b4": DCCNeXtConfig(dims=(96, 192, 384, 768), depths=(5, 12, 20, 5)),
+}
+
+# [D] The ImageNet recipe's stochastic depth per variant (the model itself defaults to 0, as in timm).
+VARIANT_DROP_PATH: dict[str, float] = {"b0": 0.0, "b1": 0.1, "b2": 0.2, "b3": 0.4, "b4": 0.5}
+
+# The paper's Table 1: parameters (M) and FLOPs (G, multiply-accumulates) at 224.
+PAPER_TABLE1: dict[str, tuple[float, float]] = {
+    "b0": (5.5, 0.8),
+    "b1": (11.4, 1.6),
+    "b2": (26.7, 4.0),
+    "b3": (56.8, 13.0),
+    "b4": (86.7, 15.7),
+}
+
+
+def variant_config(variant: str, **changes: Any) -> DCCNeXtConfig:
+    """The config of a named variant ('b0'..'b4' or 'dccnext_b0'..), with field overrides."""
+    name = variant.removeprefix("dccnext_")
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[name].replace(**changes) if changes else VARIANTS[name]
+

@@ -1,0 +1,397 @@
+"""DCCNeXt: blocks, stages, the network and its timm registration (spec sections 1-3).
+
+The layout mirrors timm's `metaformer.py` (ConvFormer) so that names, feature taps and the head
+match it: stages take and return NCHW maps, blocks work channels-last inside, and the classifier is
+`head.fc.fc2`. Differences from ConvFormer: the spatial op of stages 3-4 is DCConv, and the MLP is a
+ConvFFN (a 3x3 depthwise conv between its two linears).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, trunc_normal_
+from timm.models._builder import build_model_with_cfg
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint, checkpoint_seq
+from timm.models._registry import generate_default_cfgs, register_model
+from timm.models.metaformer import LayerNorm2dNoBias, LayerNormNoBias, MlpHead, Scale, StarReLU
+
+from ..errors import ConfigError
+from .config import DCCNeXtConfig, variant_config
+from .dcconv import DCConv
+
+__all__ = ["DCCNeXt", "DCCNeXtBlock", "DCCNeXtStage", "ConvFFN", "SepMixer", "DepthwiseConv2dNHWC"]
+
+
+class DepthwiseConv2dNHWC(nn.Conv2d):
+    """Depthwise 'same' convolution on a channels-last (B, H, W, C) tensor."""
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool, device=None, dtype=None):
+        super().__init__(
+            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias,
+            device=device, dtype=dtype,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class SepMixer(nn.Module):
+    """ConvFormer's SepConv token mixer, channels-last: Linear C->2C, StarReLU, spatial op, Linear 2C->C."""
+
+    def __init__(self, dim: int, spatial: nn.Module, expansion: int = 2, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        hidden = expansion * dim
+        self.pwconv1 = nn.Linear(dim, hidden, bias=False, **dd)
+        self.act1 = StarReLU(**dd)
+        self.spatial = spatial
+        self.pwconv2 = nn.Linear(hidden, dim, bias=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pwconv2(self.spatial(self.act1(self.pwconv1(x))))
+
+
+class ConvFFN(nn.Module):
+    """Linear C->4C, 3x3 depthwise conv (with bias), activation, Linear 4C->C (paper eqs. 7-8)."""
+
+    def __init__(self, dim: int, ratio: int = 4, kernel_size: int = 3, act: str = "gelu", device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        hidden = ratio * dim
+        self.fc1 = nn.Linear(dim, hidden, bias=False, **dd)
+        self.dwconv = DepthwiseConv2dNHWC(hidden, kernel_size, bias=True, **dd)
+        self.act = nn.GELU() if act == "gelu" else StarReLU(**dd)
+        self.fc2 = nn.Linear(hidden, dim, bias=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.dwconv(self.fc1(x))))
+
+
+class DCCNeXtBlock(nn.Module):
+    """Pre-norm MetaFormer block on (B, H, W, C): x = rs1*x + mixer(LN(x)); x = rs2*x + ffn(LN(x))."""
+
+    def __init__(
+            self,
+            dim: int,
+            spatial: nn.Module,
+            cfg: DCCNeXtConfig,
+            res_scale: bool,
+            drop_path: float = 0.0,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.norm1 = LayerNormNoBias(dim, eps=1e-6, **dd)
+        self.token_mixer = SepMixer(dim, spatial, cfg.mixer_expansion, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.res_scale1 = Scale(dim, use_nchw=False, **dd) if res_scale else nn.Identity()
+        self.norm2 = LayerNormNoBias(dim, eps=1e-6, **dd)
+        self.mlp = ConvFFN(dim, cfg.mlp_ratio, cfg.ffn_kernel_size, cfg.ffn_act, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.res_scale2 = Scale(dim, use_nchw=False, **dd) if res_scale else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_scale1(x) + self.drop_path1(self.token_mixer(self.norm1(x)))
+        x = self.res_scale2(x) + self.drop_path2(self.mlp(self.norm2(x)))
+        return x
+
+
+class DCCNeXtStage(nn.Module):
+    """Optional downsampling (LN, 3x3 stride-2 conv) then blocks; NCHW in and out, NHWC inside."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stage_index: int,
+            cfg: DCCNeXtConfig,
+            dp_rates: list[float],
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.grad_checkpointing = False
+        if stage_index == 0:
+            self.downsample = nn.Identity()
+        else:
+            self.downsample = nn.Sequential(OrderedDict([
+                ("norm", LayerNorm2dNoBias(in_chs, eps=1e-6, **dd)),
+                ("conv", nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=2, padding=1, **dd)),
+            ]))
+        op = cfg.stage_op(stage_index)
+        hidden = cfg.mixer_expansion * out_chs
+        res_scale = cfg.res_scale and stage_index >= 2
+
+        def spatial() -> nn.Module:
+            if op == "dcc":
+                k, d = cfg.dcc_params(stage_index)
+                return DCConv(hidden, cluster_size=k, subvector_interval=d, **dd)
+            return DepthwiseConv2dNHWC(hidden, cfg.mixer_kernel_size, bias=False, **dd)
+
+        self.blocks = nn.Sequential(*[
+            DCCNeXtBlock(out_chs, spatial(), cfg, res_scale=res_scale, drop_path=dp_rates[i], **dd)
+            for i in range(cfg.depths[stage_index])
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x).permute(0, 2, 3, 1)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)
+
+
+class DCCNeXt(nn.Module):
+    """The DCCNeXt classifier. Build it from a `DCCNeXtConfig` or keyword fields of one.
+
+    Mirrors timm's MetaFormer API: `forward_features` (NCHW map), `forward_head`,
+    `forward_intermediates`, `reset_classifier`, `set_grad_checkpointing`, `group_matcher`.
+    """
+
+    def __init__(self, config: DCCNeXtConfig | None = None, device=None, dtype=None, **kwargs: Any):
+        super().__init__()
+        kwargs.pop("pretrained_cfg", None)
+        if "global_pool" in kwargs and kwargs.pop("global_pool") not in ("avg", None):
+            raise ConfigError("DCCNeXt supports only global_pool='avg'")
+        cfg = (config or DCCNeXtConfig()).replace(**kwargs) if kwargs else (config or DCCNeXtConfig())
+        self.config = cfg
+        dd = {"device": device, "dtype": dtype}
+        dims = cfg.dims
+        self.num_classes = cfg.num_classes
+        self.in_chans = cfg.in_chans
+        self.num_features = dims[-1]
+        self.head_hidden_size = dims[-1]
+        self.drop_rate = cfg.drop_rate
+        self.num_stages = len(dims)
+        self.grad_checkpointing = False
+
+        self.stem = nn.Sequential(OrderedDict([
+            ("conv", nn.Conv2d(cfg.in_chans, dims[0], kernel_size=7, stride=4, padding=2, **dd)),
+            ("norm", LayerNorm2dNoBias(dims[0], eps=1e-6, **dd)),
+        ]))
+        total = sum(cfg.depths)
+        rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # timm: linear from 0
+        stages, self.feature_info, start, prev = [], [], 0, dims[0]
+        for i in range(self.num_stages):
+            stages.append(DCCNeXtStage(prev, dims[i], i, cfg, rates[start:start + cfg.depths[i]], **dd))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f"stages.{i}"))
+            start += cfg.depths[i]
+            prev = dims[i]
+        self.stages = nn.Sequential(*stages)
+
+        self.head = nn.Sequential(OrderedDict([
+            ("global_pool", SelectAdaptivePool2d(pool_type="avg")),
+            ("norm", LayerNorm2d(self.num_features, eps=1e-6, **dd)),
+            ("flatten", nn.Flatten(1)),
+            ("drop", nn.Dropout(cfg.drop_rate)),
+            ("fc", self._make_classifier(cfg.num_classes, **dd)),
+        ]))
+        self.apply(self._init_weights)
+
+    def _make_classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        return MlpHead(self.num_features, num_classes, mlp_ratio=self.config.head_mlp_ratio, device=device, dtype=dtype)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, DCConv):
+            m.reset_parameters()
+
+    # ----------------------------------------------------------------- timm model API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """1-D parameters (norms, biases, res-scales, StarReLU scalars, DCConv bias): no weight decay."""
+        return {name for name, p in self.named_parameters() if p.ndim <= 1}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^head\.norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "avg"):
+            raise ConfigError("DCCNeXt supports only global_pool='avg'")
+        self.num_classes = num_classes
+        self.config = self.config.replace(num_classes=num_classes)
+        ref = next(self.parameters())
+        self.head.fc = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype)
+        self.head.fc.apply(self._init_weights)
+
+    def dcconv_layers(self) -> Iterator[tuple[int, DCConv]]:
+        """(1-based block number over the whole network, layer) for every DCConv, as the paper counts."""
+        number = 0
+        for stage in self.stages:
+            for block in stage.blocks:
+                number += 1
+                if isinstance(block.token_mixer.spatial, DCConv):
+                    yield number, block.token_mixer.spatial
+
+    def keep_cluster_indices(self, enable: bool = True) -> None:
+        """Ask every DCConv to keep its last cluster indices (`last_indices`), or to stop keeping them."""
+        for _, layer in self.dcconv_layers():
+            layer.keep_indices = enable
+            if not enable:
+                layer.last_indices = None
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (NCHW, strides 4-32) for `indices`, as in timm's models."""
+        if output_fmt != "NCHW":
+            raise ValueError("output_fmt must be 'NCHW'")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.stem(x)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        for feat_idx, stage in enumerate(stages):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(stage, x)
+            else:
+                x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if max_index < len(self.feature_info) - 1:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.head.norm = nn.Identity()
+            self.head.fc = nn.Identity()
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head.global_pool(x)
+        x = self.head.norm(x)
+        x = self.head.flatten(x)
+        x = self.head.drop(x)
+        return x if pre_logits else self.head.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# --------------------------------------------------------------------- timm registration
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "classifier": "head.fc.fc2",
+        "first_conv": "stem.conv",
+        "license": "apache-2.0",
+        "paper_ids": "DCCNeXt (Li et al., AAAI 2025)",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"dccnext_{v}": _cfg() for v in ("b0", "b1", "b2", "b3", "b4")})
+
+
+def _create_dccnext(variant: str, pretrained: bool = False, **kwargs: Any) -> DCCNeXt:
+    from .pretrained import checkpoint_filter_fn, prepare_pretrained_kwargs
+
+    if pretrained:
+        kwargs = prepare_pretrained_kwargs(variant, kwargs)
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    config = variant_config(variant)
+    return build_model_with_cfg(
+        DCCNeXt,
+        variant,
+        pretrained,
+        config=config,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+@register_model
+def dccnext_b0(pretrained: bool = False, **kwargs: Any) -> DCCNeXt:
+    """DCCNeXt-B0: dims 32-64-160-256, depths 3-3-5-2."""
+    return _create_dccnext("dccnext_b0", pretrained, **kwargs)
+
+
+@register_model
+def dccnext_b1(pretrained: bool = False, **kwargs: Any) -> DCCNeXt:
+    """DCCNeXt-B1: dims 48-96-240-384, depths 2-2-6-2."""
+    return _create_dccnext("dccnext_b1", pretrained, **kwargs)
+
+
+@register_model
+def dccnext_b2(pretrained: bool = False, **kwargs: Any) -> DCCNeXt:
+    """DCCNeXt-B2: ConvFormer-S18's skeleton, dims 64-128-320-512, depths 3-3-9-3."""
+    return _create_dccnext("dccnext_b2", pretrained, **kwargs)
+
+
+@register_model
+def dccnext_b3(pretrained: bool = False, **kwargs: Any) -> DCCNeXt:
+    """DCCNeXt-B3: ConvFormer-M36's skeleton, dims 96-192-384-576, depths 3-12-18-3."""
+    return _create_dccnext("dccnext_b3", pretrained, **kwargs)
+
+
+@register_model
+def dccnext_b4(pretrained: bool = False, **kwargs: Any) -> DCCNeXt:
+    """DCCNeXt-B4: dims 96-192-384-768, depths 5-12-20-5."""
+    return _create_dccnext("dccnext_b4", pretrained, **kwargs)
+
+
+def create_dccnext(variant: str, **kwargs: Any) -> DCCNeXt:
+    """Build a variant ('b0'..'b4') directly from its config, with config field overrides."""
+    return DCCNeXt(variant_config(variant, **kwargs))

@@ -1,0 +1,132 @@
+"""Loading weights: local dccnext files through timm, and the warm start from ConvFormer.
+
+No DCCNeXt weights are published yet. DCCNeXt-B2 and -B3 share the skeletons of timm's
+`convformer_s18` and `convformer_m36`, so their ImageNet weights give everything but the DCConv
+kernels and the ConvFFN depthwise convs, which stay at their init.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError
+
+__all__ = ["WarmStartReport", "convformer_to_dccnext", "warm_start_from_convformer", "checkpoint_filter_fn"]
+
+
+@dataclass
+class WarmStartReport:
+    """What a warm start did: keys mapped, source keys with no place, target keys left at init."""
+
+    mapped: list[str] = field(default_factory=list)
+    unused_source: list[str] = field(default_factory=list)
+    left_at_init: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"mapped {len(self.mapped)} tensors; {len(self.left_at_init)} left at init "
+            f"(DCConv, ConvFFN depthwise convs, ...); {len(self.unused_source)} ConvFormer tensors unused"
+        )
+
+
+def _is_convformer(state_dict: dict[str, torch.Tensor]) -> bool:
+    return any(k.endswith("token_mixer.pwconv1.weight") and v.ndim == 4 for k, v in state_dict.items())
+
+
+def _rename(key: str) -> str:
+    # ConvFormer's depthwise 7x7 is `token_mixer.dwconv`; ours is `token_mixer.spatial` in every stage.
+    return re.sub(r"token_mixer\.dwconv\.", "token_mixer.spatial.", key)
+
+
+def convformer_to_dccnext(
+        state_dict: dict[str, torch.Tensor],
+        model: nn.Module,
+) -> tuple[dict[str, torch.Tensor], WarmStartReport]:
+    """Map a ConvFormer state dict onto `model`'s names and shapes (1x1 convs become linears).
+
+    A tensor is taken only where the name and element count fit; the rest is reported.
+    """
+    target = model.state_dict()
+    report = WarmStartReport()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = _rename(key)
+        dest = target.get(name)
+        if dest is None or dest.numel() != value.numel() or (dest.ndim == 4 and dest.shape != value.shape):
+            report.unused_source.append(key)
+            continue
+        out[name] = value.reshape(dest.shape).to(dest.dtype)
+        report.mapped.append(name)
+    report.left_at_init = sorted(set(target) - set(out))
+    return out, report
+
+
+def warm_start_from_convformer(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> WarmStartReport:
+    """Load ConvFormer weights into a DCCNeXt in place; returns what was and was not mapped."""
+    if not _is_convformer(state_dict):
+        raise CheckpointError(
+            "that state dict is not a ConvFormer's (no 1x1-conv token_mixer.pwconv1); "
+            "pass timm's convformer_s18 weights for dccnext_b2 or convformer_m36 for dccnext_b3"
+        )
+    mapped, report = convformer_to_dccnext(state_dict, model)
+    if not report.mapped:
+        raise CheckpointError("no ConvFormer tensor fits this DCCNeXt; b2 pairs with convformer_s18, b3 with m36")
+    model.load_state_dict(mapped, strict=False)
+    return report
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's pretrained filter: dccnext state dicts pass through; ConvFormer ones are mapped.
+
+    Keys a ConvFormer cannot provide are filled from the model's own init, so timm's strict load works.
+    """
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    if not _is_convformer(state_dict):
+        return state_dict
+    mapped, report = convformer_to_dccnext(state_dict, model)
+    import logging
+
+    logging.getLogger(__name__).info("ConvFormer warm start: %s", report.summary())
+    own = model.state_dict()
+    return {**{k: own[k] for k in report.left_at_init}, **mapped}
+
+
+def prepare_pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Check that pretrained=True has a local file, and take num_classes/config from a dccnext file.
+
+    timm would silently fall back to random weights; we say plainly that none are published.
+    """
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    file = overlay.get("file")
+    if not file:
+        raise CheckpointError(
+            f"no public {variant} weights exist yet; pass a local file: timm.create_model('{variant}', "
+            "pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors')), or warm-start b2/b3 "
+            "from ConvFormer weights with dccnext_cli.warm_start_from_convformer"
+        )
+    if str(file).endswith(".safetensors"):
+        from ..checkpoint import read_meta
+
+        try:
+            meta = read_meta(file)
+        except CheckpointError:
+            meta = None  # a plain safetensors state dict (e.g. ConvFormer's): timm loads it as is
+        if meta is not None:
+            if meta.variant not in (variant, variant.removeprefix("dccnext_")):
+                raise CheckpointError(
+                    f"{file} holds dccnext_{meta.variant.removeprefix('dccnext_')} weights, not {variant}; "
+                    f"create that model instead"
+                )
+            # Keep the trained classifier: timm drops it when num_classes differs from the cfg's.
+            overlay.setdefault("num_classes", meta.num_classes)
+            kwargs = {**kwargs, "pretrained_cfg_overlay": overlay}
+            for name in ("cluster_sizes", "subvector_intervals", "global_op", "res_scale", "ffn_act"):
+                kwargs.setdefault(name, getattr(meta.config, name))
+            kwargs.setdefault("num_classes", meta.num_classes)
+    return kwargs
