@@ -1,0 +1,44 @@
+"""Shared test setup: offline Hugging Face, a private HF cache, few threads, and the CLI runner."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import dccnext_cli  # noqa: E402,F401  (registers the timm models)
+
+
+@pytest.fixture(autouse=True)
+def _hf_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cli_app():
+    from dccnext_cli.cli.app import build_app
+
+    return build_app()
+
+
+@pytest.fixture
+def run_cli(cli_app):
+    """Invoke the CLI in-process; returns the Click result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(cli_app, [str(a) for a in args], catch_exceptions=False)
+
+    return run
