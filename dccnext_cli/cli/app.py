@@ -66,6 +66,7 @@ def _register_plugins(app: typer.Typer) -> None:
             err_console.print(
                 f"[yellow]warning:[/] plugin command {ep.name!r} ({ep.value}) failed to load: {e}",
                 highlight=False,
+                soft_wrap=True,
             )
 
 
