@@ -68,3 +68,16 @@ def test_python_dash_m_runs_the_cli():
     )
     assert proc.returncode == 0, proc.stderr
     assert '"params": 5206978' in proc.stdout
+
+
+def test_expected_errors_become_one_line_and_exit_2(plugin_site):
+    (plugin_site / "dccnext_failing_plugin.py").write_text(
+        "from dccnext_cli.errors import CheckpointError\n"
+        "def boom():\n"
+        "    raise CheckpointError('model.safetensors is truncated; re-export it')\n"
+    )
+    install_fake_distribution(plugin_site, "boom = dccnext_failing_plugin:boom\n")
+    result = CliRunner().invoke(build_app(), ["boom"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: model.safetensors is truncated; re-export it"
+    assert "Traceback" not in result.output
