@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -68,7 +69,7 @@ class CheckpointMeta:
         return meta
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str], path: Path) -> "CheckpointMeta":
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> CheckpointMeta:
         if meta.get("format") != FORMAT:
             raise CheckpointError(
                 f"{path} is not a dccnext checkpoint (metadata format={meta.get('format')!r}, "

@@ -123,7 +123,15 @@ def count_model(
     totals = _module_totals(counter.get_flop_counts())
 
     def counted(prefix: str) -> int:
-        return totals.get(f"{root}.{prefix}" if prefix else root, 0)
+        """Counts under a module path. Counts nest (a parent includes its children), but a module that is
+        never called itself (the head, whose parts forward_head calls one by one) has no entry: sum its
+        outermost called descendants instead."""
+        path = f"{root}.{prefix}" if prefix else root
+        if path in totals:
+            return totals[path]
+        inside = [k for k in totals if k.startswith(path + ".")]
+        outermost = [k for k in inside if not any(k.startswith(o + ".") for o in inside)]
+        return sum(totals[k] for k in outermost)
 
     report_parts = []
     for label, prefix in parts.items():

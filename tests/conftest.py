@@ -13,6 +13,8 @@ import torch  # noqa: E402
 
 import dccnext_cli  # noqa: E402,F401  (registers the timm models)
 
+_BOX = str.maketrans({c: " " for c in "│╭╮╰╯─┃━"})
+
 
 @pytest.fixture(autouse=True)
 def _hf_home(tmp_path_factory, monkeypatch):
@@ -39,6 +41,9 @@ def run_cli(cli_app):
     runner = CliRunner()
 
     def run(*args: str):
-        return runner.invoke(cli_app, [str(a) for a in args], catch_exceptions=False)
+        result = runner.invoke(cli_app, [str(a) for a in args], catch_exceptions=False)
+        # Rich wraps usage errors in a box: `.text` is the output as one plain line, for message checks.
+        result.text = " ".join(result.output.translate(_BOX).split())
+        return result
 
     return run

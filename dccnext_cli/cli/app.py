@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 import sys
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Annotated, Any
 
 import click
 import typer
@@ -66,6 +66,7 @@ def _register_plugins(app: typer.Typer) -> None:
             err_console.print(
                 f"[yellow]warning:[/] plugin command {ep.name!r} ({ep.value}) failed to load: {e}",
                 highlight=False,
+                soft_wrap=True,
             )
 
 
@@ -81,9 +82,26 @@ def build_app() -> typer.Typer:
         pretty_exceptions_show_locals=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
+    app.callback()(_root)
     _register_builtin(app)
     _register_plugins(app)
     return app
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"dccnext {__version__}")
+        raise typer.Exit()
+
+
+def _root(
+        version: Annotated[
+            bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        ] = False,
+) -> None:
+    """DCCNeXt, the Dynamic Clustering Convolutional Neural Network (Li et al., AAAI 2025)."""
 
 
 def main() -> None:

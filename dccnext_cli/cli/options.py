@@ -29,17 +29,21 @@ class Variant(str, Enum):
 assert [v.value for v in Variant] == list(VARIANTS)
 
 
-def parse_resolution(value: str | None) -> tuple[int, int] | None:
+def parse_resolution(value: str | None, option: str = "--res") -> tuple[int, int] | None:
     """'224' -> (224, 224); '1280x800' -> (1280, 800) as height x width; at least 32 px each."""
     if value is None:
         return None
     text = value.strip().lower()
     parts = text.split("x") if "x" in text else [text, text]
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise typer.BadParameter(f"{value!r} is not a resolution; write 224 or HEIGHTxWIDTH such as 1280x800")
+        raise typer.BadParameter(
+            f"{value!r} is not a resolution; write 224 or HEIGHTxWIDTH such as 1280x800", param_hint=f"'{option}'"
+        )
     height, width = (int(p) for p in parts)
     if min(height, width) < MIN_SIZE:
-        raise typer.BadParameter(f"{height}x{width} is too small; height and width must be at least {MIN_SIZE} px")
+        raise typer.BadParameter(
+            f"{height}x{width} is too small; height and width must be at least {MIN_SIZE} px", param_hint=f"'{option}'"
+        )
     return height, width
 
 
@@ -51,10 +55,12 @@ def parse_int_pair(name: str, minimum: int = 1):
             return None
         parts = [p.strip() for p in value.split(",")]
         if len(parts) not in (1, 2) or not all(p.lstrip("-").isdigit() for p in parts):
-            raise typer.BadParameter(f"{value!r} is not valid; write one integer per DCC stage, e.g. 12,18")
+            raise typer.BadParameter(
+                f"{value!r} is not valid; write one integer per DCC stage, e.g. 12,18", param_hint=f"'{name}'"
+            )
         ints = [int(p) for p in parts]
         if any(v < minimum for v in ints):
-            raise typer.BadParameter(f"{name} must be at least {minimum}, got {value}")
+            raise typer.BadParameter(f"must be at least {minimum}, got {value}", param_hint=f"'{name}'")
         return (ints[0], ints[0]) if len(ints) == 1 else (ints[0], ints[1])
 
     return parse
@@ -65,7 +71,9 @@ ResOpt = Annotated[
     Optional[str],
     typer.Option("--res", help="Input size: 224 (square) or HEIGHTxWIDTH such as 1280x800; at least 32 px."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON result on stdout, nothing else.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one machine-readable JSON result on stdout, nothing else.")
+]
 CheckpointOpt = Annotated[
     Optional[Path],
     typer.Option("--checkpoint", help="A dccnext .safetensors file (from `train` or `export`).", dir_okay=False),

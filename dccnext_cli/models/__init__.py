@@ -1,8 +1,8 @@
 """The DCCNeXt model core: the DCConv operator, the network, its config and weights loading."""
 
 from .config import PAPER_TABLE1, VARIANT_DROP_PATH, VARIANTS, DCCNeXtConfig, variant_config
-from .dcconv import DCConv, cluster_conv, cluster_conv_reference, cluster_indices
 from .dccnext import DCCNeXt, create_dccnext
+from .dcconv import DCConv, cluster_conv, cluster_conv_reference, cluster_indices
 from .pretrained import WarmStartReport, convformer_to_dccnext, warm_start_from_convformer
 
 __all__ = [

@@ -78,7 +78,7 @@ class DCCNeXtConfig:
         """(cluster_size, subvector_interval) of DCC stage 2 or 3 (0-based)."""
         return self.cluster_sizes[stage - 2], self.subvector_intervals[stage - 2]
 
-    def replace(self, **changes: Any) -> "DCCNeXtConfig":
+    def replace(self, **changes: Any) -> DCCNeXtConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(f"unknown model option(s): {', '.join(sorted(unknown))}")
@@ -88,7 +88,7 @@ class DCCNeXtConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "DCCNeXtConfig":
+    def from_json(cls, text: str) -> DCCNeXtConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

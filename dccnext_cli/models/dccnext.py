@@ -9,7 +9,8 @@ ConvFFN (a 3x3 depthwise conv between its two linears).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn

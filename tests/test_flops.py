@@ -1,0 +1,113 @@
+"""The cost model against the spec's per-block formula (section 5) and the paper's Table 1."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dccnext_cli.flops import count_variant, dcconv_macs
+from dccnext_cli.models.config import PAPER_TABLE1, variant_config
+
+
+def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def formula_macs(variant: str, height: int, width: int, ks=(12, 18), ds=(8, 8), num_classes: int = 1000) -> int:
+    """MACs from the spec's per-block rule plus stem, downsampling and head, written out by hand."""
+    cfg = variant_config(variant)
+    dims, depths = cfg.dims, cfg.depths
+    h, w = conv_out(height, 7, 4, 2), conv_out(width, 7, 4, 2)
+    total = 3 * dims[0] * 49 * h * w  # stem
+    for i, (c, depth) in enumerate(zip(dims, depths, strict=True)):
+        if i:
+            h, w = conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
+            total += dims[i - 1] * c * 9 * h * w  # downsampling conv
+        n = h * w
+        for _ in range(depth):
+            block = 12 * c * c * n + 36 * c * n  # four linears + ConvFFN depthwise 3x3
+            if i < 2:
+                block += 98 * c * n  # 7x7 depthwise on 2C
+            else:
+                k, d = ks[i - 2], ds[i - 2]
+                block += n * n * math.ceil(2 * c / d) + n * min(k, n) * 2 * c
+            total += block
+    c4 = dims[-1]
+    return total + c4 * 4 * c4 + 4 * c4 * num_classes  # MLP head
+
+
+@pytest.mark.parametrize(
+    "variant,res,ks,ds",
+    [("b0", (224, 224), (12, 18), (8, 8)), ("b2", (1280, 800), (12, 18), (8, 1)), ("b1", (96, 160), (18, 18), (3, 5))],
+)
+def test_counter_matches_the_per_block_formula(variant, res, ks, ds):
+    report = count_variant(variant, res, cluster_sizes=ks, subvector_intervals=ds)
+    assert report.flops_per_image == formula_macs(variant, *res, ks=ks, ds=ds)
+
+
+def test_dcconv_rule_rounds_channels_up_and_clamps_k():
+    assert dcconv_macs(196, 640, 12, 8) == (196 * 196 * 80, 196 * 12 * 640)
+    assert dcconv_macs(9, 10, 18, 3) == (81 * 4, 9 * 9 * 10)
+
+
+@pytest.mark.parametrize("variant", ["b1", "b2", "b3", "b4"])
+def test_table1_flops_within_3_percent(variant):
+    report = count_variant(variant)
+    paper_params, paper_flops = PAPER_TABLE1[variant]
+    assert abs(report.flops / 1e9 - paper_flops) / paper_flops < 0.03
+    assert report.params == sum(p.params for p in report.parts)
+
+
+def test_batch_size_multiplies_totals():
+    one, four = count_variant("b0", (64, 64)), count_variant("b0", (64, 64), batch_size=4)
+    assert four.flops == 4 * one.flops and four.params == one.params
+
+
+def test_flops_json_for_one_variant(run_cli):
+    result = run_cli("flops", "--variant", "b1", "--res", "1280x800", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert isinstance(data["params"], int) and isinstance(data["flops"], int)
+    assert data["resolution"] == [1280, 800] and data["variant"] == "b1"
+    assert data["flops"] == formula_macs("b1", 1280, 800)
+    assert [p["name"] for p in data["parts"]] == ["stem", "stage 1", "stage 2", "stage 3", "stage 4", "head"]
+    assert data["parts"][3]["grid"] == [80, 50]
+
+
+def test_flops_json_for_all_variants_with_options(run_cli):
+    result = run_cli("flops", "--json", "--cluster-size", "9,9", "--subvector-interval", "1", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [d["variant"] for d in data] == ["b0", "b1", "b2", "b3", "b4"]
+    for d in data:
+        assert d["flops"] == 2 * formula_macs(d["variant"], 224, 224, ks=(9, 9), ds=(1, 1))
+        assert d["config"]["cluster_sizes"] == [9, 9]
+
+
+def test_flops_tables_show_the_paper_and_the_counting_rule(run_cli):
+    table = run_cli("flops")
+    assert table.exit_code == 0
+    assert "Table 1" in table.stdout and "26.67" in table.stdout and "26.7" in table.stdout
+    assert "rule" in table.stdout
+    breakdown = run_cli("flops", "--variant", "b2")
+    assert breakdown.exit_code == 0 and "stage 3" in breakdown.stdout and "14x14" in breakdown.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--variant", "b9"], "'b9' is not one of"),
+        (["--res", "1280by800"], "'1280by800' is not a resolution"),
+        (["--res", "16"], "at least 32 px"),
+        (["--cluster-size", "0"], "must be at least 1"),
+        (["--subvector-interval", "a,b"], "one integer per DCC stage"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(run_cli, args, message):
+    result = run_cli("flops", *args)
+    assert result.exit_code == 2
+    assert message in result.text
+    assert "Traceback" not in result.output
