@@ -374,10 +374,13 @@ def _write_torchscript(module, reference, out: Path, resolution, inputs, dtype: 
 
     example = _example(reference if isinstance(reference, DCCNeXt) else reference.model, resolution, dtype)
     with torch.no_grad(), warnings.catch_warnings():
+        # TracerWarnings flag the Python ints (K, loop bounds) that are constant from MIN_EXPORT_SIZE up;
+        # torch 2.14 marks torch.jit as deprecated but it is still what many runtimes load.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module, example)
-    atomic_write(out, lambda tmp: torch.jit.save(traced, tmp))
-    loaded = torch.jit.load(str(out))
+        atomic_write(out, lambda tmp: torch.jit.save(traced, tmp))
+        loaded = torch.jit.load(str(out))
     return check_torch(loaded, reference, inputs, dtype)
 
 
