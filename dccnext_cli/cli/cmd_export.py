@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from ..export import MIN_EXPORT_SIZE, ExportResult, export_model, load_source
-from .options import CheckpointOpt, JsonOpt, OverwriteOpt, ResOpt, VariantOpt, console, parse_resolution, print_json
+from .options import CheckpointOpt, JsonOpt, OverwriteOpt, VariantOpt, console, parse_resolution, print_json
 
 
 class Format(str, Enum):
@@ -48,7 +48,10 @@ def export(
         ] = False,
         half: Annotated[bool, typer.Option("--half", help="float16 weights (not ONNX).")] = False,
         bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 weights (not ONNX).")] = False,
-        res: ResOpt = None,
+        res: Annotated[
+            Optional[str],
+            typer.Option("--res", help=f"Check (and trace) size: 224 or HEIGHTxWIDTH; at least {MIN_EXPORT_SIZE} px."),
+        ] = None,
         overwrite: OverwriteOpt = False,
         json_out: JsonOpt = False,
 ) -> None:
