@@ -102,6 +102,9 @@ def prepare_pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str,
 
     timm would silently fall back to random weights; we say plainly that none are published.
     """
+    cfg = kwargs.get("pretrained_cfg")
+    if isinstance(cfg, dict) and cfg.get("source") in ("local-dir", "hf-hub"):
+        return kwargs  # a timm folder / Hub repo: its config.json carries num_classes and model_args
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     file = overlay.get("file")
     if not file:

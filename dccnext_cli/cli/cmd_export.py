@@ -1,0 +1,88 @@
+"""`dccnext export`: safetensors, a timm folder, ONNX, TorchScript or torch.export, each checked against eager."""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..export import MIN_EXPORT_SIZE, ExportResult, export_model, load_source
+from .options import CheckpointOpt, JsonOpt, OverwriteOpt, VariantOpt, console, parse_resolution, print_json
+
+
+class Format(str, Enum):
+    safetensors = "safetensors"
+    timm = "timm"
+    onnx = "onnx"
+    torchscript = "torchscript"
+    exported_program = "exported-program"
+
+
+def _render(result: ExportResult) -> None:
+    table = Table(title=f"{result.format} -> {result.path} ({result.dtype})", title_justify="left")
+    for column in ("check input", "max abs diff", "tolerance", "cluster swaps", "ok"):
+        table.add_column(column, justify="right")
+    for c in result.checks:
+        swaps = f"{c.swapped_slots}/{c.total_slots}" if c.total_slots else ""
+        table.add_row("x".join(map(str, c.shape)), f"{c.max_abs_diff:.2e}", f"{c.tolerance:g}", swaps,
+                      "[green]yes[/]" if c.ok else "[red]no[/]")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[dim]{note}[/]", highlight=False)
+    if any(c.swapped_slots for c in result.checks):
+        console.print("[dim]cluster swaps: near-tie neighbours ordered differently by onnxruntime's kernels; "
+                      "the tolerance holds on the samples without one[/]", highlight=False)
+
+
+def export(
+        output: Annotated[Path, typer.Option("-o", "--output", help="File to write (a folder for --format timm).")],
+        fmt: Annotated[Format, typer.Option("--format", help="What to write.", case_sensitive=False)],
+        checkpoint: CheckpointOpt = None,
+        variant: VariantOpt = None,
+        features: Annotated[
+            bool, typer.Option("--features", help="Export the four-stage backbone (strides 4-32), not the classifier.")
+        ] = False,
+        half: Annotated[bool, typer.Option("--half", help="float16 weights (not ONNX).")] = False,
+        bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 weights (not ONNX).")] = False,
+        res: Annotated[
+            Optional[str],
+            typer.Option("--res", help=f"Check (and trace) size: 224 or HEIGHTxWIDTH; at least {MIN_EXPORT_SIZE} px."),
+        ] = None,
+        overwrite: OverwriteOpt = False,
+        json_out: JsonOpt = False,
+) -> None:
+    """Export a checkpoint (or a freshly initialised --variant) and prove it equal to the eager model.
+
+    Formats: safetensors (the dccnext weights file; timm loads it by name), timm (a folder with config.json
+    and model.safetensors for timm.create_model("local-dir:FOLDER", pretrained=True) and the Hugging Face Hub),
+    onnx (opset 18, dynamo exporter), torchscript (traced), exported-program (torch.export, .pt2).
+    Graph formats have a dynamic batch and dynamic height/width of at least 160 px (from there K is a
+    constant of the graph). After writing, the file is loaded back and compared with the eager model;
+    --res sets the check size (default: the checkpoint's input_size, else 224).
+    """
+    if half and bf16:
+        raise typer.BadParameter("choose one of --half and --bf16", param_hint="--half/--bf16")
+    resolution = parse_resolution(res)
+    if resolution is not None and min(resolution) < MIN_EXPORT_SIZE:
+        raise typer.BadParameter(f"exports need at least {MIN_EXPORT_SIZE} px (stage 4 must hold K tokens)",
+                                 param_hint="--res")
+    model, meta = load_source(checkpoint, variant.value if variant else None)
+    dtype = "float16" if half else "bfloat16" if bf16 else "float32"
+    status = console.status(f"exporting to {fmt.value} and checking it against the eager model", spinner="dots")
+    with contextlib.nullcontext() if json_out else status:
+        result = export_model(model, meta, fmt.value, output, features=features, dtype=dtype,
+                              resolution=resolution, overwrite=overwrite)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        _render(result)
+        if not result.ok:
+            console.print("[yellow]warning:[/] reduced precision exceeds its tolerance on these inputs")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

@@ -1,0 +1,469 @@
+"""Export a DCCNeXt to safetensors, a timm folder, ONNX, TorchScript or a torch.export program.
+
+Every export is checked against the eager model before it is moved into place: the file is loaded
+back the way a user would load it (timm, onnxruntime, `torch.jit.load`, `torch.export.load`) and its
+outputs are compared on seeded inputs of two shapes (batch 1 at the export size, batch 2 at a
+second size), which also proves the dynamic batch and height/width axes.
+
+Why a minimum input size: the clustering keeps K' = min(K, N) neighbours per token. From 160 px up,
+stage 4 has at least 5x5 = 25 tokens, more than its K = 18, so K is a constant of the graph (TensorRT
+needs a constant TopK k) and one exported graph serves every size above it.
+
+ONNX and near ties: top-k is discontinuous. onnxruntime computes the same distances with other
+kernels, so two candidates whose distances agree to ~1e-7 can swap places, and the logits then move
+by ~1e-3. The ONNX check therefore also reads the cluster indices out of the graph's TopK nodes and
+holds the outputs to the tolerance on the samples whose clusters all agree, counting the swaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointMeta, atomic_write, model_from_checkpoint, save_weights
+from .errors import ConfigError, DCCNeXtError, OutputExistsError
+from .models import dcconv
+from .models.config import variant_config
+from .models.dccnext import DCCNeXt
+
+__all__ = [
+    "FORMATS",
+    "MIN_EXPORT_SIZE",
+    "ONNX_OPSET",
+    "ExportError",
+    "ParityCheck",
+    "ExportResult",
+    "load_source",
+    "export_model",
+    "topk_cluster_indices",
+]
+
+FORMATS = ("safetensors", "timm", "onnx", "torchscript", "exported-program")
+MIN_EXPORT_SIZE = 160  # px: stage 4 then has >= 25 tokens > K = 18, so K is constant in the graph
+ONNX_OPSET = 18
+MAX_EXPORT_SIZE = 8192
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Max abs difference to the float32 eager model that a check accepts, by export dtype.
+TOLERANCE = {"float32": 1e-4, "float16": 5e-2, "bfloat16": 2e-1}
+MAX_SWAPPED_FRACTION = 1e-3  # ONNX: cluster slots that may differ (near ties) before the check fails
+
+
+class ExportError(DCCNeXtError):
+    """An export that cannot be made or that does not match the eager model."""
+
+
+@dataclass
+class ParityCheck:
+    """One comparison of an exported artefact with the eager float32 model."""
+
+    shape: tuple[int, ...]
+    max_abs_diff: float
+    tolerance: float
+    swapped_slots: int = 0  # ONNX only: cluster slots whose index differs from eager (near ties)
+    total_slots: int = 0
+    max_abs_diff_agreeing: float | None = None  # ONNX only: over samples whose clusters all agree
+    agreeing_samples: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        if self.max_abs_diff <= self.tolerance or self.total_slots == 0:
+            return self.max_abs_diff <= self.tolerance
+        # Over tolerance: acceptable only as the effect of a few near-tie swaps, with the other samples exact.
+        swapped_ok = self.swapped_slots <= MAX_SWAPPED_FRACTION * self.total_slots
+        agreeing = self.max_abs_diff_agreeing
+        return swapped_ok and (agreeing is None or agreeing <= self.tolerance)
+
+
+@dataclass
+class ExportResult:
+    format: str
+    path: Path
+    dtype: str
+    features: bool
+    checks: list[ParityCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["path"] = str(self.path)
+        out["ok"] = self.ok
+        for c, d in zip(self.checks, out["checks"], strict=True):
+            d["ok"] = c.ok
+        return out
+
+
+# ----------------------------------------------------------------------------- the source model
+def load_source(checkpoint: str | os.PathLike | None, variant: str | None) -> tuple[DCCNeXt, CheckpointMeta]:
+    """The model to export: a dccnext checkpoint, or a freshly initialised variant (to try a deployment)."""
+    if (checkpoint is None) == (variant is None):
+        raise ConfigError("pass exactly one of --checkpoint FILE or --variant NAME")
+    if checkpoint is not None:
+        model, meta = model_from_checkpoint(checkpoint)
+    else:
+        config = variant_config(variant)
+        model, meta = DCCNeXt(config), CheckpointMeta(variant.removeprefix("dccnext_"), config)
+    return model.eval(), meta
+
+
+# ----------------------------------------------------------------------------- export-friendly clustering
+def topk_cluster_indices(x: torch.Tensor, cluster_size: int, subvector_interval: int = 8) -> torch.Tensor:
+    """`dcconv.cluster_indices` in ops every exporter translates: a mask instead of an in-place diagonal
+    fill, and `topk` instead of a stable sort (ONNX has no Sort; its TopK puts equal values in index
+    order, which is the stable sort's tie rule). Same distances, same result."""
+    tokens = x.flatten(1, 2) if x.ndim == 4 else x
+    num_tokens = tokens.shape[1]
+    k = dcconv.effective_cluster_size(cluster_size, num_tokens)
+    with torch.no_grad():
+        sub = tokens[..., ::subvector_interval].float()
+        dist = dcconv.pairwise_sq_distances(sub, sub)
+        eye = torch.eye(num_tokens, dtype=torch.bool, device=dist.device)
+        dist = dist.masked_fill(eye, float("-inf"))
+        return torch.topk(dist, k, dim=-1, largest=False, sorted=True).indices
+
+
+@contextlib.contextmanager
+def _onnx_clustering():
+    """Trace DCConv with `topk_cluster_indices` (DCConv.forward looks `cluster_indices` up in its module)."""
+    calls = []
+
+    def traced(*args, **kwargs):
+        calls.append(1)
+        return topk_cluster_indices(*args, **kwargs)
+
+    original = dcconv.cluster_indices
+    dcconv.cluster_indices = traced
+    try:
+        yield calls
+    finally:
+        dcconv.cluster_indices = original
+
+
+# ----------------------------------------------------------------------------- module wrappers
+class _Features(nn.Module):
+    """The four-stage backbone: NCHW maps at strides 4, 8, 16 and 32."""
+
+    def __init__(self, model: DCCNeXt):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.forward_intermediates(x, intermediates_only=True))
+
+
+def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    return tuple(out)
+
+
+def _output_names(features: bool) -> list[str]:
+    return [f"stage{i + 1}" for i in range(4)] if features else ["logits"]
+
+
+# ----------------------------------------------------------------------------- parity
+def _check_inputs(resolution: tuple[int, int], in_chans: int) -> list[torch.Tensor]:
+    """Seeded inputs: batch 1 at the export size, batch 2 at a second size (other H and W)."""
+    gen = torch.Generator().manual_seed(0)
+    height, width = resolution
+    other = (height + 64, max(MIN_EXPORT_SIZE, width - 32))
+    return [torch.randn(1, in_chans, height, width, generator=gen), torch.randn(2, in_chans, *other, generator=gen)]
+
+
+def _eager(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        return _as_tuple(model(x))
+
+
+def _max_diff(outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor], samples: Any = slice(None)) -> float:
+    return max(float((o.float()[samples] - r.float()[samples]).abs().max()) for o, r in zip(outs, refs, strict=True))
+
+
+def check_torch(run: Callable[[torch.Tensor], Any], reference: nn.Module, inputs: list[torch.Tensor], dtype: str):
+    """Compare a torch-callable artefact with the float32 eager model."""
+    checks = []
+    for x in inputs:
+        refs = _eager(reference, x)
+        with torch.no_grad():
+            outs = _as_tuple(run(x.to(DTYPES[dtype])))
+        checks.append(ParityCheck(tuple(x.shape), _max_diff(outs, refs), TOLERANCE[dtype]))
+    return checks
+
+
+def _eager_with_indices(reference: nn.Module, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
+    model = reference.model if isinstance(reference, _Features) else reference
+    model.keep_cluster_indices(True)
+    try:
+        refs = _eager(reference, x)
+        indices = [layer.last_indices for _, layer in model.dcconv_layers()]
+    finally:
+        model.keep_cluster_indices(False)
+    return refs, indices
+
+
+def _onnx_session_with_indices(path: Path):
+    """An onnxruntime session on the file, with every TopK's indices exposed as an extra output."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    names = [node.output[1] for node in proto.graph.node if node.op_type == "TopK"]
+    known = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in known:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session, len(names)
+
+
+def check_onnx(path: Path, reference: nn.Module, inputs: list[torch.Tensor], features: bool) -> list[ParityCheck]:
+    """Run the file in onnxruntime (CPU) and compare outputs and cluster indices with the eager model."""
+    session, num_topk = _onnx_session_with_indices(path)
+    num_out = len(_output_names(features))
+    checks = []
+    for x in inputs:
+        refs, ref_idx = _eager_with_indices(reference, x)
+        results = session.run(None, {"images": x.numpy()})
+        outs = [torch.from_numpy(r) for r in results[:num_out]]
+        idx = [torch.from_numpy(r) for r in results[num_out:]]
+        check = ParityCheck(tuple(x.shape), _max_diff(outs, refs), TOLERANCE["float32"])
+        if num_topk == len(ref_idx) and all(a.shape == b.shape for a, b in zip(idx, ref_idx, strict=True)):
+            differs = [(a != b) for a, b in zip(idx, ref_idx, strict=True)]
+            check.swapped_slots = int(sum(d.sum() for d in differs))
+            check.total_slots = int(sum(d.numel() for d in differs))
+            agree = ~torch.stack([d.flatten(1).any(1) for d in differs]).any(0)  # (B,) samples with no swap
+            check.agreeing_samples = int(agree.sum())
+            if agree.any():
+                check.max_abs_diff_agreeing = _max_diff(outs, refs, agree)
+        checks.append(check)
+    return checks
+
+
+# ----------------------------------------------------------------------------- writers
+def _meta_for_export(meta: CheckpointMeta, resolution: tuple[int, int]) -> CheckpointMeta:
+    extra = {**meta.extra, "input_size": json.dumps(list(resolution))}
+    return CheckpointMeta(meta.variant, meta.config, meta.class_names, meta.epoch, meta.version, extra)
+
+
+def _cast(model: DCCNeXt, dtype: str) -> DCCNeXt:
+    import copy
+
+    return model if dtype == "float32" else copy.deepcopy(model).to(DTYPES[dtype])
+
+
+def _reload_checks(load: Callable[[], nn.Module], model: nn.Module, inputs, dtype: str) -> list[ParityCheck]:
+    """Weights formats: the reloaded model (float32, as users load it) against the eager model."""
+    reloaded = load().eval()
+    checks = check_torch(lambda x: reloaded(x.float()), model, inputs, dtype)
+    return checks
+
+
+def _write_safetensors(model, meta, out: Path, dtype: str, inputs) -> list[ParityCheck]:
+    import timm
+
+    save_weights(out, _cast(model, dtype), meta)
+    checks = _reload_checks(lambda: model_from_checkpoint(out)[0], model, inputs, dtype)
+    name = f"dccnext_{meta.variant}"
+    if timm.is_model(name):  # a 'custom' config has no timm name to load by
+        checks += _reload_checks(
+            lambda: timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out))),
+            model, inputs[:1], dtype,
+        )
+    return checks
+
+
+def timm_config(model: DCCNeXt, meta: CheckpointMeta, resolution: tuple[int, int]) -> dict[str, Any]:
+    """The `config.json` timm's `local-dir:` / `hf-hub:` loaders read: architecture, classes, the full
+    model config as `model_args` (so a changed K or d survives), and the preprocessing."""
+    config = json.loads(meta.config.to_json())
+    architecture = f"dccnext_{meta.variant}" if meta.variant != "custom" else "dccnext_b0"
+    pretrained_cfg = {
+        "num_classes": meta.num_classes,
+        "input_size": [meta.config.in_chans, *resolution],
+        "min_input_size": [meta.config.in_chans, MIN_EXPORT_SIZE, MIN_EXPORT_SIZE],
+        "fixed_input_size": False,
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "mean": list(model.pretrained_cfg["mean"]) if hasattr(model, "pretrained_cfg") else [0.485, 0.456, 0.406],
+        "std": list(model.pretrained_cfg["std"]) if hasattr(model, "pretrained_cfg") else [0.229, 0.224, 0.225],
+        "first_conv": "stem.conv",
+        "classifier": "head.fc.fc2",
+        "license": "apache-2.0",
+    }
+    out: dict[str, Any] = {
+        "architecture": architecture,
+        "num_classes": meta.num_classes,
+        "num_features": model.num_features,
+        "global_pool": "avg",
+        "model_args": config,
+        "pretrained_cfg": pretrained_cfg,
+    }
+    if meta.class_names is not None:
+        out["label_names"] = list(meta.class_names)
+    out["dccnext"] = meta.to_metadata()
+    return out
+
+
+def _write_timm_folder(model, meta, out: Path, dtype: str, inputs, resolution) -> list[ParityCheck]:
+    import timm
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(out / "model.safetensors", _cast(model, dtype), meta)
+    text = json.dumps(timm_config(model, meta, resolution), indent=2) + "\n"
+    atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
+    checks = _reload_checks(lambda: timm.create_model(f"local-dir:{out}", pretrained=True), model, inputs, dtype)
+    checks += _reload_checks(lambda: model_from_checkpoint(out / "model.safetensors")[0], model, inputs[:1], dtype)
+    return checks
+
+
+def _dynamic_shapes(resolution: tuple[int, int]) -> dict[str, dict[int, Any]]:
+    dim = torch.export.Dim
+    return {"x": {
+        0: dim("batch", min=1, max=4096),
+        2: dim("height", min=MIN_EXPORT_SIZE, max=MAX_EXPORT_SIZE),
+        3: dim("width", min=MIN_EXPORT_SIZE, max=MAX_EXPORT_SIZE),
+    }}
+
+
+def _example(model: DCCNeXt, resolution: tuple[int, int], dtype: str) -> torch.Tensor:
+    # Batch 2: torch.export specialises a size-1 axis, which would pin the batch.
+    return torch.randn(2, model.in_chans, *resolution, generator=torch.Generator().manual_seed(1)).to(DTYPES[dtype])
+
+
+class _Exportable(nn.Module):
+    """A forward whose argument is named `x`, for `dynamic_shapes` (and which selects features)."""
+
+    def __init__(self, model: DCCNeXt, features: bool):
+        super().__init__()
+        self.inner = _Features(model) if features else model
+
+    def forward(self, x: torch.Tensor):
+        return self.inner(x)
+
+
+def _write_onnx(module, reference, out: Path, resolution, inputs, features: bool) -> list[ParityCheck]:
+    example = _example(reference if isinstance(reference, DCCNeXt) else reference.model, resolution, "float32")
+    with _onnx_clustering() as calls, contextlib.redirect_stdout(sys.stderr):
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=ONNX_OPSET, dynamic_shapes=_dynamic_shapes(resolution),
+            input_names=["images"], output_names=_output_names(features), verbose=False,
+        )
+    if not calls:
+        raise RuntimeError("DCConv no longer calls dcconv.cluster_indices; update export._onnx_clustering")
+
+    def write(tmp: str) -> None:
+        program.save(tmp, external_data=False)
+
+    atomic_write(out, write)
+    return check_onnx(out, reference, inputs, features)
+
+
+def _write_torchscript(module, reference, out: Path, resolution, inputs, dtype: str) -> list[ParityCheck]:
+    import warnings
+
+    example = _example(reference if isinstance(reference, DCCNeXt) else reference.model, resolution, dtype)
+    with torch.no_grad(), warnings.catch_warnings():
+        # TracerWarnings flag the Python ints (K, loop bounds) that are constant from MIN_EXPORT_SIZE up;
+        # torch 2.14 marks torch.jit as deprecated but it is still what many runtimes load.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(module, example)
+        atomic_write(out, lambda tmp: torch.jit.save(traced, tmp))
+        loaded = torch.jit.load(str(out))
+    return check_torch(loaded, reference, inputs, dtype)
+
+
+def _write_exported_program(module, reference, out: Path, resolution, inputs, dtype: str) -> list[ParityCheck]:
+    example = _example(reference if isinstance(reference, DCCNeXt) else reference.model, resolution, dtype)
+    with torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes=_dynamic_shapes(resolution))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: torch.export.save warns on names not ending in .pt2
+            torch.export.save(program, f)
+
+    atomic_write(out, write)
+    loaded = torch.export.load(str(out)).module()
+    return check_torch(loaded, reference, inputs, dtype)
+
+
+# ----------------------------------------------------------------------------- the entry point
+def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another -o")
+
+
+def export_model(
+        model: DCCNeXt,
+        meta: CheckpointMeta,
+        fmt: str,
+        output: str | os.PathLike,
+        features: bool = False,
+        dtype: str = "float32",
+        resolution: tuple[int, int] | None = None,
+        overwrite: bool = False,
+) -> ExportResult:
+    """Write `model` in `fmt` to `output` and check the written artefact against the eager model."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    out = Path(output)
+    if resolution is None:
+        resolution = tuple(json.loads(meta.extra["input_size"])) if "input_size" in meta.extra else (224, 224)
+    if min(resolution) < MIN_EXPORT_SIZE:
+        raise ConfigError(
+            f"--res {resolution[0]}x{resolution[1]} is below the export minimum of {MIN_EXPORT_SIZE} px "
+            "(from there stage 4 has more tokens than K, so K is a graph constant)"
+        )
+    if features and fmt in ("safetensors", "timm"):
+        raise ConfigError(f"--features applies to graph formats (onnx, torchscript, exported-program), not {fmt}")
+    if fmt == "onnx" and dtype != "float32":
+        raise ConfigError("ONNX export is float32 only; convert the file afterwards (onnxconverter-common) for fp16")
+    targets = [out / "config.json", out / "model.safetensors"] if fmt == "timm" else [out]
+    if fmt == "timm" and out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file; the timm format writes a folder, choose a folder path for -o")
+    if fmt != "timm" and out.is_dir():
+        raise OutputExistsError(f"{out} is a folder; the {fmt} format writes one file, choose a file path for -o")
+    _refuse_existing(targets, overwrite)
+
+    model = model.eval()
+    meta = _meta_for_export(meta, resolution)
+    inputs = _check_inputs(resolution, model.in_chans)
+    result = ExportResult(fmt, out, dtype, features)
+    reference: nn.Module = _Features(model) if features else model
+    if fmt == "safetensors":
+        result.checks = _write_safetensors(model, meta, out, dtype, inputs)
+    elif fmt == "timm":
+        result.checks = _write_timm_folder(model, meta, out, dtype, inputs, resolution)
+    else:
+        module = _Exportable(_cast(model, dtype), features).eval()
+        if fmt == "onnx":
+            result.checks = _write_onnx(module, reference, out, resolution, inputs, features)
+            result.notes.append(f"opset {ONNX_OPSET}; input 'images' (batch, {model.in_chans}, H, W)")
+        elif fmt == "torchscript":
+            result.checks = _write_torchscript(module, reference, out, resolution, inputs, dtype)
+            result.notes.append("traced (K is fixed from the minimum size up, so tracing loses nothing)")
+        else:
+            result.checks = _write_exported_program(module, reference, out, resolution, inputs, dtype)
+        result.notes.append(f"dynamic batch, height and width >= {MIN_EXPORT_SIZE} px")
+    if not result.ok and dtype == "float32":
+        worst = max(result.checks, key=lambda c: c.max_abs_diff)
+        raise ExportError(
+            f"{out} was written but does not match the eager model (max abs diff {worst.max_abs_diff:.3g} at "
+            f"{worst.shape}, tolerance {worst.tolerance:g}); please report this as a bug"
+        )
+    return result
