@@ -34,7 +34,7 @@ class DCCNeXtGroup(TyperGroup):
             return super().invoke(ctx)
         except DCCNeXtError as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise click.exceptions.Exit(2) from None
+            raise typer.Exit(2) from None  # typer >= 0.29 vendors click: click.exceptions.Exit is not caught
 
 
 def fail(message: str) -> None:
