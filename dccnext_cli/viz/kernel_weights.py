@@ -107,8 +107,8 @@ def kernel_figure(source: ModelSource, kernels: list[BlockKernel]) -> Figure:
     fig.get_layout_engine().set(w_pad=0.15)
     heat_ax, curve_ax = fig.subplots(1, 2, width_ratios=[1.15, 1])
 
-    image = heat_ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", interpolation="nearest")
-    image.cmap.set_bad("white")
+    image = heat_ax.imshow(np.ma.masked_invalid(grid), aspect="auto", interpolation="nearest",
+                           cmap=colormaps["viridis"].with_extremes(bad="white"))
     fig.colorbar(image, ax=heat_ax, label="mean |W| over channels", shrink=0.9)
     heat_ax.set_yticks(range(len(kernels)), [f"block {k.block} (stage {k.stage})" for k in kernels], fontsize=8)
     heat_ax.set_xticks(range(k_max))
