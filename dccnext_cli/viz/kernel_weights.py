@@ -103,7 +103,7 @@ def kernel_figure(source: ModelSource, kernels: list[BlockKernel]) -> Figure:
     grid = np.full((len(kernels), k_max), np.nan)
     for i, kern in enumerate(kernels):
         grid[i, : kern.cluster_size] = kern.values
-    fig = Figure(figsize=(12, 3.2 + 0.28 * len(kernels)), layout="constrained")
+    fig = Figure(figsize=(12 + 1.6 * (len(kernels) > 4), 3.2 + 0.28 * len(kernels)), layout="constrained")
     fig.get_layout_engine().set(w_pad=0.15)
     heat_ax, curve_ax = fig.subplots(1, 2, width_ratios=[1.15, 1])
 
@@ -138,7 +138,9 @@ def kernel_figure(source: ModelSource, kernels: list[BlockKernel]) -> Figure:
     if untrained_any:
         handles.append(Patch(facecolor="white", edgecolor="0.4", hatch="///"))
         labels.append("never trained (hollow / hatched)")
-    curve_ax.legend(handles, labels, fontsize=7.5, loc="best", frameon=False,
-                    ncol=2 if len(kernels) > 8 else 1)
+    if len(kernels) > 4:  # a long legend goes beside the curves, not over them
+        curve_ax.legend(handles, labels, fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    else:
+        curve_ax.legend(handles, labels, fontsize=7.5, loc="best", frameon=False)
     fig.suptitle(f"{source.label}: DCConv kernel weight per slot (paper Fig. 4)\n{_subtitle(source)}", fontsize=10)
     return fig
