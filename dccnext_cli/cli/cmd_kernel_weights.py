@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..viz.figure import check_output, save_figure
 from ..viz.kernel_weights import kernel_csv, kernel_figure, kernel_weights
 from ..viz.model_source import load_model, parse_blocks
-from .cmd_visualize_clusters import BlocksOpt, DpiOpt, err_console, warn_random
+from .cmd_visualize_clusters import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, OverwriteOpt, VariantOpt, print_json
 
 
@@ -21,11 +21,7 @@ def kernel_weights_cmd(
         variant: VariantOpt = None,
         checkpoint: CheckpointOpt = None,
         blocks: BlocksOpt = None,
-        output: Annotated[
-            Optional[Path],
-            typer.Option("-o", "--output", help="Figure file: .png, .svg or .pdf. Default kernel_weights.png "
-                         "(none with --json/--csv unless -o is given)."),
-        ] = None,
+        output: output_opt("kernel_weights.png", "--json/--csv") = None,
         dpi: DpiOpt = 150,
         json_out: JsonOpt = False,
         csv_out: Annotated[

@@ -29,6 +29,15 @@ BlocksOpt = Annotated[
 DpiOpt = Annotated[int, typer.Option("--dpi", min=30, max=1200, help="Resolution of PNG output.")]
 
 
+def output_opt(default: str, machine: str):
+    """-o/--output of a figure command: written by default unless only machine output was asked for."""
+    return Annotated[
+        Optional[Path],
+        typer.Option("-o", "--output", help=f"Figure file: .png, .svg or .pdf. Default {default} "
+                     f"(none with {machine} unless -o is given)."),
+    ]
+
+
 def warn_random(source: ModelSource) -> None:
     """The visible warning for a model without a checkpoint."""
     if source.random_weights:
@@ -41,7 +50,7 @@ def warn_random(source: ModelSource) -> None:
 
 
 def visualize_clusters(
-        images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, ...).", show_default=False)],
+        images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="Image files (JPEG, PNG, WebP, ...).", show_default=False)],
         variant: VariantOpt = None,
         checkpoint: CheckpointOpt = None,
         blocks: BlocksOpt = None,
@@ -59,11 +68,7 @@ def visualize_clusters(
         ] = None,
         num_centers: Annotated[int, typer.Option("--num-centers", min=1, max=12, help="Centres for auto.")] = 3,
         res: ResOpt = None,
-        output: Annotated[
-            Optional[Path],
-            typer.Option("-o", "--output", help="Figure file: .png, .svg or .pdf. Default clusters.png "
-                         "(none with --json unless -o is given)."),
-        ] = None,
+        output: output_opt("clusters.png", "--json") = None,
         dpi: DpiOpt = 150,
         json_out: JsonOpt = False,
         overwrite: OverwriteOpt = False,
