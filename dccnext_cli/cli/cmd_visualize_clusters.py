@@ -52,7 +52,7 @@ def warn_random(source: ModelSource) -> None:
 def visualize_clusters(
         images: Annotated[
             list[Path],
-            typer.Argument(metavar="IMAGE...", help="Image files (JPEG, PNG, WebP, ...).", show_default=False),
+            typer.Argument(metavar="IMAGE", help="Image files (JPEG, PNG, WebP, ...).", show_default=False),
         ],
         variant: VariantOpt = None,
         checkpoint: CheckpointOpt = None,
