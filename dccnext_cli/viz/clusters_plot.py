@@ -62,7 +62,7 @@ def drawn_cells(ax: Axes, image_size: tuple[int, int], grid: tuple[int, int]) ->
 def _block_title(block: BlockClusters) -> str:
     k = f"K={block.cluster_size}"
     if block.effective_k < block.cluster_size:
-        k += f" (K'={block.effective_k} tokens)"
+        k += f" (only {block.effective_k} tokens)"
     return f"block {block.block} · stage {block.stage} · {block.grid[0]}×{block.grid[1]} grid · {k}"
 
 
@@ -134,7 +134,8 @@ def clusters_figure(results: list[ImageClusters], model_label: str, random_weigh
         _small_multiples(fig, results, title)
     else:
         ncols = max(len(b.centers) for r in results for b in r.blocks)
-        fig = Figure(figsize=(PANEL_IN * ncols + 0.4, (PANEL_IN + 0.55) * rows + 0.7), layout="constrained")
+        aspect = results[0].image.shape[0] / results[0].image.shape[1]  # one --res for all images
+        fig = Figure(figsize=(PANEL_IN * ncols + 0.4, (PANEL_IN * aspect + 0.8) * rows + 0.7), layout="constrained")
         fig.get_layout_engine().set(h_pad=0.12, w_pad=0.05)
         _regular(fig, results)
         fig.suptitle(title, fontsize=9.5)
