@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from PIL import Image
 
@@ -138,3 +139,28 @@ def test_grayscale_and_rgba_are_converted(run_cli, b0_checkpoint, photos, tmp_pa
     result = run_cli("visualize-clusters", path, "--checkpoint", b0_checkpoint, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"][0]["input_size"] == [64, 64]
+
+
+def test_rendered_pixels_show_centre_and_members(b0_checkpoint, photos):
+    """Render a panel over a flat grey image and read the colour at every cell's middle in the PNG pixels."""
+    source = load_model(b0_checkpoint)
+    result = compute_clusters(source.model, photos["astronaut"], RES, [7])
+    resolve_centers(result.blocks, None, [(2, 3)], count=1)
+    result.image = np.full_like(result.image, 0.5)
+    fig = clusters_figure([result], source.label, source.random_weights)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    ax, block = fig.axes[0], result.blocks[0]
+    members = block.members((2, 3))
+    rows, cols = block.grid
+    for r in range(rows):
+        for c in range(cols):
+            x, y = ax.transData.transform(((c + 0.5) * RES[1] / cols, (r + 0.5) * RES[0] / rows))
+            red, green, blue = pixels[pixels.shape[0] - int(round(y)), int(round(x))]
+            if (r, c) == members[0]:
+                assert red > 170 and green < 90 and blue < 90, (r, c, red, green, blue)  # red
+            elif (r, c) in members:
+                assert red > 180 and 120 < green < 170 and blue < 110, (r, c, red, green, blue)  # orange
+            else:
+                assert abs(red - green) < 6 and abs(green - blue) < 6, (r, c, red, green, blue)  # grey
