@@ -54,7 +54,7 @@ def _train_size(extra: dict[str, str], path: Path) -> tuple[int, int] | None:
         return None
     try:
         size = json.loads(text)
-        height, width = (int(v) for v in size)
+        height, width = (size, size) if isinstance(size, int) else (int(v) for v in size)
     except (ValueError, TypeError):
         raise CheckpointError(f"{path} has a broken input_size metadata entry {text!r}; expected [H, W]") from None
     return height, width
