@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -101,7 +100,7 @@ def visualize_clusters(
     chosen = parse_blocks(blocks, source.model)
     resolution = resolution or source.train_size or (224, 224)
     results = []
-    with err_console.status("running the model...") if len(images) > 1 else nullcontext():
+    with err_console.status("running the model..."):
         for path in images:
             result = compute_clusters(source.model, path, resolution, chosen)
             resolve_centers(result.blocks, centers, explicit, num_centers)
@@ -115,8 +114,8 @@ def visualize_clusters(
             "images": [r.to_dict() for r in results],
         })
     if output is not None:
-        fig = clusters_figure(results, source.label, source.random_weights)
-        save_figure(fig, output, dpi)
+        with err_console.status(f"drawing {output}..."):
+            save_figure(clusters_figure(results, source.label, source.random_weights), output, dpi)
         (err_console if json_out else Console()).print(f"wrote {output}", highlight=False)
 
 
