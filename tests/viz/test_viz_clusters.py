@@ -13,6 +13,8 @@ from PIL import Image
 
 from dccnext_cli.checkpoint import model_from_checkpoint
 from dccnext_cli.data.images import load_image_tensor
+from dccnext_cli.models.config import variant_config
+from dccnext_cli.models.dccnext import DCCNeXt
 from dccnext_cli.viz.clusters import choose_centers, compute_clusters, resolve_centers
 from dccnext_cli.viz.clusters_plot import clusters_figure, drawn_cells
 from dccnext_cli.viz.figure import CENTER_COLOR, MEMBER_COLOR
@@ -33,9 +35,12 @@ def layer_indices(checkpoint, image, res, blocks):
 
 
 def test_default_blocks_are_the_papers():
-    assert parse_blocks(None, load_model(variant="b2").model) == [7, 16]
-    assert parse_blocks(None, load_model(variant="b0").model) == [7, 12]
-    assert parse_blocks("all-dcc", load_model(variant="b0").model) == list(range(7, 14))
+    def model(variant):  # the meta device: structure without the cost of initialising weights
+        return DCCNeXt(variant_config(variant), device="meta")
+
+    assert parse_blocks(None, model("b2")) == [7, 16]
+    assert parse_blocks(None, model("b0")) == [7, 12]
+    assert parse_blocks("all-dcc", model("b0")) == list(range(7, 14))
 
 
 def test_drawn_cells_are_the_computed_clusters(b0_checkpoint, photos):
@@ -98,10 +103,14 @@ def test_asking_for_indices_changes_no_output(b0_checkpoint, photos):
 
 
 def test_all_photos_every_format(run_cli, b0_checkpoint, photos, tmp_path):
-    for suffix, magic in ((".png", b"\x89PNG"), (".svg", b"<?xml"), (".pdf", b"%PDF")):
+    for suffix, magic, images in (
+        (".png", b"\x89PNG", list(photos.values())),
+        (".svg", b"<?xml", [photos["coffee"]]),
+        (".pdf", b"%PDF", [photos["grace_hopper"]]),
+    ):
         out = tmp_path / f"fig{suffix}"
-        result = run_cli("visualize-clusters", *photos.values(), "--checkpoint", b0_checkpoint, "-o", out,
-                         "--num-centers", "2", "--dpi", "60")
+        result = run_cli("visualize-clusters", *images, "--checkpoint", b0_checkpoint, "-o", out,
+                         "--num-centers", "1", "--dpi", "50")
         assert result.exit_code == 0, result.output
         assert out.read_bytes().startswith(magic)
 

@@ -23,7 +23,7 @@ def test_missing_non_image_and_truncated_files(run_cli, b0_checkpoint, photos, t
         (truncated, "corrupt or truncated"),
     ):
         out = tmp_path / "fig.png"
-        result = run_cli("visualize-clusters", photos["chelsea"], path, "--checkpoint", b0_checkpoint, "-o", out)
+        result = run_cli("visualize-clusters", path, photos["chelsea"], "--checkpoint", b0_checkpoint, "-o", out)
         one_error_line(result, message)
         assert not out.exists()
 
