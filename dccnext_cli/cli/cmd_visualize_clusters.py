@@ -1,0 +1,123 @@
+"""`dccnext visualize-clusters IMAGE...`: the paper's Figure 3 on any image and checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError
+from ..viz.clusters import compute_clusters, parse_center, resolve_centers
+from ..viz.clusters_plot import clusters_figure
+from ..viz.figure import check_output, save_figure
+from ..viz.model_source import ModelSource, load_model, parse_blocks
+from .options import CheckpointOpt, JsonOpt, OverwriteOpt, ResOpt, VariantOpt, parse_resolution, print_json
+
+err_console = Console(stderr=True)
+
+BlocksOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--blocks",
+        help="DCC blocks, numbered 1-based over the whole network as in the paper: e.g. 7,16, or all-dcc. "
+        "Default: the first DCC block of stage 3 and of stage 4 (B2: 7,16).",
+    ),
+]
+DpiOpt = Annotated[int, typer.Option("--dpi", min=30, max=1200, help="Resolution of PNG output.")]
+
+
+def output_opt(default: str, machine: str):
+    """-o/--output of a figure command: written by default unless only machine output was asked for."""
+    return Annotated[
+        Optional[Path],
+        typer.Option("-o", "--output", help=f"Figure file: .png, .svg or .pdf. Default {default} "
+                     f"(none with {machine} unless -o is given)."),
+    ]
+
+
+def warn_random(source: ModelSource) -> None:
+    """The visible warning for a model without a checkpoint."""
+    if source.random_weights:
+        err_console.print(
+            f"[yellow]warning:[/] no --checkpoint: DCCNeXt-{source.variant.upper()} has random weights, "
+            "so what the figure shows says little about a trained model",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def visualize_clusters(
+        images: Annotated[
+            list[Path],
+            typer.Argument(metavar="IMAGE", help="Image files (JPEG, PNG, WebP, ...).", show_default=False),
+        ],
+        variant: VariantOpt = None,
+        checkpoint: CheckpointOpt = None,
+        blocks: BlocksOpt = None,
+        centers: Annotated[
+            Optional[str],
+            typer.Option(
+                "--centers",
+                help="auto: a few salient, spread cells per block (largest feature norm, a third of the grid "
+                "apart, not on the border); all: one small panel per cell of the grid.",
+            ),
+        ] = None,
+        center: Annotated[
+            Optional[list[str]],
+            typer.Option("--center", help="ROW,COL of a centre cell (0-based, in each block's grid); repeatable."),
+        ] = None,
+        num_centers: Annotated[int, typer.Option("--num-centers", min=1, max=12, help="Centres for auto.")] = 3,
+        res: ResOpt = None,
+        output: output_opt("clusters.png", "--json") = None,
+        dpi: DpiOpt = 150,
+        json_out: JsonOpt = False,
+        overwrite: OverwriteOpt = False,
+) -> None:
+    """Draw the clusters DCConv computed (the paper's Figure 3): for each image and chosen block, the
+    image as the model saw it, the stage's patch grid, a centre cell in red and its K-1 nearest
+    tokens in orange, read from the forward pass the model ran (asking for them changes no output).
+
+    The image goes through the eval transform: resized with its aspect ratio kept, centre-cropped to
+    --res (default: the checkpoint's training size, else 224). Without --checkpoint the weights are
+    random (default variant b2) and a warning says so. --json prints every block's full index table
+    (token n = cell (n // width, n % width)) and the grid geometry.
+    """
+    if center and centers:
+        raise ConfigError("give either --centers auto|all or --center ROW,COL, not both")
+    if centers is not None and centers not in ("auto", "all"):
+        raise ConfigError(f"--centers {centers!r} is not a mode; use auto or all, or give --center ROW,COL")
+    explicit = [parse_center(c) for c in center or []]
+    resolution = parse_resolution(res)
+    if output is None and not json_out:
+        output = Path("clusters.png")
+    if output is not None:
+        output = check_output(output, overwrite)
+
+    source = load_model(checkpoint, variant.value if variant else None)
+    warn_random(source)
+    chosen = parse_blocks(blocks, source.model)
+    resolution = resolution or source.train_size or (224, 224)
+    results = []
+    with err_console.status("running the model..."):
+        for path in images:
+            result = compute_clusters(source.model, path, resolution, chosen)
+            resolve_centers(result.blocks, centers, explicit, num_centers)
+            results.append(result)
+
+    if json_out:
+        print_json({
+            "model": source.to_dict(),
+            "resolution": list(resolution),
+            "transform": "resize with aspect ratio kept, centre crop (timm eval transform, crop_pct 1.0)",
+            "images": [r.to_dict() for r in results],
+        })
+    if output is not None:
+        with err_console.status(f"drawing {output}..."):
+            save_figure(clusters_figure(results, source.label, source.random_weights), output, dpi)
+        (err_console if json_out else Console()).print(f"wrote {output}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("visualize-clusters")(visualize_clusters)
