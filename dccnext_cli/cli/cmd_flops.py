@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -20,9 +21,17 @@ def _m(value: int) -> str:
     return f"{value / 1e6:.2f}"
 
 
-def _breakdown(report: FlopReport) -> Table:
+class Task(str, Enum):
+    classification = "classification"
+    retinanet = "retinanet"
+    mask_rcnn = "mask-rcnn"
+    semantic_fpn = "semantic-fpn"
+
+
+def _breakdown(report: FlopReport, task: str = "classification") -> Table:
     height, width = report.resolution
-    table = Table(title=f"dccnext_{report.variant} at {height}x{width}, per image", title_justify="left")
+    model = f"dccnext_{report.variant}" + ("" if task == "classification" else f" {task}")
+    table = Table(title=f"{model} at {height}x{width}, per image", title_justify="left")
     for column in ("part", "grid", "params (M)", "dense GFLOPs", "distances", "cluster conv", "total GFLOPs"):
         table.add_column(column, justify="left" if column == "part" else "right")
     for part in report.parts:
@@ -55,7 +64,15 @@ def _summary(reports: list[FlopReport]) -> Table:
 
 def flops(
         variant: VariantOpt = None,
-        res: ResOpt = "224",
+        res: ResOpt = None,
+        task: Annotated[
+            Task,
+            typer.Option(
+                "--task",
+                help="classification, or a dense model: retinanet and mask-rcnn (default --res 1280x800), "
+                "semantic-fpn (512x512); dense tasks default to --variant b2 and split out FPN and heads.",
+            ),
+        ] = Task.classification,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch; totals multiply.")] = 1,
         cluster_size: Annotated[
             Optional[str],
@@ -73,14 +90,20 @@ def flops(
 
     With --variant: that variant with a per-stage breakdown. Without: all five beside the paper's Table 1.
     DCConv is counted by the spec's rule (distances n^2*ceil(E/d) + cluster conv n*K'*E), the rest by
-    torch's FlopCounterMode on a meta-device model (no memory, any resolution).
+    torch's FlopCounterMode on a meta-device model (no memory, any resolution). Dense tasks count every
+    layer with weights up to the data-dependent post-processing, as MMDetection's FLOP counter does.
     """
-    resolution = parse_resolution(res)
+    from ..dense.flops import DEFAULT_RESOLUTION
+
+    resolution = parse_resolution(res) or DEFAULT_RESOLUTION[task.value]
     changes = {}
     if (sizes := parse_int_pair("--cluster-size")(cluster_size)) is not None:
         changes["cluster_sizes"] = sizes
     if (intervals := parse_int_pair("--subvector-interval")(subvector_interval)) is not None:
         changes["subvector_intervals"] = intervals
+    if task is not Task.classification:
+        _dense(task.value, variant.value if variant else "b2", resolution, batch_size, changes, json_out)
+        return
     names = [variant.value] if variant else list(VARIANTS)
     reports = [count_variant(name, resolution, batch_size, **changes) for name in names]
 
@@ -95,6 +118,27 @@ def flops(
         for r in reports:
             console.print(f"dccnext_{r.variant}: batch {batch_size} -> {r.flops / 1e9:.2f} GFLOPs in total")
     console.print(f"[dim]{reports[0].note}[/]", highlight=False)
+
+
+def _dense(task: str, variant: str, resolution: tuple[int, int], batch_size: int, changes: dict,
+           json_out: bool) -> None:
+    from ..dense.flops import DEFAULT_RESOLUTION, PAPER_DENSE_B2, count_task
+
+    report = count_task(task, variant, resolution, batch_size, **changes)
+    paper = PAPER_DENSE_B2[task] if variant == "b2" and resolution == DEFAULT_RESOLUTION[task] else None
+    if json_out:
+        print_json({**report.to_dict(), "task": task,
+                    "paper": {"params_m": paper[0], "flops_g": paper[1]} if paper else None})
+        return
+    console.print(_breakdown(report, task))
+    if paper:
+        console.print(
+            f"paper (b2 {task}): {paper[0]:.1f} M params, {paper[1]:.1f} GFLOPs; here {report.params / 1e6:.2f} M, "
+            f"{report.flops_per_image / 1e9:.2f} GFLOPs ({(report.flops_per_image / 1e9 - paper[1]) / paper[1]:+.1%})"
+        )
+    if batch_size > 1:
+        console.print(f"batch {batch_size} -> {report.flops / 1e9:.2f} GFLOPs in total")
+    console.print(f"[dim]{report.note}[/]", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,69 @@
+"""COCO AP and mIoU through torchmetrics (pycocotools backend), not hand-written metric code."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from .data import IGNORE_INDEX
+
+__all__ = ["DetectionEvaluator", "SegmentationEvaluator"]
+
+
+class DetectionEvaluator:
+    """COCO AP (bbox, and segm when `masks`) over torchvision detection outputs and COCO-style targets."""
+
+    def __init__(self, masks: bool = False, backend: str = "pycocotools"):
+        from torchmetrics.detection import MeanAveragePrecision
+
+        self.masks = masks
+        self.iou_types = ("bbox", "segm") if masks else ("bbox",)
+        try:
+            self.metric = MeanAveragePrecision(iou_type=self.iou_types, backend=backend)
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"COCO AP needs {backend} ({e}); pip install 'dccnext-cli[dense]'") from None
+
+    def update(self, outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> None:
+        preds, gts = [], []
+        for out, tgt in zip(outputs, targets, strict=True):
+            pred = {"boxes": out["boxes"].detach().float().cpu(), "scores": out["scores"].detach().float().cpu(),
+                    "labels": out["labels"].detach().cpu()}
+            gt = {"boxes": tgt["boxes"].float().cpu(), "labels": tgt["labels"].cpu(),
+                  "iscrowd": tgt.get("iscrowd", torch.zeros_like(tgt["labels"])).cpu()}
+            if self.masks:
+                masks = out["masks"].detach().cpu()
+                pred["masks"] = (masks[:, 0] if masks.ndim == 4 else masks) > 0.5  # torchvision: (N, 1, H, W) probs
+                gt["masks"] = tgt["masks"].cpu().bool()
+            preds.append(pred)
+            gts.append(gt)
+        self.metric.update(preds, gts)
+
+    def compute(self) -> dict[str, float]:
+        """{'bbox_AP', 'bbox_AP50', 'bbox_AP75', 'bbox_APs', 'bbox_APm', 'bbox_APl'} (and 'segm_*'), in [0, 1]."""
+        result = self.metric.compute()
+        out = {}
+        for iou_type in self.iou_types:
+            prefix = f"{iou_type}_" if len(self.iou_types) > 1 else ""
+            for name, key in (("AP", "map"), ("AP50", "map_50"), ("AP75", "map_75"), ("APs", "map_small"),
+                              ("APm", "map_medium"), ("APl", "map_large")):
+                out[f"{iou_type}_{name}"] = float(result[f"{prefix}{key}"])
+        return out
+
+
+class SegmentationEvaluator:
+    """mIoU (MMSegmentation's: per-class IoU over the whole set, averaged over the classes present) and aAcc."""
+
+    def __init__(self, num_classes: int):
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+        self.iou = MulticlassJaccardIndex(num_classes, ignore_index=IGNORE_INDEX, average="macro")
+        self.acc = MulticlassAccuracy(num_classes, ignore_index=IGNORE_INDEX, average="micro")
+
+    def update(self, prediction: torch.Tensor, label: torch.Tensor) -> None:
+        """`prediction`: class ids (..., H, W); `label`: class ids with 255 = ignore, same shape."""
+        prediction, label = prediction.cpu(), label.cpu()
+        self.iou.update(prediction, label)
+        self.acc.update(prediction, label)
+
+    def compute(self) -> dict[str, float]:
+        return {"mIoU": float(self.iou.compute()), "aAcc": float(self.acc.compute())}

@@ -1,0 +1,123 @@
+"""The dense-task recipe: the paper's fine-tuning settings as a dataclass, loaded from YAML.
+
+Bundled recipes (`dccnext_cli/recipes/dense/`): `semantic-fpn`, `retinanet-1x`, `mask-rcnn-1x`; a task name
+picks its recipe. `--set key=value` overrides are parsed as YAML values (`lr=2e-4`, `crop_size=[256,256]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from ..models.dense import TASKS
+
+__all__ = ["DenseRecipe", "load_dense_recipe", "RECIPE_DIR", "TASK_RECIPES"]
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "dense"
+TASK_RECIPES = {"semantic-fpn": "semantic-fpn", "retinanet": "retinanet-1x", "mask-rcnn": "mask-rcnn-1x"}
+
+
+@dataclass(frozen=True)
+class DenseRecipe:
+    """Everything a dense fine-tuning run needs besides data, weights and an output folder."""
+
+    task: str = "semantic-fpn"
+    variant: str = "b2"
+    num_classes: int | None = None  # None: from the data (COCO categories); ADE20K: 150
+    # optimisation: AdamW, no weight decay on 1-D parameters
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 32
+    iterations: int | None = 40000  # either iterations ...
+    epochs: int | None = None  # ... or epochs over the data
+    schedule: str = "poly"  # poly | step
+    poly_power: float = 0.9
+    min_lr: float = 0.0
+    step_epochs: tuple[int, ...] = (8, 11)
+    step_gamma: float = 0.1
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-3
+    grad_clip: float | None = None
+    amp: bool = False  # bfloat16 autocast on CUDA (DCConv distances stay float32)
+    # model
+    drop_path_rate: float = 0.1
+    frozen_stages: int = -1
+    freeze_norms: bool = False
+    out_norm: bool = True
+    # data
+    crop_size: tuple[int, int] = (512, 512)
+    scale: tuple[int, int] = (2048, 512)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    hflip: float = 0.5
+    min_size: int = 800
+    max_size: int = 1333
+    workers: int = 2
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 0  # 0: only at the end
+
+    def __post_init__(self) -> None:
+        for name in ("betas", "step_epochs", "crop_size", "scale", "ratio_range"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.task not in TASKS:
+            raise ConfigError(f"recipe task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.schedule not in ("poly", "step"):
+            raise ConfigError(f"recipe schedule must be 'poly' or 'step', got {self.schedule!r}")
+        if (self.iterations is None) == (self.epochs is None):
+            raise ConfigError("a dense recipe sets exactly one of iterations and epochs")
+        if (self.iterations or self.epochs) < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("iterations/epochs, batch_size and lr must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_dense_recipe(name: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> DenseRecipe:
+    """A bundled recipe by name (or task name), or a YAML file, with `key=value` overrides applied."""
+    text = str(name)
+    path = Path(text)
+    if not path.is_file():
+        path = RECIPE_DIR / f"{TASK_RECIPES.get(text, text)}.yaml"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in RECIPE_DIR.glob("*.yaml")))
+            raise ConfigError(f"no dense recipe {text!r}; use one of {names} or a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of recipe keys")
+    changes = _parse_overrides(overrides)
+    for length, other in (("epochs", "iterations"), ("iterations", "epochs")):
+        if changes.get(length) is not None and other not in changes:
+            changes[other] = None  # setting one run length replaces the other
+        if data.get(length) is not None and other not in data:
+            data[other] = None
+    data.update(changes)
+    unknown = set(data) - {f.name for f in dataclasses.fields(DenseRecipe)}
+    if unknown:
+        raise ConfigError(f"recipe {path.name}: unknown key(s) {', '.join(sorted(unknown))}")
+    try:
+        return DenseRecipe(**data)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"recipe {path.name}: {e}") from None
