@@ -1,0 +1,70 @@
+"""The fast DCConv paths against the plain reference: outputs, gradients, memory kept, chunking, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dccnext_cli.models import dcconv
+from dccnext_cli.models.dcconv import DCConv, cluster_conv, cluster_conv_reference, cluster_indices
+
+
+def test_fast_op_equals_reference_outputs_and_gradients():
+    tokens = torch.randn(2, 700, 48, requires_grad=True)  # > BLOCK_ROWS rows: several blocks
+    idx = cluster_indices(tokens, 9, 4)
+    weight = torch.randn(9, 48, requires_grad=True)
+    bias = torch.randn(48, requires_grad=True)
+    grad = torch.randn(2, 700, 48)
+    fast = cluster_conv(tokens, idx, weight, bias)
+    fast_grads = torch.autograd.grad(fast, (tokens, weight, bias), grad)
+    ref = cluster_conv_reference(tokens, idx, weight, bias)
+    ref_grads = torch.autograd.grad(ref, (tokens, weight, bias), grad)
+    torch.testing.assert_close(fast, ref)
+    for got, want in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_op_gradcheck_float64():
+    tokens = torch.randn(1, 10, 5, dtype=torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(10)[:4] for _ in range(10)]).unsqueeze(0)
+    weight = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, w, b: cluster_conv(t, idx, w, b), (tokens, weight, bias))
+
+
+def test_backward_saves_only_input_indices_and_weight():
+    tokens = torch.randn(4, 196, 64, requires_grad=True)
+    idx = cluster_indices(tokens, 12, 8)
+    weight = torch.randn(12, 64, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        cluster_conv(tokens, idx, weight, torch.zeros(64, requires_grad=True))
+    saved_bytes = sum(t.numel() * t.element_size() for t in saved)
+    allowed = tokens.numel() * 4 + idx.numel() * 8 + weight.numel() * 4
+    assert saved_bytes <= allowed, (saved_bytes, allowed)
+    assert not any(t.dim() == 3 and t.shape[-1] == 64 and t.shape[1] == 12 for t in saved)
+
+
+def test_chunked_and_unchunked_indices_are_identical():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (2, 12, 10, 16), generator=g).float()  # many exact ties
+    whole = cluster_indices(x, 12, 2)
+    chunked = cluster_indices(x, 12, 2, chunk_elements=2 * 120 * 7)  # 7 query rows per chunk
+    assert torch.equal(whole, chunked)
+    sorted_ref = dcconv._indices_chunked(x.flatten(1, 2)[..., ::2], 12, exact_sort=True, chunk_elements=1 << 30)
+    assert torch.equal(whole, sorted_ref)
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 5, 32), (2, 3, 3, 32)])
+def test_torch_export_keeps_the_numbers(shape):
+    layer = DCConv(32, cluster_size=12, subvector_interval=4).eval()
+    x = torch.randn(*shape)
+    program = torch.export.export(layer, (x,))
+    torch.testing.assert_close(program.module()(x), layer(x))
+
+
+def test_compiled_op_matches_eager():
+    layer = DCConv(16, cluster_size=5, subvector_interval=2)
+    x = torch.randn(1, 4, 4, 16)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")  # no graph break on DCConv
+    torch.testing.assert_close(compiled(x), layer(x))
