@@ -114,8 +114,12 @@ def _nearest_topk(dist: torch.Tensor, k: int) -> torch.Tensor:
 def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements: int) -> torch.Tensor:
     """(B, N, k) nearest-token indices of float32 sub-vectors (B, N, S), query rows in chunks."""
     batch, num_tokens, _ = sub.shape
-    rows = max(1, chunk_elements // max(1, batch * num_tokens))
     select = _nearest_sorted if exact_sort else _nearest_topk
+    if exporting():  # one block: a chunk count that depends on H and W would pin exported graphs to one size
+        dist = pairwise_sq_distances(sub, sub)
+        dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+        return select(dist, k)
+    rows = max(1, chunk_elements // max(1, batch * num_tokens))
     chunks = []
     for start in range(0, num_tokens, rows):
         dist = pairwise_sq_distances(sub[:, start:start + rows], sub)
