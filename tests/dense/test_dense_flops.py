@@ -81,4 +81,4 @@ def test_flops_command_per_task(run_cli):
     text = run_cli("flops", "--task", "mask-rcnn").stdout
     assert "paper (b2 mask-rcnn): 43.7 M params, 281.1 GFLOPs" in text and "1000" in text
     bad = run_cli("flops", "--task", "yolo")
-    assert bad.exit_code == 2
+    assert bad.exit_code == 2 and "'yolo' is not one of" in bad.text and "Traceback" not in bad.output
