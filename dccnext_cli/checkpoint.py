@@ -147,6 +147,11 @@ def model_from_checkpoint(path: str | os.PathLike, **config_changes: Any) -> tup
     from .models.dccnext import DCCNeXt
 
     state, meta = load_weights(path)
+    if meta.extra.get("task", "classification") != "classification":
+        raise CheckpointError(
+            f"{path} is a {meta.extra['task']} checkpoint, not a classifier; "
+            "load it with dccnext_cli.dense.engine.load_dense_model"
+        )
     config = meta.config.replace(**config_changes) if config_changes else meta.config
     model = DCCNeXt(config)
     expected = model.state_dict()
