@@ -26,8 +26,19 @@ ENTRY_POINT_GROUP = "dccnext_cli.commands"
 err_console = Console(stderr=True)
 
 
+# Options whose value may be left out (Click's optional values do not survive Typer): bare -> this value.
+OPTIONAL_VALUES = {"--resume": "auto"}
+
+
 class DCCNeXtGroup(TyperGroup):
     """Turns the expected failures (DCCNeXtError) into one line on stderr and exit status 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args[i] = f"{arg}={OPTIONAL_VALUES[arg]}"
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -6,6 +6,7 @@ RGBA file is converted the same way everywhere and a bad file fails with the sam
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError
 
-__all__ = ["load_image", "eval_transform", "load_image_tensor"]
+__all__ = ["load_image", "decode_image", "eval_transform", "load_image_tensor"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,8 +28,13 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"image {path} does not exist")
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image file")
+    return decode_image(path, str(path))
+
+
+def decode_image(source: str | os.PathLike | bytes, name: str) -> Image.Image:
+    """Decode a file or in-memory bytes (a parquet or webdataset cell) to RGB; bad data raises ImageError."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             img.load()  # decode now: a truncated file fails here, not later inside a transform
             if img.mode == "RGBA" or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
@@ -37,9 +43,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 return background
             return img.convert("RGB")
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image file Pillow can read (JPEG, PNG, WebP, ...)") from None
+        raise ImageError(f"{name} is not an image file Pillow can read (JPEG, PNG, WebP, ...)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path} is a corrupt or truncated image ({e}); re-save or re-download it") from None
+        raise ImageError(f"{name} is a corrupt or truncated image ({e}); re-save or re-download it") from None
 
 
 def eval_transform(

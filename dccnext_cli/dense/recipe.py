@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..engine.recipe_files import RECIPE_ROOT, build_recipe, parse_overrides, read_recipe
 from ..errors import ConfigError
 from ..models.dense import TASKS
 
 __all__ = ["DenseRecipe", "load_dense_recipe", "RECIPE_DIR", "TASK_RECIPES"]
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "dense"
+RECIPE_DIR = RECIPE_ROOT / "dense"
 TASK_RECIPES = {"semantic-fpn": "semantic-fpn", "retinanet": "retinanet-1x", "mask-rcnn": "mask-rcnn-1x"}
 
 
@@ -78,46 +77,14 @@ class DenseRecipe:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def _parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
-    if not overrides:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    out = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} is not key=value")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def load_dense_recipe(name: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> DenseRecipe:
     """A bundled recipe by name (or task name), or a YAML file, with `key=value` overrides applied."""
-    text = str(name)
-    path = Path(text)
-    if not path.is_file():
-        path = RECIPE_DIR / f"{TASK_RECIPES.get(text, text)}.yaml"
-        if not path.is_file():
-            names = ", ".join(sorted(p.stem for p in RECIPE_DIR.glob("*.yaml")))
-            raise ConfigError(f"no dense recipe {text!r}; use one of {names} or a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must be a YAML mapping of recipe keys")
-    changes = _parse_overrides(overrides)
+    data, path = read_recipe(name, RECIPE_DIR, TASK_RECIPES, what="dense recipe")
+    changes = parse_overrides(overrides)
     for length, other in (("epochs", "iterations"), ("iterations", "epochs")):
         if changes.get(length) is not None and other not in changes:
             changes[other] = None  # setting one run length replaces the other
         if data.get(length) is not None and other not in data:
             data[other] = None
     data.update(changes)
-    unknown = set(data) - {f.name for f in dataclasses.fields(DenseRecipe)}
-    if unknown:
-        raise ConfigError(f"recipe {path.name}: unknown key(s) {', '.join(sorted(unknown))}")
-    try:
-        return DenseRecipe(**data)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"recipe {path.name}: {e}") from None
+    return build_recipe(DenseRecipe, data, path.name)

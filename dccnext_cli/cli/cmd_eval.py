@@ -1,0 +1,64 @@
+"""`dccnext eval`: top-1/top-5 and loss of a checkpoint on any data source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConfigError
+from .cmd_train import DATA_HELP, Task, TaskOpt
+from .options import JsonOpt, print_json
+from .progress import StepProgress
+
+
+def eval_cmd(
+        checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A dccnext .safetensors file.",
+                                                 dir_okay=False)],
+        data: Annotated[Optional[str], typer.Option(
+            "--data", help=DATA_HELP + " Default: the checkpoint's own evaluation data, else the embedded "
+                                       "test split.")] = None,
+        split: Annotated[Optional[str], typer.Option(
+            "--split", help="Split to score (default: the run's eval split; test for builtin:).")] = None,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 256,
+        workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+        limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Score at most this many images.")] = None,
+        task: TaskOpt = Task.classification,
+        json_out: JsonOpt = False,
+) -> None:
+    """Score a checkpoint: top-1 and top-5 accuracy (percent) and the cross-entropy loss, with the evaluation
+    transform of its training recipe (size, crop, interpolation, normalisation: read from the file).
+    Dense checkpoints (--task retinanet|mask-rcnn|semantic-fpn) report COCO AP or mIoU on --data."""
+    if task is not Task.classification:
+        from ..dense.engine import evaluate_dense
+
+        if data is None:
+            raise ConfigError(f"--task {task.value} needs --data (coco:PATH or ade20k:PATH)")
+        metrics = evaluate_dense(checkpoint, data, task.value, batch_size=1, progress=not json_out)
+        if json_out:
+            print_json({"checkpoint": str(checkpoint), "task": task.value, **metrics})
+        else:
+            Console().print(metrics)
+        return
+    from ..engine.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data, split, batch_size=batch_size, workers=workers, max_samples=limit,
+                                 progress=StepProgress("image", enabled=not json_out))
+    if json_out:
+        print_json(result.to_dict())
+        return
+    table = Table(title=f"{checkpoint.name} on {result.extra['data']} ({result.extra['split']})")
+    for column in ("top-1", "top-5", "loss", "images"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{result.top1:.2f} %", f"{result.top5:.2f} %", f"{result.loss:.4f}", str(result.samples))
+    Console().print(table)
+    if result.skipped_images:
+        Console(stderr=True).print(f"[yellow]warning:[/] {result.skipped_images} images could not be decoded "
+                                   "and were skipped", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)

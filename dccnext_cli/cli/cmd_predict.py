@@ -1,0 +1,40 @@
+"""`dccnext predict`: the top-5 classes of images, by name, with probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .options import JsonOpt, print_json
+
+
+def predict_cmd(
+        images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, ...; any mode).")],
+        checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A dccnext .safetensors file.",
+                                                 dir_okay=False)],
+        top: Annotated[int, typer.Option("--top", min=1, help="How many classes to list.")] = 5,
+        json_out: JsonOpt = False,
+) -> None:
+    """Classify images with a checkpoint (its class names and evaluation transform come from the file)."""
+    from ..engine.predict import predict
+
+    predictions = predict(checkpoint, images, top_k=top)
+    if json_out:
+        print_json([p.to_dict() for p in predictions])
+        return
+    console = Console()
+    for p in predictions:
+        table = Table(title=Path(p.image).name, title_justify="left")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        for name, prob in p.top:
+            table.add_row(name, f"{100 * prob:.1f} %")
+        console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_cmd)

@@ -1,0 +1,159 @@
+"""`dccnext train`: the paper's recipe on one CPU, one GPU, or many through `accelerate launch`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConfigError
+from .options import JsonOpt, OverwriteOpt, ResOpt, VariantOpt, parse_resolution, print_json
+from .progress import StepProgress
+
+DATA_HELP = ("Images to train on: builtin:fashion-mnist (the embedded set; default), imagefolder:PATH "
+             "(PATH/train/<class>/..., PATH/validation/<class>/...), parquet:GLOB (Hub-style shards: image bytes + "
+             "label; split from file names), or hf:REPO[:CONFIG] (a Hub dataset, streamed; ImageNet: "
+             "hf:timm/imagenet-1k-wds).")
+RECIPE_HELP = ("A bundled recipe (quickstart, imagenet/b0 ... imagenet/b4) or a YAML file. Default: quickstart "
+               "without --data, else the paper's ImageNet recipe for the variant.")
+SET_HELP = "Override any recipe key, e.g. --set lr=1e-3 --set input_size=[160,160] (repeatable; YAML values)."
+
+
+class Task(str, Enum):
+    classification = "classification"
+    retinanet = "retinanet"
+    mask_rcnn = "mask-rcnn"
+    semantic_fpn = "semantic-fpn"
+
+
+TaskOpt = Annotated[Task, typer.Option("--task", help="classification (ImageNet-style) or a dense task: retinanet, "
+                                                      "mask-rcnn (COCO) or semantic-fpn (ADE20K).")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)]
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help=RECIPE_HELP)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)]
+
+
+def train_cmd(
+        variant: VariantOpt = None,
+        data: DataOpt = None,
+        recipe: RecipeOpt = None,
+        set_: SetOpt = None,
+        epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (recipe key epochs).")] = None,
+        batch_size: Annotated[Optional[int], typer.Option(
+            "--batch-size", help="Total images per optimiser step over all processes (the paper: 4096).")] = None,
+        lr: Annotated[Optional[float], typer.Option(
+            "--lr", help="Peak learning rate (default: lr_base x batch / 1024).")] = None,
+        res: ResOpt = None,
+        grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.")] = None,
+        workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers per process.")] = None,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
+        amp: Annotated[Optional[str], typer.Option(
+            "--amp", help="Mixed precision: auto (bf16 on GPUs that have it), no, bf16, fp16.")] = None,
+        compile_: Annotated[Optional[bool], typer.Option(
+            "--compile/--no-compile", help="torch.compile the model (30-60 s to start, faster steps).")] = None,
+        grad_checkpointing: Annotated[Optional[bool], typer.Option(
+            "--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations: less memory.")] = None,
+        checkpoint_every: Annotated[Optional[int], typer.Option(
+            "--checkpoint-every", help="Optimiser steps between checkpoints (0: each epoch).")] = None,
+        output: Annotated[Optional[Path], typer.Option(
+            "-o", "--output", help="Run folder (default: runs/<variant>-<date-time>).", file_okay=False)] = None,
+        resume: Annotated[Optional[str], typer.Option(
+            "--resume", metavar="[auto|PATH]",
+            help="Continue an interrupted run: bare or 'auto' resumes -o DIR from its newest checkpoint (or starts "
+                 "it); a PATH names a run folder or one of its checkpoints/step-* folders.")] = None,
+        overwrite: OverwriteOpt = False,
+        task: TaskOpt = Task.classification,
+        weights: Annotated[Optional[Path], typer.Option(
+            "--weights", help="Dense tasks: ImageNet weights for the backbone (dccnext or ConvFormer).")] = None,
+        json_out: JsonOpt = False,
+) -> None:
+    """Train DCCNeXt. With no --data: B0 on the embedded Fashion-MNIST with the quickstart recipe (minutes on a
+    laptop). With --data: the paper's ImageNet recipe (AdamW, cosine with 20 warm-up epochs, RandAugment, Mixup/
+    CutMix, label smoothing, random erasing, drop path) unless --recipe says otherwise.
+
+    Writes OUTPUT/model.safetensors (the weights, with class names), best.safetensors, recipe.yaml, log.jsonl
+    (and TensorBoard under tb/ when installed) and checkpoints/ (full training state; --resume continues it).
+
+    Many GPUs or nodes: accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe imagenet/b2.
+    """
+    if task is not Task.classification:
+        _train_dense(task.value, data, recipe, set_, output, weights, overwrite, json_out,
+                     {"epochs": epochs, "batch_size": batch_size, "lr": lr, "workers": workers, "seed": seed})
+        return
+    from ..engine.recipe import default_recipe_name, load_recipe
+    from ..engine.train import train
+
+    explicit: dict[str, Any] = {k: v for k, v in {
+        "variant": variant.value if variant else None, "data": data, "epochs": epochs, "batch_size": batch_size,
+        "lr": lr, "input_size": parse_resolution(res), "grad_accum": grad_accum, "workers": workers, "seed": seed,
+        "amp": amp, "compile": compile_, "grad_checkpointing": grad_checkpointing,
+        "checkpoint_every": checkpoint_every}.items() if v is not None}
+    name = recipe or default_recipe_name(data, explicit.get("variant"))
+    from ..engine.recipe_files import parse_overrides
+
+    overrides = {**parse_overrides(set_), **explicit}
+    config = load_recipe(name, overrides)
+    if resume not in (None, "auto"):
+        output = _run_folder(Path(resume))
+    if resume is not None and output is None:
+        raise ConfigError("--resume needs the run folder: pass -o DIR (or --resume DIR)")
+    console = Console(stderr=True)
+    if data is None and recipe is None and resume is None:
+        console.print("no --data: training on the embedded Fashion-MNIST with the [bold]quickstart[/] recipe",
+                      highlight=False)
+    result = train(config, output, resume=resume is not None, overwrite=overwrite,
+                   reporter=StepProgress("step", enabled=not json_out), explicit=overrides)
+    summary = {"output": str(result.output), "weights": str(result.weights), "epochs": result.epochs,
+               "steps": result.steps, "world_size": result.world_size, "wall_s": round(result.wall_s, 1),
+               "metrics": result.metrics, "skipped_images": result.skipped_images}
+    if json_out:
+        print_json(summary)
+        return
+    table = Table(title=f"trained {config.variant} ({result.world_size} process(es), {result.wall_s / 60:.1f} min)")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("weights", str(result.weights))
+    if result.metrics:
+        table.add_row("top-1", f"{result.metrics['top1']:.2f} %")
+        table.add_row("top-5", f"{result.metrics['top5']:.2f} %")
+    if result.skipped_images:
+        table.add_row("skipped images", f"[yellow]{result.skipped_images}[/] (could not be decoded)")
+    console.print(table)
+
+
+def _run_folder(path: Path) -> Path:
+    if path.name.startswith("step-") and path.parent.name == "checkpoints":
+        return path.parent.parent
+    if not path.is_dir():
+        raise ConfigError(f"--resume {path}: no such run folder")
+    return path
+
+
+def _train_dense(task: str, data: str | None, recipe: str | None, set_: list[str] | None, output: Path | None,
+                 weights: Path | None, overwrite: bool, json_out: bool, options: dict[str, Any]) -> None:
+    from ..dense.engine import train_dense
+    from ..dense.recipe import load_dense_recipe
+    from ..engine.recipe_files import parse_overrides
+
+    if data is None:
+        raise ConfigError(f"--task {task} needs --data ({'ade20k' if task == 'semantic-fpn' else 'coco'}:PATH)")
+    if output is None:
+        raise ConfigError(f"--task {task} needs -o DIR for the run")
+    overrides = {**parse_overrides(set_), **{k: v for k, v in options.items() if v is not None}, "task": task}
+    config = load_dense_recipe(recipe or task, overrides)
+    result = train_dense(config, data, output, weights=weights, eval_data=data, progress=not json_out,
+                         overwrite=overwrite)
+    summary = {"output": str(output), "weights": str(result.checkpoint), "iterations": result.iterations,
+               "metrics": result.metrics}
+    if json_out:
+        print_json(summary)
+    else:
+        Console(stderr=True).print(f"wrote {result.checkpoint}  metrics: {result.metrics}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)

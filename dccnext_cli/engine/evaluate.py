@@ -1,0 +1,127 @@
+"""Top-1/top-5 accuracy and loss: of a model on batches (used by `train`), and of a checkpoint on a data source.
+
+The evaluation transform is the recipe's (resize to size/crop_pct, centre crop, normalise), rebuilt from the
+checkpoint's metadata, so `eval` scores a model exactly as its training run did.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import CheckpointMeta, model_from_checkpoint
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from ..data.loading import build_loader
+from ..data.sources import open_split, parse_data
+from ..errors import DataError
+
+__all__ = ["EvalResult", "evaluate_batches", "evaluate_checkpoint", "eval_settings", "DEFAULT_EVAL_DATA"]
+
+DEFAULT_EVAL_DATA = "builtin:fashion-mnist"
+
+
+@dataclass
+class EvalResult:
+    top1: float  # percent
+    top5: float  # percent (top-k with k = min(5, classes))
+    loss: float
+    samples: int
+    skipped_images: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "samples": self.samples,
+                "skipped_images": self.skipped_images, **self.extra}
+
+
+def eval_settings(meta: CheckpointMeta) -> dict[str, Any]:
+    """The evaluation transform a checkpoint was trained with (224, crop 1.0, bicubic, ImageNet stats if unknown)."""
+    recipe = json.loads(meta.extra.get("recipe", "{}"))
+    size = json.loads(meta.extra["input_size"]) if "input_size" in meta.extra else recipe.get("input_size", [224, 224])
+    return {"resolution": tuple(size), "crop_pct": recipe.get("crop_pct", 1.0),
+            "interpolation": recipe.get("interpolation", "bicubic"),
+            "mean": tuple(recipe.get("mean", IMAGENET_MEAN)), "std": tuple(recipe.get("std", IMAGENET_STD))}
+
+
+@torch.no_grad()
+def evaluate_batches(model: torch.nn.Module, batches: Iterable, num_classes: int, *, device: torch.device,
+                     max_samples: int | None = None, reduce=None, autocast=None, on_batch=None) -> EvalResult:
+    """Accuracy over batches of (images, labels, skipped); `reduce` sums counts over processes when distributed."""
+    was_training = model.training
+    model.eval()
+    k = min(5, num_classes)
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, samples, skipped
+    for images, labels, skipped in batches:
+        totals[4] += skipped
+        if max_samples is not None:
+            room = max_samples - int(totals[3])
+            if room <= 0:
+                break
+            images, labels = images[:room], labels[:room]
+        if len(labels) == 0:
+            continue
+        images, labels = images.to(device), labels.to(device)
+        if int(labels.max()) >= num_classes or int(labels.min()) < 0:
+            raise DataError(f"a label {int(labels.max())} is outside the model's {num_classes} classes; "
+                            "the data and the checkpoint do not match")
+        if autocast is not None:
+            with autocast():
+                logits = model(images)
+        else:
+            logits = model(images)
+        logits = logits.float()
+        top = logits.topk(k, dim=1).indices
+        totals[0] += (top[:, 0] == labels).sum()
+        totals[1] += (top == labels[:, None]).any(dim=1).sum()
+        totals[2] += F.cross_entropy(logits, labels, reduction="sum")
+        totals[3] += len(labels)
+        if on_batch is not None:
+            on_batch(len(labels))
+    if reduce is not None:
+        totals = reduce(totals)
+    model.train(was_training)
+    n = max(int(totals[3]), 1)
+    return EvalResult(100 * float(totals[0]) / n, 100 * float(totals[1]) / n, float(totals[2]) / n, int(totals[3]),
+                      int(totals[4]))
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str | None = None, *,
+                        batch_size: int = 256, workers: int = 0, max_samples: int | None = None,
+                        image_column: str | None = None, label_column: str | None = None,
+                        device: str | torch.device | None = None, progress=None) -> EvalResult:
+    """Score a checkpoint; by default on its training run's evaluation split, else the embedded test split."""
+    model, meta = model_from_checkpoint(checkpoint)
+    recipe = json.loads(meta.extra.get("recipe", "{}"))
+    data = data or recipe.get("data") or DEFAULT_EVAL_DATA
+    split = split or (recipe.get("eval_split") if data == recipe.get("data") else None) or (
+        "test" if data.startswith("builtin:") else "validation")
+    source = parse_data(data)
+    part = open_split(source, split, image_column=image_column or recipe.get("image_column"),
+                      label_column=label_column or recipe.get("label_column"))
+    if part.num_classes is not None and part.num_classes != meta.num_classes:
+        raise DataError(f"{data} ({split}) has {part.num_classes} classes but the checkpoint has "
+                        f"{meta.num_classes}; evaluate it on the data it was trained for")
+    if part.streaming and part.num_samples is None and max_samples is None:
+        max_samples = None  # a stream is read to its end
+    settings = eval_settings(meta)
+    transform = eval_transform(**settings)
+    batches = build_loader(part, transform, batch_size, train=False, workers=workers,
+                           samples_per_epoch=part.num_samples or max_samples or 1)
+    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    total = min(part.num_samples or 0, max_samples or part.num_samples or 0) or None
+    if progress is not None:
+        progress.start(total)
+    result = evaluate_batches(model, batches.epoch(0), meta.num_classes, device=device, max_samples=max_samples,
+                              on_batch=progress.advance if progress is not None else None)
+    if result.samples == 0:
+        raise DataError(f"no image of {data} ({split}) could be read; nothing was evaluated")
+    result.extra = {"checkpoint": str(checkpoint), "data": data, "split": split,
+                    "resolution": list(settings["resolution"])}
+    return result

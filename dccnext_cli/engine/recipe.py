@@ -1,0 +1,135 @@
+"""The classification training recipe: the paper's ImageNet settings (spec section 7) as one flat dataclass.
+
+Bundled recipes live in `recipes/` (installed with the package): `imagenet/b0` ... `imagenet/b4` (the paper's
+300-epoch recipe; only the variant and its drop-path rate differ) and `quickstart` (the embedded Fashion-MNIST in
+minutes on a laptop). Every key can be overridden with `--set key=value`; the resolved recipe is saved with
+each run (`recipe.yaml`) and in its checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConfigError
+from ..models.config import VARIANT_DROP_PATH, VARIANTS
+from .recipe_files import RECIPE_ROOT, build_recipe, parse_overrides, read_recipe
+
+__all__ = ["TrainRecipe", "load_recipe", "RECIPE_ROOT", "default_recipe_name"]
+
+AMP_MODES = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Everything a classification run needs besides an output folder. Defaults are the paper's ImageNet recipe."""
+
+    # model
+    variant: str = "b0"
+    input_size: tuple[int, int] = (224, 224)  # training resolution, height x width
+    drop_path_rate: float | None = None  # None: the variant's rate (b0 0, b1 .1, b2 .2, b3 .4, b4 .5)
+    num_classes: int | None = None  # for data that does not name its classes (a label feature wins)
+    # data: a --data value; splits; columns (None: detected); streams
+    data: str = "hf:timm/imagenet-1k-wds"
+    train_split: str = "train"
+    eval_split: str | None = "validation"
+    image_column: str | None = None
+    label_column: str | None = None
+    streaming: bool | None = None  # None: stream hf: sources, read local folders and shards map-style
+    train_samples: int | None = None  # a stream's length, for the schedule (ImageNet-1k: 1281167)
+    eval_samples: int | None = None  # evaluate on at most this many images (None: all)
+    shuffle_buffer: int = 10000  # streams only
+    workers: int = 8  # DataLoader worker processes per training process
+    # schedule: batch_size is the total per optimiser step (all processes x accumulation steps)
+    epochs: int = 300
+    batch_size: int = 4096
+    grad_accum: int = 1
+    lr: float | None = None  # None: lr_base * batch_size / lr_base_size
+    lr_base: float = 1e-3
+    lr_base_size: int = 1024
+    warmup_epochs: float = 20.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    # optimiser (timm create_optimizer_v2; no weight decay on 1-D parameters)
+    opt: str = "adamw"
+    weight_decay: float = 0.05
+    grad_clip: float | None = None
+    # augmentation (timm create_transform and Mixup)
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333333333333333)
+    hflip: float = 0.5
+    color_jitter: float | None = None
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    interpolation: str = "bicubic"
+    re_prob: float = 0.25
+    re_mode: str = "pixel"
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    smoothing: float = 0.1
+    crop_pct: float = 1.0  # evaluation: resize to input/crop_pct, centre crop
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # run
+    seed: int = 0
+    amp: str = "auto"  # auto: bf16 on a GPU that has it, else fp32; no | bf16 | fp16
+    compile: bool = False
+    grad_checkpointing: bool = False
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0: at the end of each epoch
+    keep_last: int = 2  # training-state checkpoints kept (the best weights are kept besides)
+    eval_every: int = 1  # epochs between evaluations; 0: only at the end
+    log_every: int = 20  # optimiser steps between log lines
+
+    def __post_init__(self) -> None:
+        if self.variant.removeprefix("dccnext_") not in VARIANTS:
+            raise ConfigError(f"unknown variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
+        object.__setattr__(self, "variant", self.variant.removeprefix("dccnext_"))
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "lr_base_size": self.lr_base_size, "shuffle_buffer": self.shuffle_buffer,
+                    "keep_last": self.keep_last, "log_every": self.log_every}
+        for key, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{key} must be at least 1, got {value}")
+        for key in ("workers", "checkpoint_every", "eval_every"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be 0 or more, got {getattr(self, key)}")
+        if min(self.input_size) < 32:
+            raise ValueError(f"input_size must be at least 32x32, got {list(self.input_size)}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {list(self.scale)}")
+
+    @property
+    def drop_path(self) -> float:
+        return VARIANT_DROP_PATH[self.variant] if self.drop_path_rate is None else self.drop_path_rate
+
+    @property
+    def uses_mixup(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else self.lr_base * self.batch_size / self.lr_base_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def default_recipe_name(data: str | None, variant: str | None) -> str:
+    """No --data: the quickstart on the embedded set; otherwise the paper's recipe for the variant."""
+    return "quickstart" if data is None else f"imagenet/{(variant or 'b0').removeprefix('dccnext_')}"
+
+
+def load_recipe(name: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> TrainRecipe:
+    """A bundled recipe by name (`quickstart`, `imagenet/b2`) or a YAML file, with `key=value` overrides."""
+    data, path = read_recipe(name, RECIPE_ROOT, what="recipe")
+    if "task" in data:  # a dense recipe given to the classification trainer
+        raise ConfigError(f"{path.name} is a dense-task recipe; use it with --task {data['task']}")
+    data.update(parse_overrides(overrides))
+    return build_recipe(TrainRecipe, data, path.name)

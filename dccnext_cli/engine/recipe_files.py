@@ -1,0 +1,140 @@
+"""Reading recipes: YAML files (bundled or the user's) -> validated, frozen dataclasses.
+
+Shared by the classification recipe (`TrainRecipe`) and the dense one (`DenseRecipe`), so that every recipe
+gets the same `--set key=value` syntax, the same `base:` inheritance and the same one-line errors for an
+unknown key or a value of the wrong type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+__all__ = ["RECIPE_ROOT", "parse_overrides", "read_recipe", "build_recipe", "recipe_names"]
+
+RECIPE_ROOT = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """`["lr=2e-4", "input_size=[256,256]"]` -> {"lr": 0.0002, ...}; values are parsed as YAML."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not key=value (for example --set lr=1e-3)")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: {value!r} is not a valid value") from None
+    return out
+
+
+def recipe_names(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+
+
+def _find(name: str | Path, folder: Path, aliases: dict[str, str], what: str) -> Path:
+    text = str(name)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"{what} file {path} does not exist")
+        return path
+    path = folder / f"{aliases.get(text, text)}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no {what} {text!r}; use one of {', '.join(recipe_names(folder))} or a YAML file")
+    return path
+
+
+def read_recipe(name: str | Path, folder: Path, aliases: dict[str, str] | None = None,
+                what: str = "recipe") -> tuple[dict[str, Any], Path]:
+    """The mapping a recipe file holds, with its `base:` recipes merged under it (a base names a bundled recipe
+    or a file relative to the one that names it)."""
+    path = _find(name, folder, aliases or {}, what)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of recipe keys")
+    base = data.pop("base", None)
+    if base is None:
+        return data, path
+    relative = path.parent / str(base)
+    merged, _ = read_recipe(relative if relative.is_file() else base, folder, aliases, what)
+    return {**merged, **data}, path
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}"
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(fits, value converted to the annotated type): ints pass as floats, lists become tuples."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _coerce(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        item_hints = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_hints) != len(value):
+            return False, value
+        items = [_coerce(v, h) for v, h in zip(value, item_hints, strict=True)]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def build_recipe(cls: type, data: dict[str, Any], source: str):
+    """`cls(**data)` after checking every key exists and every value has its annotated type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"recipe {source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
+    values = {}
+    for key, value in data.items():
+        ok, converted = _coerce(value, hints[key])
+        if not ok:
+            raise ConfigError(f"recipe {source}: {key} must be {_describe(hints[key])}, got {value!r}")
+        values[key] = converted
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"recipe {source}: {e}") from None

@@ -1,0 +1,141 @@
+"""`dccnext train` end to end on small real data: files written, corrupt images counted, the run folder
+protected, bad input refused, and exact resumption after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from engine_data import CLASSES, TINY, TRAIN_PER_CLASS
+from safetensors.torch import load_file
+
+from dccnext_cli.checkpoint import read_meta
+
+
+def test_train_streaming_imagefolder_writes_run_and_counts_corrupt(run_cli, imagefolder_corrupt, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", f"imagefolder:{imagefolder_corrupt}", *TINY, "--set", "streaming=true",
+                "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["skipped_images"] >= 1 and summary["steps"] == (CLASSES * TRAIN_PER_CLASS + 1) // 16
+    assert summary["metrics"]["samples"] == 16 and 0 <= summary["metrics"]["top1"] <= 100
+    for name in ("model.safetensors", "best.safetensors", "recipe.yaml", "log.jsonl", "summary.json"):
+        assert (out / name).is_file(), name
+    meta = read_meta(out / "model.safetensors")
+    assert meta.variant == "b0" and meta.num_classes == CLASSES and meta.epoch == 1
+    assert meta.class_names == ["Dress", "Pullover", "T-shirt-top", "Trouser"]
+    assert json.loads(meta.extra["input_size"]) == [32, 32]
+    recipe = json.loads(meta.extra["recipe"])
+    assert recipe["auto_augment"] == "rand-m9-mstd0.5-inc1" and recipe["mixup"] == 0.8  # the paper's recipe
+    events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert events[0] == "start" and "train" in events and "eval" in events and events[-1] == "end"
+    # the run folder is protected: same -o again is refused and nothing changes
+    before = (out / "model.safetensors").read_bytes()
+    r = run_cli("train", "--data", f"imagefolder:{imagefolder_corrupt}", *TINY, "-o", out)
+    assert r.exit_code == 2 and "already holds a run" in r.text and "--overwrite" in r.text
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "imagefolder:/no/such/folder"], "folder /no/such/folder does not exist"),
+    (["--set", "learning_rate=0.1"], "unknown key(s) learning_rate"),
+    (["--set", "epochs=two"], "epochs must be an integer, got 'two'"),
+    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--recipe", "no-such-recipe"], "no recipe 'no-such-recipe'"),
+    (["--variant", "b0", "--set", "batch_size=7", "--set", "mixup=0.8"], "needs an even batch"),
+])
+def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path, args, message):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = run_cli("train", *args, "-o", out)
+    assert r.exit_code == 2, r.output
+    assert message in r.text and "Traceback" not in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing written, nothing lost
+
+
+def test_broken_recipe_file(run_cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    r = run_cli("train", "--recipe", bad, "-o", tmp_path / "run")
+    assert r.exit_code == 2 and "is not valid YAML" in r.text
+
+
+def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dccnext_cli", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(imagefolder, tmp_path):
+    """Map-style data: the resumed run ends with exactly the weights of a run that was never stopped, and at
+    no moment is a checkpoint folder present but incomplete."""
+    args = ["--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "3", "--batch-size", "8",
+            "--workers", "0", "--set", "eval_split=null", "--set", "checkpoint_every=1", "--set", "keep_last=3",
+            "--set", "warmup_epochs=1", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    reference = _launch([*args, "-o", str(full)], env)
+    proc = _launch([*args, "-o", str(killed)], env)
+    seen_complete, deadline = set(), time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        for ckpt in (killed / "checkpoints").glob("step-*"):
+            try:
+                files = {p.name for p in ckpt.iterdir()}
+            except FileNotFoundError:  # pruned (keep_last) between the glob and the listing
+                continue
+            assert {"train_state.json", "model.safetensors", "optimizer.bin"} <= files, files  # never partial
+            seen_complete.add(ckpt.name)
+        if len(seen_complete) >= 4:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    steps_done = max(int(name.split("-")[1]) for name in seen_complete)
+    assert steps_done < 3 * CLASSES * TRAIN_PER_CLASS // 8
+    resumed = subprocess.run([sys.executable, "-m", "dccnext_cli", "train", *args, "-o", str(killed),
+                              "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    log = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert [e["resumed_from"] is not None for e in log if e["event"] == "start"] == [False, True]
+    a, b = load_file(full / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert all(p.name.startswith("step-") for p in (killed / "checkpoints").iterdir())  # no stale temporaries
+    assert len(list((killed / "checkpoints").glob("step-*"))) == 3  # keep_last
+
+
+def test_two_cpu_processes_through_accelerate_launch(imagefolder, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPUs: a real group of 2, different data per rank,
+    identical weights at the end (DDP averaged the gradients)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           "-m", "dccnext_cli", "train", "--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "1",
+           "--batch-size", "16", "--workers", "0", "--set", "log_every=1", "-o", str(out), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    ranks = summary["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["samples"] == ranks[1]["samples"] == CLASSES * TRAIN_PER_CLASS // 2
+    assert ranks[0]["data_fingerprint"] != ranks[1]["data_fingerprint"]
+    assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
+    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert start["world_size"] == 2 and start["micro_batch"] == 8
