@@ -82,7 +82,8 @@ def train_cmd(
     """
     if task is not Task.classification:
         _train_dense(task.value, data, recipe, set_, output, weights, overwrite, json_out,
-                     {"epochs": epochs, "batch_size": batch_size, "lr": lr, "workers": workers, "seed": seed})
+                     {"variant": variant.value if variant else None, "epochs": epochs, "batch_size": batch_size,
+                      "lr": lr, "workers": workers, "seed": seed})
         return
     from ..engine.recipe import default_recipe_name, load_recipe
     from ..engine.train import train

@@ -117,9 +117,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     model.to(device)
     total = min(part.num_samples or 0, max_samples or part.num_samples or 0) or None
     if progress is not None:
-        progress.start(total)
-    result = evaluate_batches(model, batches.epoch(0), meta.num_classes, device=device, max_samples=max_samples,
-                              on_batch=progress.advance if progress is not None else None)
+        progress.start(total, title=f"evaluating {Path(checkpoint).name} on {data} ({split})")
+    try:
+        result = evaluate_batches(model, batches.epoch(0), meta.num_classes, device=device, max_samples=max_samples,
+                                  on_batch=progress.advance if progress is not None else None)
+    finally:
+        if progress is not None:
+            progress.stop()
     if result.samples == 0:
         raise DataError(f"no image of {data} ({split}) could be read; nothing was evaluated")
     result.extra = {"checkpoint": str(checkpoint), "data": data, "split": split,

@@ -341,6 +341,7 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
             if state.best_top1 is None or metrics.top1 > state.best_top1:
                 state.best_top1, state.best_epoch = metrics.top1, epoch + 1
                 save_weights_file("best.safetensors", epoch + 1, metrics)
+            window_start, window_images = time.perf_counter(), 0  # img/s counts training only
         state.epoch = epoch + 1
         if not recipe.checkpoint_every or last:
             checkpoint_now(metrics)

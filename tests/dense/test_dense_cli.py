@@ -1,0 +1,30 @@
+"""`train --task` and `eval --task`: the dense engine behind the same commands as classification."""
+
+from __future__ import annotations
+
+import json
+
+from dccnext_cli.checkpoint import read_meta
+
+
+def test_train_and_eval_semantic_fpn_from_the_cli(run_cli, ade_root, tmp_path):
+    out = tmp_path / "seg"
+    r = run_cli("train", "--task", "semantic-fpn", "--variant", "b0", "--data", f"ade20k:{ade_root}", "-o", out,
+                "--set", "iterations=1", "--batch-size", "2", "--set", "crop_size=[64,64]",
+                "--set", "scale=[128,64]", "--workers", "0", "--set", "num_classes=5", "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["iterations"] == 1 and 0 <= summary["metrics"]["mIoU"] <= 1
+    meta = read_meta(out / "model.safetensors")
+    assert meta.extra["task"] == "semantic-fpn" and meta.variant == "b0"
+    r = run_cli("eval", "--task", "semantic-fpn", "--checkpoint", out / "model.safetensors",
+                "--data", f"ade20k:{ade_root}", "--json")
+    assert r.exit_code == 0, r.output
+    assert 0 <= json.loads(r.stdout)["mIoU"] <= 1
+
+
+def test_dense_task_needs_its_data(run_cli, tmp_path):
+    r = run_cli("train", "--task", "retinanet", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "--task retinanet needs --data (coco:PATH)" in r.text
+    r = run_cli("train", "--task", "retinanet", "--data", "imagefolder:/x", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "retinanet reads coco:PATH" in r.text
