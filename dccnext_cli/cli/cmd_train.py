@@ -98,15 +98,16 @@ def train_cmd(
 
     overrides = {**parse_overrides(set_), **explicit}
     config = load_recipe(name, overrides)
+    resume_from: bool | Path = resume is not None
     if resume not in (None, "auto"):
-        output = _run_folder(Path(resume))
+        output, resume_from = _run_folder(Path(resume)), Path(resume)
     if resume is not None and output is None:
         raise ConfigError("--resume needs the run folder: pass -o DIR (or --resume DIR)")
     console = Console(stderr=True)
     if data is None and recipe is None and resume is None:
         console.print("no --data: training on the embedded Fashion-MNIST with the [bold]quickstart[/] recipe",
                       highlight=False)
-    result = train(config, output, resume=resume is not None, overwrite=overwrite,
+    result = train(config, output, resume=resume_from, overwrite=overwrite,
                    reporter=StepProgress("step", enabled=not json_out), explicit=overrides)
     summary = {"output": str(result.output), "weights": str(result.weights), "epochs": result.epochs,
                "steps": result.steps, "world_size": result.world_size, "wall_s": round(result.wall_s, 1),

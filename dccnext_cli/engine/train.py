@@ -168,9 +168,13 @@ def _recipe_from_run(out: Path, recipe: TrainRecipe, explicit: dict[str, Any]) -
     return saved
 
 
-def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool = False,
+def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool | str | Path = False,
           overwrite: bool = False, reporter=None, explicit: dict[str, Any] | None = None) -> TrainResult:
-    """Train a classifier as the recipe says; `resume` continues the newest checkpoint under `output`."""
+    """Train a classifier as the recipe says.
+
+    `resume`: True continues the newest checkpoint under `output` (or starts the run if it has none); a path
+    names one checkpoint folder (`output/checkpoints/step-N`) to continue from.
+    """
     from accelerate.utils import broadcast_object_list, set_seed
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
@@ -181,7 +185,13 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     out_holder = [str(prepare_output(output, recipe.variant, resume=resume, overwrite=overwrite)) if main else None]
     out = Path(broadcast_object_list(out_holder)[0] if world > 1 else out_holder[0])
-    checkpoint = latest_checkpoint(out) if resume else None
+    checkpoint = None
+    if isinstance(resume, (str, Path)):
+        checkpoint = latest_checkpoint(Path(resume))
+        if checkpoint is None:
+            raise CheckpointError(f"--resume {resume}: no training checkpoint there")
+    elif resume:
+        checkpoint = latest_checkpoint(out)
     if resume:
         recipe = _recipe_from_run(out, recipe, explicit or {})
     elif main and overwrite:
@@ -232,6 +242,10 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
     if recipe.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+
+    def plain_model() -> torch.nn.Module:  # without DDP and torch.compile wrappers: the weights' real names
+        return accelerator.unwrap_model(model, keep_torch_compile=False)
+
     state = TrainState(world_size=world, micro_batch=micro)
     accelerator.register_for_checkpointing(state)
     mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
@@ -265,7 +279,7 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
             extra = dict(meta_extra)
             if metrics is not None:
                 extra["eval"] = json.dumps({"top1": metrics.top1, "top5": metrics.top5})
-            save_weights(out / name, accelerator.unwrap_model(model),
+            save_weights(out / name, plain_model(),
                          CheckpointMeta(recipe.variant, config, class_names, epoch, extra=extra))
 
     def checkpoint_now(metrics: EvalResult | None = None) -> None:
@@ -330,10 +344,9 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
         state.batch = 0
         last = epoch == recipe.epochs - 1
         if eval_batches is not None and (last or (recipe.eval_every and (epoch + 1) % recipe.eval_every == 0)):
-            metrics = evaluate_batches(accelerator.unwrap_model(model), eval_batches.epoch(0), num_classes,
-                                       device=accelerator.device, max_samples=recipe.eval_samples,
-                                       reduce=lambda t: accelerator.reduce(t, reduction="sum"),
-                                       autocast=accelerator.autocast)
+            metrics = evaluate_batches(plain_model(), eval_batches.epoch(0), num_classes, device=accelerator.device,
+                                       max_samples=recipe.eval_samples, autocast=accelerator.autocast,
+                                       reduce=lambda t: accelerator.reduce(t, reduction="sum"))
             log.write("eval", epoch=epoch, step=state.step, **metrics.to_dict())
             if reporter is not None and main:
                 reporter.message(f"epoch {epoch + 1}/{recipe.epochs}: top-1 {metrics.top1:.2f}%  "
@@ -351,7 +364,7 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
         reporter.stop()
 
     # what each process saw and ended with: the distributed test checks these
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = plain_model()
     mine = {"rank": rank, "samples": seen, "data_fingerprint": fingerprint.hexdigest(),
             "weights_digest": _weights_digest(unwrapped), "skipped_images": state.skipped_images}
     if world > 1:

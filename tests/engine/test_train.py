@@ -122,8 +122,8 @@ def test_two_cpu_processes_through_accelerate_launch(imagefolder, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
            "-m", "dccnext_cli", "train", "--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "1",
            "--batch-size", "16", "--workers", "0", "--set", "log_every=1", "-o", str(out), "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
