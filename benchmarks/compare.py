@@ -48,11 +48,32 @@ def run(quick: bool, compile_models: bool) -> list[dict]:
         del model
     for kernel in ("dcconv", "cluster_conv", "naive_gather", "dwconv7x7"):
         add("op (32,14,14,640) fwd+bwd", kernel, measure(cases.op_step(kernel, backward=True), warm, reps).median_s)
+    rows.extend(saved_for_backward())
     for name in (name for name in cases.MODELS if name != "convnext_tiny"):
         mem = memory.measure_in_subprocess({"kind": "train", "model": name, "batch": train_batch})
         rows.append({"metric": f"train b{train_batch} peak MiB", "model": name, **mem})
         print(f"train b{train_batch} peak MiB {name:16s} {mem}", flush=True)
+    large = [("backbone 1280x800 b1 peak MiB", name, (800, 1280)) for name in (*cases.MODELS[:3],)]
+    large.append(("backbone 2048x2048 b1 peak MiB", "dccnext_b0", (2048, 2048)))
+    for metric, name, size in large:
+        mem = memory.measure_in_subprocess({"kind": "infer", "model": name, "batch": 1, "size": list(size),
+                                            "features": True})
+        rows.append({"metric": metric, "model": name, **mem})
+        print(f"{metric} {name:16s} {mem}", flush=True)
     return rows
+
+
+def saved_for_backward() -> list[dict]:
+    """What autograd keeps for the op's backward, against the floor the issue sets: the input plus the indices."""
+    batch, height, width, channels = cases.OP_SHAPE
+    floor = (batch * height * width * channels * 4 + batch * height * width * 12 * 8) / 2**20
+    out = []
+    for kernel in ("cluster_conv", "naive_gather", "dwconv7x7"):
+        mib = cases.saved_bytes(cases.op_step(kernel, backward=True)) / 2**20
+        out.append({"metric": "op (32,14,14,640) saved MiB", "model": kernel, "peak_mib": round(mib, 1),
+                    "floor_mib": round(floor, 1)})
+        print(f"op saved-for-backward {kernel:16s} {mib:.1f} MiB (input + int64 indices: {floor:.1f})", flush=True)
+    return out
 
 
 def table(rows: list[dict]) -> str:

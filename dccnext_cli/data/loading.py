@@ -163,12 +163,12 @@ class Batches:
         if not self.train:  # evaluation reads a stream once, to its end
             yield from self.loader
             return
-        stream, produced, round_ = self.loader.dataset.split.dataset, skip_batches, 0
-        base = self.loader.dataset.stream
-        if skip_batches:  # approximate: restart this epoch's stream past the samples already seen
-            self.loader.dataset.stream = base.skip(skip_batches * self.loader.batch_size)
+        images, produced, round_ = self.loader.dataset, skip_batches, 0
+        base = images.split.dataset
         while produced < self.steps_per_epoch:
-            stream.set_epoch(epoch * 1000 + round_)  # a stream that runs dry restarts, reshuffled
+            base.set_epoch(epoch * 1000 + round_)  # a stream that runs dry restarts, reshuffled
+            # a resumed run restarts the epoch's stream past the samples already seen (approximate: see README)
+            images.stream = base.skip(skip_batches * self.loader.batch_size) if skip_batches and not round_ else base
             got = 0
             for batch in self.loader:
                 yield batch
@@ -176,10 +176,10 @@ class Batches:
                 produced += 1
                 if produced >= self.steps_per_epoch:
                     break
-            self.loader.dataset.stream = base
             round_ += 1
             if got == 0:
                 break
+        images.stream = base
 
 
 def build_loader(split: ImageSplit, transform: Callable, batch_size: int, *, train: bool, seed: int = 0,
