@@ -119,3 +119,16 @@ def test_augmentation_is_seeded_per_sample_and_randaugment_inc1_runs(imagefolder
     ops = rand_augment_transform("rand-m9-mstd0.5-inc1-n15", {"translate_const": 20})
     for _ in range(20):
         ops(image.convert("RGB").resize((64, 64)))
+
+
+def test_resumed_stream_skips_what_was_seen(imagefolder):
+    """A stream resumed mid-epoch yields only the rest of the epoch, starting past the consumed samples."""
+    split = open_split(parse_data(f"imagefolder:{imagefolder}"), "train", streaming=True)
+    recipe = TrainRecipe(input_size=(32, 32), auto_augment=None, re_prob=0, hflip=0)
+    batches = build_loader(split, train_transform(recipe), 4, train=True, samples_per_epoch=split.num_samples)
+    full = [y for _, y, _ in batches.epoch(0)]
+    rest = [y for _, y, _ in batches.epoch(0, skip_batches=5)]
+    assert len(full) == 12 and len(rest) == 7
+    assert torch.equal(torch.cat(rest), torch.cat(full[5:]))  # same shuffle seed and epoch, one process
+    again = [y for _, y, _ in batches.epoch(0)]  # the skip does not stick to later epochs
+    assert len(again) == 12 and torch.equal(torch.cat(again), torch.cat(full))
