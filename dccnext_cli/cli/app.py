@@ -45,7 +45,8 @@ class DCCNeXtGroup(TyperGroup):
             return super().invoke(ctx)
         except DCCNeXtError as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None  # typer >= 0.29 vendors click: click.exceptions.Exit escapes it
+            # typer >= 0.29 vendors click: click.exceptions.Exit escapes it
+            raise typer.Exit(getattr(e, "exit_code", 2)) from None
 
 
 def fail(message: str) -> None:

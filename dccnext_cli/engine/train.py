@@ -28,16 +28,22 @@ from ..checkpoint import CheckpointMeta, atomic_write, save_weights
 from ..data.images import eval_transform
 from ..data.loading import build_loader, train_transform
 from ..data.sources import open_split, parse_data
-from ..errors import CheckpointError, ConfigError, DataError, OutputExistsError
+from ..errors import CheckpointError, ConfigError, DataError, DCCNeXtError, OutputExistsError
 from ..models.config import variant_config
 from ..models.dccnext import DCCNeXt
 from .evaluate import EvalResult, evaluate_batches
 from .recipe import TrainRecipe
-from .run_state import TrainState, clean_stale, latest_checkpoint, load_run_state, save_run_state
+from .run_state import TrainState, clean_stale, latest_checkpoint, list_checkpoints, load_run_state, save_run_state
 
-__all__ = ["TrainResult", "train", "prepare_output", "RUN_FILES"]
+__all__ = ["TrainResult", "TrainingInterrupted", "train", "prepare_output", "RUN_FILES"]
 
 RUN_FILES = ("model.safetensors", "best.safetensors", "recipe.yaml", "log.jsonl", "summary.json", "checkpoints", "tb")
+
+
+class TrainingInterrupted(DCCNeXtError):
+    """Ctrl-C: the run folder keeps its newest checkpoint; the message says how to continue."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -291,75 +297,82 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
         reporter.start(total_steps, state.step, f"training {recipe.variant} on {source.uri}")
     metrics: EvalResult | None = None
     window_start, window_images = time.perf_counter(), 0
-    model.train()
-    for epoch in range(state.epoch, recipe.epochs):
-        state.epoch = epoch
-        for images, labels, skipped in batches.epoch(epoch, skip_batches=state.batch):
-            if state.batch >= micro_per_epoch:
-                break
-            state.skipped_images += skipped
-            if mixup is not None and len(labels) % 2:
-                images, labels = images[:-1], labels[:-1]
-            if len(labels) == 0:
-                raise DataError(f"a whole batch of {source.uri} failed to decode; check the data")
-            if int(labels.max()) >= num_classes:
-                raise DataError(f"label {int(labels.max())} in {source.uri} is outside 0..{num_classes - 1}; "
-                                "set --set num_classes=N")
-            fingerprint.update(labels.numpy().tobytes())
-            fingerprint.update(images.sum(dim=(1, 2, 3)).numpy().round(3).tobytes())
-            seen += len(labels)
-            images, labels = images.to(accelerator.device), labels.to(accelerator.device)
-            targets = labels
-            if mixup is not None:
-                images, targets = mixup(images, labels)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss = criterion(model(images), targets)
-                accelerator.backward(loss)
-                if recipe.grad_clip and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.batch += 1
-            window_images += len(labels) * world
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            scheduler.step_update(state.step)
-            lr = optimizer.param_groups[0]["lr"]
-            if state.step % recipe.log_every == 0 or state.batch == micro_per_epoch:
-                loss_value = float(accelerator.reduce(loss.detach().float(), reduction="mean"))
-                if not math.isfinite(loss_value):
-                    raise DataError(f"the loss became {loss_value} at step {state.step}; lower the lr")
-                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                window_start, window_images = time.perf_counter(), 0
-                log.write("train", epoch=epoch, step=state.step, loss=round(loss_value, 5), lr=lr,
-                          img_s=round(rate, 1))
+    try:
+        model.train()
+        for epoch in range(state.epoch, recipe.epochs):
+            state.epoch = epoch
+            for images, labels, skipped in batches.epoch(epoch, skip_batches=state.batch):
+                if state.batch >= micro_per_epoch:
+                    break
+                state.skipped_images += skipped
+                if mixup is not None and len(labels) % 2:
+                    images, labels = images[:-1], labels[:-1]
+                if len(labels) == 0:
+                    raise DataError(f"a whole batch of {source.uri} failed to decode; check the data")
+                if int(labels.max()) >= num_classes:
+                    raise DataError(f"label {int(labels.max())} in {source.uri} is outside 0..{num_classes - 1}; "
+                                    "set --set num_classes=N")
+                fingerprint.update(labels.numpy().tobytes())
+                fingerprint.update(images.sum(dim=(1, 2, 3)).numpy().round(3).tobytes())
+                seen += len(labels)
+                images, labels = images.to(accelerator.device), labels.to(accelerator.device)
+                targets = labels
+                if mixup is not None:
+                    images, targets = mixup(images, labels)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        loss = criterion(model(images), targets)
+                    accelerator.backward(loss)
+                    if recipe.grad_clip and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batch += 1
+                window_images += len(labels) * world
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                scheduler.step_update(state.step)
+                lr = optimizer.param_groups[0]["lr"]
+                if state.step % recipe.log_every == 0 or state.batch == micro_per_epoch:
+                    loss_value = float(accelerator.reduce(loss.detach().float(), reduction="mean"))
+                    if not math.isfinite(loss_value):
+                        raise DataError(f"the loss became {loss_value} at step {state.step}; lower the lr")
+                    rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                    window_start, window_images = time.perf_counter(), 0
+                    log.write("train", epoch=epoch, step=state.step, loss=round(loss_value, 5), lr=lr,
+                              img_s=round(rate, 1))
+                    if reporter is not None and main:
+                        reporter.update(state.step, loss=loss_value, lr=lr, img_s=rate)
+                elif reporter is not None and main:
+                    reporter.update(state.step)
+                if recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0:
+                    checkpoint_now()
+            state.batch = 0
+            last = epoch == recipe.epochs - 1
+            if eval_batches is not None and (last or (recipe.eval_every and (epoch + 1) % recipe.eval_every == 0)):
+                metrics = evaluate_batches(plain_model(), eval_batches.epoch(0), num_classes, device=accelerator.device,
+                                           max_samples=recipe.eval_samples, autocast=accelerator.autocast,
+                                           reduce=lambda t: accelerator.reduce(t, reduction="sum"))
+                log.write("eval", epoch=epoch, step=state.step, **metrics.to_dict())
                 if reporter is not None and main:
-                    reporter.update(state.step, loss=loss_value, lr=lr, img_s=rate)
-            elif reporter is not None and main:
-                reporter.update(state.step)
-            if recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0:
-                checkpoint_now()
-        state.batch = 0
-        last = epoch == recipe.epochs - 1
-        if eval_batches is not None and (last or (recipe.eval_every and (epoch + 1) % recipe.eval_every == 0)):
-            metrics = evaluate_batches(plain_model(), eval_batches.epoch(0), num_classes, device=accelerator.device,
-                                       max_samples=recipe.eval_samples, autocast=accelerator.autocast,
-                                       reduce=lambda t: accelerator.reduce(t, reduction="sum"))
-            log.write("eval", epoch=epoch, step=state.step, **metrics.to_dict())
-            if reporter is not None and main:
-                reporter.message(f"epoch {epoch + 1}/{recipe.epochs}: top-1 {metrics.top1:.2f}%  "
-                                 f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
-            if state.best_top1 is None or metrics.top1 > state.best_top1:
-                state.best_top1, state.best_epoch = metrics.top1, epoch + 1
-                save_weights_file("best.safetensors", epoch + 1, metrics)
-            window_start, window_images = time.perf_counter(), 0  # img/s counts training only
-        state.epoch = epoch + 1
-        if not recipe.checkpoint_every or last:
-            checkpoint_now(metrics)
-        elif main:
-            save_weights_file("model.safetensors", state.epoch, metrics)
+                    reporter.message(f"epoch {epoch + 1}/{recipe.epochs}: top-1 {metrics.top1:.2f}%  "
+                                     f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
+                if state.best_top1 is None or metrics.top1 > state.best_top1:
+                    state.best_top1, state.best_epoch = metrics.top1, epoch + 1
+                    save_weights_file("best.safetensors", epoch + 1, metrics)
+                window_start, window_images = time.perf_counter(), 0  # img/s counts training only
+            state.epoch = epoch + 1
+            if not recipe.checkpoint_every or last:
+                checkpoint_now(metrics)
+            elif main:
+                save_weights_file("model.safetensors", state.epoch, metrics)
+    except KeyboardInterrupt:
+        if reporter is not None and main:
+            reporter.stop()
+        again = "" if list_checkpoints(out) else " (no checkpoint yet: it starts again)"
+        raise TrainingInterrupted(f"interrupted at step {state.step}; continue with: dccnext train -o {out} "
+                                  f"--resume{again}") from None
     if reporter is not None and main:
         reporter.stop()
 

@@ -140,3 +140,18 @@ def test_two_cpu_processes_through_accelerate_launch(imagefolder, tmp_path):
     assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
     start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert start["world_size"] == 2 and start["micro_batch"] == 8
+
+
+def test_ctrl_c_says_how_to_resume(imagefolder, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "50", "--batch-size", "8",
+            "--workers", "0", "--set", "eval_split=null", "--set", "checkpoint_every=2", "-o", str(out)]
+    proc = _launch(args, {**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "checkpoints").glob("step-*")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert f"continue with: dccnext train -o {out} --resume" in " ".join(stderr.split())
+    assert "Traceback" not in stderr
