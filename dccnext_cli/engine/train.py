@@ -200,8 +200,6 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
         checkpoint = latest_checkpoint(out)
     if resume:
         recipe = _recipe_from_run(out, recipe, explicit or {})
-    elif main and overwrite:
-        _clear_run(out)
     micro = _micro_batch(recipe, world)
 
     # data
@@ -210,8 +208,12 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
                              image_column=recipe.image_column, label_column=recipe.label_column)
     eval_split = None
     if recipe.eval_split:
-        eval_split = open_split(source, recipe.eval_split, streaming=recipe.streaming,
-                                image_column=recipe.image_column, label_column=recipe.label_column)
+        try:
+            eval_split = open_split(source, recipe.eval_split, streaming=recipe.streaming,
+                                    image_column=recipe.image_column, label_column=recipe.label_column)
+        except DataError as e:
+            raise DataError(f"{e} (evaluation split; --set eval_split=NAME picks another, "
+                            "--set eval_split=null trains without one)") from None
     num_classes = train_split.num_classes or recipe.num_classes  # data that names its classes wins
     if num_classes is None:
         raise ConfigError(f"{source.uri} does not name its classes; set --set num_classes=N")
@@ -268,6 +270,8 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
         if state.batch >= micro_per_epoch:
             state.epoch, state.batch = state.epoch + 1, 0
     elif main:
+        if overwrite:  # only now, when everything has been checked
+            _clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "recipe.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(recipe.to_dict(),
                                                                                          sort_keys=False)))

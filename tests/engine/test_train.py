@@ -155,3 +155,16 @@ def test_ctrl_c_says_how_to_resume(imagefolder, tmp_path):
     assert proc.returncode == 130, stderr
     assert f"continue with: dccnext train -o {out} --resume" in " ".join(stderr.split())
     assert "Traceback" not in stderr
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_is_checked(run_cli, imagefolder, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"old weights")
+    r = run_cli("train", "--data", f"imagefolder:{imagefolder}", *TINY, "--set", "eval_split=test",
+                "--overwrite", "-o", out)
+    assert r.exit_code == 2 and "no 'test' split" in r.text and "eval_split=null" in r.text
+    assert (out / "model.safetensors").read_bytes() == b"old weights"
+    r = run_cli("train", "--data", f"imagefolder:{imagefolder}", *TINY, "--overwrite", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert read_meta(out / "model.safetensors").num_classes == CLASSES
