@@ -31,7 +31,13 @@ def eval_cmd(
 ) -> None:
     """Score a checkpoint: top-1 and top-5 accuracy (percent) and the cross-entropy loss, with the evaluation
     transform of its training recipe (size, crop, interpolation, normalisation: read from the file).
-    Dense checkpoints (--task retinanet|mask-rcnn|semantic-fpn) report COCO AP or mIoU on --data."""
+    Dense checkpoints (retinanet, mask-rcnn, semantic-fpn: read from the file, or --task) report COCO AP or
+    mIoU on --data."""
+    from ..checkpoint import read_meta
+
+    recorded = read_meta(checkpoint).extra.get("task", "classification")
+    if task is Task.classification and recorded != "classification":
+        task = Task(recorded)  # a dense checkpoint says what it is
     if task is not Task.classification:
         from ..dense.engine import evaluate_dense
 
