@@ -68,7 +68,8 @@ def train_cmd(
         overwrite: OverwriteOpt = False,
         task: TaskOpt = Task.classification,
         weights: Annotated[Optional[Path], typer.Option(
-            "--weights", help="Dense tasks: ImageNet weights for the backbone (dccnext or ConvFormer).")] = None,
+            "--weights", help="Start from these weights: a dccnext checkpoint (its head is replaced) or timm "
+                              "ConvFormer weights (warm start); dense tasks: the backbone's ImageNet weights.")] = None,
         json_out: JsonOpt = False,
 ) -> None:
     """Train DCCNeXt. With no --data: B0 on the embedded Fashion-MNIST with the quickstart recipe (minutes on a
@@ -92,7 +93,8 @@ def train_cmd(
         "variant": variant.value if variant else None, "data": data, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "input_size": parse_resolution(res), "grad_accum": grad_accum, "workers": workers, "seed": seed,
         "amp": amp, "compile": compile_, "grad_checkpointing": grad_checkpointing,
-        "checkpoint_every": checkpoint_every}.items() if v is not None}
+        "checkpoint_every": checkpoint_every, "pretrained": str(weights) if weights else None}.items()
+        if v is not None}
     name = recipe or default_recipe_name(data, explicit.get("variant"))
     from ..engine.recipe_files import parse_overrides
 

@@ -32,6 +32,7 @@ class TrainRecipe:
     input_size: tuple[int, int] = (224, 224)  # training resolution, height x width
     drop_path_rate: float | None = None  # None: the variant's rate (b0 0, b1 .1, b2 .2, b3 .4, b4 .5)
     num_classes: int | None = None  # for data that does not name its classes (a label feature wins)
+    pretrained: str | None = None  # start from these weights: a dccnext checkpoint (head excluded) or ConvFormer's
     # data: a --data value; splits; columns (None: detected); streams
     data: str = "hf:timm/imagenet-1k-wds"
     train_split: str = "train"

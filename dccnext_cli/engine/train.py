@@ -31,6 +31,7 @@ from ..data.sources import open_split, parse_data
 from ..errors import CheckpointError, ConfigError, DataError, DCCNeXtError, OutputExistsError
 from ..models.config import variant_config
 from ..models.dccnext import DCCNeXt
+from ..models.dense import load_backbone_weights
 from .evaluate import EvalResult, evaluate_batches
 from .recipe import TrainRecipe
 from .run_state import TrainState, clean_stale, latest_checkpoint, list_checkpoints, load_run_state, save_run_state
@@ -240,13 +241,16 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
     set_seed(recipe.seed, device_specific=True)
     config = variant_config(recipe.variant).replace(num_classes=num_classes, drop_path_rate=recipe.drop_path)
     model = DCCNeXt(config)
+    loaded = load_backbone_weights(model, recipe.pretrained, recipe.variant) if recipe.pretrained else None
     if recipe.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=recipe.peak_lr(), weight_decay=recipe.weight_decay)
+    peak = recipe.peak_lr()
+    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=peak, weight_decay=recipe.weight_decay)
     total_steps = steps_per_epoch * recipe.epochs
-    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=recipe.min_lr,
+    # a peak below the recipe's floor (a tiny --lr) caps the floor, or the "decay" would raise the lr
+    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=min(recipe.min_lr, peak),
                                   warmup_t=round(recipe.warmup_epochs * steps_per_epoch),
-                                  warmup_lr_init=recipe.warmup_lr, t_in_epochs=False)
+                                  warmup_lr_init=min(recipe.warmup_lr, peak), t_in_epochs=False)
     if recipe.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -279,7 +283,7 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
     log = _Log(out, main)
     log.write("start", world_size=world, micro_batch=micro, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
               resumed_from=str(checkpoint) if checkpoint else None, data=source.uri, num_classes=num_classes,
-              device=str(accelerator.device), mixed_precision=accelerator.mixed_precision)
+              device=str(accelerator.device), mixed_precision=accelerator.mixed_precision, pretrained=loaded)
     scheduler.step_update(state.step)
     meta_extra = {"input_size": json.dumps(list(recipe.input_size)), "recipe": json.dumps(recipe.to_dict())}
     class_names = train_split.class_names

@@ -168,3 +168,22 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_checked(run_cli, image
     r = run_cli("train", "--data", f"imagefolder:{imagefolder}", *TINY, "--overwrite", "-o", out, "--json")
     assert r.exit_code == 0, r.output
     assert read_meta(out / "model.safetensors").num_classes == CLASSES
+
+
+def test_fine_tune_from_a_checkpoint_with_another_head(run_cli, imagefolder, tmp_path):
+    from dccnext_cli.checkpoint import CheckpointMeta, save_weights
+    from dccnext_cli.models.config import variant_config
+    from dccnext_cli.models.dccnext import DCCNeXt
+
+    source = DCCNeXt(variant_config("b0").replace(num_classes=10))
+    weights = save_weights(tmp_path / "pre.safetensors", source, CheckpointMeta("b0", source.config, None, 5))
+    out = tmp_path / "ft"
+    r = run_cli("train", "--data", f"imagefolder:{imagefolder}", *TINY, "--lr", "1e-12", "--set", "eval_split=null",
+                "--weights", weights, "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    tuned = load_file(out / "model.safetensors")
+    assert tuned["head.fc.fc2.weight"].shape[0] == CLASSES
+    before = source.state_dict()
+    assert torch.allclose(tuned["stem.conv.weight"], before["stem.conv.weight"], atol=1e-6)
+    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert "ImageNet weights from" in start["pretrained"]
