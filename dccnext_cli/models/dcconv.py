@@ -93,22 +93,45 @@ def _nearest_sorted(dist: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
 
 
-def _nearest_topk(dist: torch.Tensor, k: int) -> torch.Tensor:
-    """Same indices as `_nearest_sorted`, several times faster: topk, then repair what topk leaves open.
+def _order_keys(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Unique int64 keys that sort like (value, id) under a stable sort of the values.
 
-    topk orders ties arbitrarily and, when ties straddle the k-th place, may keep a higher index; rows
-    with such a straddling tie (rare on real activations) are redone with the stable sort.
+    The high 32 bits are the float32 bits mapped to a signed int that orders like the float (-0.0 made
+    +0.0, every NaN above +inf, as `sort` places it); the low 32 bits are the token index.
     """
-    values, ids = dist.topk(k, dim=-1, largest=False, sorted=True)
-    ids, perm = ids.sort(dim=-1)  # by index, then stably by distance: ties inside the k in index order
-    values, order = values.gather(-1, perm).sort(dim=-1, stable=True)
-    ids = ids.gather(-1, order)
-    if k < dist.shape[-1]:
-        straddling = (dist <= values[..., -1:]).sum(-1) > k
-        if straddling.any():
-            rows = straddling.nonzero(as_tuple=True)
-            ids[rows] = _nearest_sorted(dist[rows], k)
-    return ids
+    bits = (values + 0.0).view(torch.int32)  # + 0.0: -0.0 -> +0.0, they compare equal
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: larger magnitude, smaller key
+    bits = bits.masked_fill_(values.isnan(), 0x7FFFFFFF)
+    return bits.to(torch.int64).mul_(1 << 32).add_(ids)
+
+
+def _nearest_keyed(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """Same indices as `_nearest_sorted` from one topk of unique (value, index) keys: exact, no ties."""
+    ids = torch.arange(dist.shape[-1], device=dist.device)
+    keys = _order_keys(dist, ids).topk(k, dim=-1, largest=False, sorted=True).values
+    return keys.bitwise_and_(0xFFFFFFFF)
+
+
+def _nearest_topk(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """Same indices as `_nearest_sorted`, several times faster: topk of k+1, then order the few kept.
+
+    topk orders ties arbitrarily and, when ties straddle the k-th place, may keep a higher index. One
+    topk of k+1 values tells which rows have such a tie (the k-th and (k+1)-th values are equal; rare on
+    real activations, as are NaNs); those rows are redone exactly (`_nearest_keyed`). The others keep
+    exactly the k smallest values, which sorting their (value, index) keys orders as a stable sort does.
+    """
+    num = dist.shape[-1]
+    keep = min(k + 1, num)
+    values, ids = dist.topk(keep, dim=-1, largest=False, sorted=False)
+    keys = _order_keys(values, ids).sort(dim=-1).values  # unique keys: no stability needed
+    out = keys[..., :k] & 0xFFFFFFFF
+    if keep > k:
+        high = keys[..., k - 1:k + 1] >> 32
+        redo = (high[..., 0] == high[..., 1]) | values.isnan().any(-1)
+        if redo.any():
+            rows = redo.nonzero(as_tuple=True)
+            out[rows] = _nearest_keyed(dist[rows], k)
+    return out
 
 
 def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements: int) -> torch.Tensor:
@@ -162,7 +185,8 @@ def cluster_indices(
     k = effective_cluster_size(cluster_size, tokens.shape[1])
     chunk = chunk_elements or CHUNK_ELEMENTS
     with torch.no_grad(), _autocast_disabled(tokens.device):
-        sub = tokens[..., ::subvector_interval].float()
+        # contiguous: the batched matmul on the strided channel sub-sample is several times slower
+        sub = tokens[..., ::subvector_interval].float().contiguous()
         if exporting() or sub.device.type == "meta":
             return _indices_chunked(sub, k, exact_sort=True, chunk_elements=chunk)
         if torch.compiler.is_compiling():
