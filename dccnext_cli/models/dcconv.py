@@ -382,7 +382,11 @@ def cluster_conv(
         out = _cluster_conv_op(flat, slots, weight)
         out = out if bias is None else out + bias
     else:
-        out = _ClusterConv.apply(flat, slots, weight, None if bias is None else bias.to(tokens.dtype))
+        bias = None if bias is None else bias.to(tokens.dtype)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (flat, weight, bias)):
+            out = _ClusterConv.apply(flat, slots, weight, bias)
+        else:  # inference: the kernel alone, without the autograd function around it
+            out = _forward_kernel(flat, slots, weight, bias)
     return out.view(batch, num_tokens, channels)
 
 
