@@ -46,6 +46,8 @@ CHUNK_ELEMENTS = 1 << 24
 COMPILE_IMPL = "inductor"
 # Output rows per block of the fast cluster convolution (output block + buffer stay in L2).
 BLOCK_ROWS = 512
+# Rows per block of its backward: five ops per slot and block, so fewer, larger blocks pay (measured).
+BACKWARD_BLOCK_ROWS = 1024
 
 
 def effective_cluster_size(cluster_size: int, num_tokens: int) -> int:
@@ -93,22 +95,45 @@ def _nearest_sorted(dist: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
 
 
-def _nearest_topk(dist: torch.Tensor, k: int) -> torch.Tensor:
-    """Same indices as `_nearest_sorted`, several times faster: topk, then repair what topk leaves open.
+def _order_keys(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Unique int64 keys that sort like (value, id) under a stable sort of the values.
 
-    topk orders ties arbitrarily and, when ties straddle the k-th place, may keep a higher index; rows
-    with such a straddling tie (rare on real activations) are redone with the stable sort.
+    The high 32 bits are the float32 bits mapped to a signed int that orders like the float (-0.0 made
+    +0.0, every NaN above +inf, as `sort` places it); the low 32 bits are the token index.
     """
-    values, ids = dist.topk(k, dim=-1, largest=False, sorted=True)
-    ids, perm = ids.sort(dim=-1)  # by index, then stably by distance: ties inside the k in index order
-    values, order = values.gather(-1, perm).sort(dim=-1, stable=True)
-    ids = ids.gather(-1, order)
-    if k < dist.shape[-1]:
-        straddling = (dist <= values[..., -1:]).sum(-1) > k
-        if straddling.any():
-            rows = straddling.nonzero(as_tuple=True)
-            ids[rows] = _nearest_sorted(dist[rows], k)
-    return ids
+    bits = (values + 0.0).view(torch.int32)  # + 0.0: -0.0 -> +0.0, they compare equal
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: larger magnitude, smaller key
+    bits = bits.masked_fill_(values.isnan(), 0x7FFFFFFF)
+    return bits.to(torch.int64).mul_(1 << 32).add_(ids)
+
+
+def _nearest_keyed(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """Same indices as `_nearest_sorted` from one topk of unique (value, index) keys: exact, no ties."""
+    ids = torch.arange(dist.shape[-1], device=dist.device)
+    keys = _order_keys(dist, ids).topk(k, dim=-1, largest=False, sorted=True).values
+    return keys.bitwise_and_(0xFFFFFFFF)
+
+
+def _nearest_topk(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """Same indices as `_nearest_sorted`, several times faster: topk of k+1, then order the few kept.
+
+    topk orders ties arbitrarily and, when ties straddle the k-th place, may keep a higher index. One
+    topk of k+1 values tells which rows have such a tie (the k-th and (k+1)-th values are equal; rare on
+    real activations, as are NaNs); those rows are redone exactly (`_nearest_keyed`). The others keep
+    exactly the k smallest values, which sorting their (value, index) keys orders as a stable sort does.
+    """
+    num = dist.shape[-1]
+    keep = min(k + 1, num)
+    values, ids = dist.topk(keep, dim=-1, largest=False, sorted=False)
+    keys = _order_keys(values, ids).sort(dim=-1).values  # unique keys: no stability needed
+    out = keys[..., :k] & 0xFFFFFFFF
+    if keep > k:
+        high = keys[..., k - 1:k + 1] >> 32
+        redo = (high[..., 0] == high[..., 1]) | values.isnan().any(-1)
+        if redo.any():
+            rows = redo.nonzero(as_tuple=True)
+            out[rows] = _nearest_keyed(dist[rows], k)
+    return out
 
 
 def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements: int) -> torch.Tensor:
@@ -162,7 +187,8 @@ def cluster_indices(
     k = effective_cluster_size(cluster_size, tokens.shape[1])
     chunk = chunk_elements or CHUNK_ELEMENTS
     with torch.no_grad(), _autocast_disabled(tokens.device):
-        sub = tokens[..., ::subvector_interval].float()
+        # contiguous: the batched matmul on the strided channel sub-sample is several times slower
+        sub = tokens[..., ::subvector_interval].float().contiguous()
         if exporting() or sub.device.type == "meta":
             return _indices_chunked(sub, k, exact_sort=True, chunk_elements=chunk)
         if torch.compiler.is_compiling():
@@ -209,22 +235,36 @@ def cluster_conv_plain(
 
 # --- the fast operator: kernels shared by the eager autograd function and the torch.library op ---
 
-def _forward_kernel(flat: torch.Tensor, slots: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """out = sum_k W[k] * flat[slots[k]], accumulated in place, `BLOCK_ROWS` output rows at a time.
+def _is_centre(index: torch.Tensor) -> bool:
+    """True when slot `index` is each row itself (slot 0 of `cluster_indices`): no gather needed."""
+    return torch.equal(index, torch.arange(index.shape[0], device=index.device, dtype=index.dtype))
+
+
+def _forward_kernel(
+        flat: torch.Tensor, slots: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """out = bias + sum_k W[k] * flat[slots[k]], accumulated in place, `BLOCK_ROWS` output rows at a time.
 
     Blocking keeps the output block and the gather buffer in cache while the K slots stream through it
     (about 2x faster than whole-tensor passes on CPU); buffers are reused, never re-allocated per slot.
+    A slot that is the row itself (the centre) is read in place instead of gathered.
     """
     rows = flat.shape[0]
     out = torch.empty_like(flat)
     buf = flat.new_empty((min(BLOCK_ROWS, rows), flat.shape[1]))
-    for start in range(0, rows, BLOCK_ROWS):
-        block, stop = out[start:start + BLOCK_ROWS], start + BLOCK_ROWS
-        torch.index_select(flat, 0, slots[0, start:stop], out=block).mul_(weight[0])
+    centre = _is_centre(slots[0])
+    weights = weight.unbind(0)
+    for start, index in zip(range(0, rows, BLOCK_ROWS), slots.split(BLOCK_ROWS, dim=1), strict=False):
+        block = out[start:start + BLOCK_ROWS]
         tmp = buf[:block.shape[0]]
-        for slot in range(1, slots.shape[0]):
-            torch.index_select(flat, 0, slots[slot, start:stop], out=tmp)
-            block.addcmul_(tmp, weight[slot])
+        ids = index.unbind(0)
+        first = flat[start:start + BLOCK_ROWS] if centre else torch.index_select(flat, 0, ids[0], out=tmp)
+        if bias is None:
+            torch.mul(first, weights[0], out=block)
+        else:
+            torch.addcmul(bias, first, weights[0], out=block)
+        for slot in range(1, len(ids)):
+            block.addcmul_(torch.index_select(flat, 0, ids[slot], out=tmp), weights[slot])
     return out
 
 
@@ -234,22 +274,29 @@ def _backward_kernel(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """grad_input = sum_k scatter_add(slots[k], grad * W[k]); grad_W[k] = sum_rows flat[slots[k]] * grad.
 
-    Blocked over output rows like the forward; grad_W accumulates in float32 partial sums per block.
+    Blocked over output rows (`BACKWARD_BLOCK_ROWS`) like the forward; grad_W accumulates in float32
+    partial sums per block.
+    The centre slot (if any) is added in place instead of scattered.
     """
-    rows = flat.shape[0]
+    rows, step = flat.shape[0], BACKWARD_BLOCK_ROWS
     grad_input = torch.zeros_like(flat) if need_input else None
     grad_weight = torch.zeros_like(weight) if need_weight else None
-    buf = grad.new_empty((min(BLOCK_ROWS, rows), grad.shape[1]))
-    for start in range(0, rows, BLOCK_ROWS):
-        g, stop = grad[start:start + BLOCK_ROWS], start + BLOCK_ROWS
+    buf = grad.new_empty((min(step, rows), grad.shape[1]))
+    centre = _is_centre(slots[0])
+    weights = weight.unbind(0)
+    for start, index in zip(range(0, rows, step), slots.split(step, dim=1), strict=False):  # 0 rows: 1 split
+        g = grad[start:start + step]
         tmp = buf[:g.shape[0]]
-        for slot in range(slots.shape[0]):
-            index = slots[slot, start:stop]
+        for slot, ids in enumerate(index.unbind(0)):
+            in_place = centre and slot == 0
             if need_weight:
-                torch.index_select(flat, 0, index, out=tmp)
-                grad_weight[slot] += tmp.mul_(g).sum(0)
+                rows_in = flat[start:start + step] if in_place else torch.index_select(flat, 0, ids, out=tmp)
+                grad_weight[slot] += torch.mul(rows_in, g, out=tmp).sum(0)
             if need_input:
-                grad_input.index_add_(0, index, torch.mul(g, weight[slot], out=tmp))
+                if in_place:
+                    grad_input[start:start + step].addcmul_(g, weights[slot])
+                else:
+                    grad_input.index_add_(0, ids, torch.mul(g, weights[slot], out=tmp))
     return grad_input, grad_weight
 
 
@@ -260,8 +307,7 @@ class _ClusterConv(torch.autograd.Function):
     def forward(ctx, flat, slots, weight, bias):
         ctx.save_for_backward(flat, slots, weight)
         ctx.has_bias = bias is not None
-        out = _forward_kernel(flat, slots, weight)
-        return out if bias is None else out.add_(bias)
+        return _forward_kernel(flat, slots, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -336,7 +382,11 @@ def cluster_conv(
         out = _cluster_conv_op(flat, slots, weight)
         out = out if bias is None else out + bias
     else:
-        out = _ClusterConv.apply(flat, slots, weight, None if bias is None else bias.to(tokens.dtype))
+        bias = None if bias is None else bias.to(tokens.dtype)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (flat, weight, bias)):
+            out = _ClusterConv.apply(flat, slots, weight, bias)
+        else:  # inference: the kernel alone, without the autograd function around it
+            out = _forward_kernel(flat, slots, weight, bias)
     return out.view(batch, num_tokens, channels)
 
 
