@@ -31,6 +31,7 @@ __all__ = [
     "read_meta",
     "load_weights",
     "model_from_checkpoint",
+    "train_size",
 ]
 
 FORMAT = "dccnext/1"
@@ -84,6 +85,19 @@ class CheckpointMeta:
         known = {"format", "variant", "num_classes", "model_config", "class_names", "epoch", "dccnext_version"}
         extra = {k: v for k, v in meta.items() if k not in known}
         return cls(meta.get("variant", "custom"), config, class_names, epoch, meta.get("dccnext_version", ""), extra)
+
+
+def train_size(meta: CheckpointMeta, source: str | os.PathLike = "the checkpoint") -> tuple[int, int] | None:
+    """The (height, width) a checkpoint was trained at (metadata `input_size`), or None when it does not say."""
+    text = meta.extra.get("input_size")
+    if text is None:
+        return None
+    try:
+        size = json.loads(text)
+        height, width = (size, size) if isinstance(size, int) else (int(v) for v in size)
+    except (ValueError, TypeError):
+        raise CheckpointError(f"{source} has a broken input_size metadata entry {text!r}; expected [H, W]") from None
+    return height, width
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointMeta, atomic_write, model_from_checkpoint, save_weights
+from .checkpoint import CheckpointMeta, atomic_write, model_from_checkpoint, save_weights, train_size
 from .errors import ConfigError, DCCNeXtError, OutputExistsError
 from .models import dcconv
 from .models.config import variant_config
@@ -423,7 +423,7 @@ def export_model(
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     out = Path(output)
     if resolution is None:
-        resolution = tuple(json.loads(meta.extra["input_size"])) if "input_size" in meta.extra else (224, 224)
+        resolution = train_size(meta) or (224, 224)
     if min(resolution) < MIN_EXPORT_SIZE:
         raise ConfigError(
             f"--res {resolution[0]}x{resolution[1]} is below the export minimum of {MIN_EXPORT_SIZE} px "

@@ -28,7 +28,7 @@ def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, ba
             device: str | torch.device | None = None) -> list[Prediction]:
     """Every image is loaded (and checked) before the model runs, so a bad file fails fast."""
     model, meta = model_from_checkpoint(checkpoint)
-    transform = eval_transform(**eval_settings(meta))
+    transform = eval_transform(**eval_settings(meta, checkpoint))
     tensors = [transform(load_image(p)) for p in images]
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()

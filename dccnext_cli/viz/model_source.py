@@ -6,13 +6,12 @@ B2 are the first DCC blocks of stages 3 and 4).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import model_from_checkpoint
-from ..errors import CheckpointError, ConfigError
+from ..checkpoint import model_from_checkpoint, train_size
+from ..errors import ConfigError
 from ..models.dccnext import DCCNeXt, create_dccnext
 from ..models.dcconv import DCConv
 
@@ -48,18 +47,6 @@ class ModelSource:
         }
 
 
-def _train_size(extra: dict[str, str], path: Path) -> tuple[int, int] | None:
-    text = extra.get("input_size")
-    if text is None:
-        return None
-    try:
-        size = json.loads(text)
-        height, width = (size, size) if isinstance(size, int) else (int(v) for v in size)
-    except (ValueError, TypeError):
-        raise CheckpointError(f"{path} has a broken input_size metadata entry {text!r}; expected [H, W]") from None
-    return height, width
-
-
 def load_model(checkpoint: str | os.PathLike | None = None, variant: str | None = None) -> ModelSource:
     """A checkpoint's model, or a freshly initialised variant (default B2) when there is no checkpoint."""
     if checkpoint is not None:
@@ -69,7 +56,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, variant: str | None 
             raise ConfigError(
                 f"--variant {variant} does not match {path.name}, a {meta.variant} checkpoint; drop --variant"
             )
-        source = ModelSource(model, meta.variant.removeprefix("dccnext_"), path, _train_size(meta.extra, path))
+        source = ModelSource(model, meta.variant.removeprefix("dccnext_"), path, train_size(meta, path))
     else:
         name = variant or DEFAULT_VARIANT
         source = ModelSource(create_dccnext(name), name, None, None)
