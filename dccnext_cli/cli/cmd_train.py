@@ -87,6 +87,7 @@ def train_cmd(
                       "lr": lr, "workers": workers, "seed": seed})
         return
     from ..engine.recipe import default_recipe_name, load_recipe
+    from ..engine.recipe_files import parse_overrides
     from ..engine.train import train
 
     explicit: dict[str, Any] = {k: v for k, v in {
@@ -96,8 +97,6 @@ def train_cmd(
         "checkpoint_every": checkpoint_every, "pretrained": str(weights) if weights else None}.items()
         if v is not None}
     name = recipe or default_recipe_name(data, explicit.get("variant"))
-    from ..engine.recipe_files import parse_overrides
-
     overrides = {**parse_overrides(set_), **explicit}
     config = load_recipe(name, overrides)
     resume_from: bool | Path = resume is not None

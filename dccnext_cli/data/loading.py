@@ -148,7 +148,7 @@ class Batches:
     """A DataLoader plus what the loop needs to drive it epoch by epoch."""
 
     loader: DataLoader
-    steps_per_epoch: int  # micro-batches per epoch for this process
+    steps_per_epoch: int | None  # micro-batches per epoch for this process; None: an evaluation stream
     sampler: EpochBatchSampler | None = None
     dataset: Dataset | None = None
     train: bool = True
@@ -203,8 +203,11 @@ def build_loader(split: ImageSplit, transform: Callable, batch_size: int, *, tra
     split = ImageSplit(split.source, split.split, stream, True, split.image_column, split.label_column,
                        split.num_samples, split.class_names)
     total = samples_per_epoch or split.num_samples
-    if total is None:
-        raise ValueError("a stream needs its length")
-    steps = total // (batch_size * world) if train else -(-total // (batch_size * world))
+    if total is None:  # evaluation reads a stream to its end and needs no count
+        if train:
+            raise ValueError("a training stream needs its length (samples_per_epoch)")
+        steps = None
+    else:
+        steps = max(total // (batch_size * world) if train else -(-total // (batch_size * world)), 1)
     return Batches(DataLoader(StreamImages(split, transform), batch_size=batch_size, drop_last=train, **common),
-                   max(steps, 1), train=train)
+                   steps, train=train)

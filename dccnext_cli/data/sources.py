@@ -82,6 +82,14 @@ def _parquet_files(pattern: str) -> list[str]:
     return sorted(f for f in glob.glob(pattern, recursive=True) if f.endswith(".parquet"))
 
 
+def _parquet_splits(pattern: str) -> dict[str, list[str]]:
+    """A parquet source's files by split, read from each file's path below the pattern's folder."""
+    by_split: dict[str, list[str]] = {}
+    for f in _parquet_files(pattern):
+        by_split.setdefault(_split_of(os.path.relpath(f, os.path.dirname(pattern) or ".")), []).append(f)
+    return by_split
+
+
 def _split_of(path: str) -> str:
     words = re.split(r"[/\\_.\-]+", path.lower())
     for split, names in SPLIT_WORDS.items():
@@ -106,10 +114,7 @@ def _load_hf(source: DataSource, split: str, streaming: bool):
         if source.kind == "imagefolder":
             return datasets.load_dataset("imagefolder", data_dir=source.location, split=split, streaming=streaming)
         if source.kind == "parquet":
-            by_split: dict[str, list[str]] = {}
-            for f in _parquet_files(source.location):
-                by_split.setdefault(_split_of(os.path.relpath(f, os.path.dirname(source.location) or ".")),
-                                    []).append(f)
+            by_split = _parquet_splits(source.location)
             found = _split_alias(split, list(by_split))
             if found is None:
                 raise DataError(f"{source.uri} has no {split!r} split (found: {', '.join(sorted(by_split))}); "
@@ -192,8 +197,9 @@ def _local_count(source: DataSource, split: str) -> int | None:
     if source.kind == "parquet":
         import pyarrow.parquet as pq
 
-        files = [f for f in _parquet_files(source.location) if _split_of(f) == (_split_alias(split, [split]) or split)]
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files else None
+        by_split = _parquet_splits(source.location)
+        found = _split_alias(split, list(by_split))
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in by_split[found]) if found else None
     if source.kind == "imagefolder":
         root = Path(source.location)
         folders = [d for d in root.iterdir() if d.is_dir() and _split_alias(split, [d.name]) == d.name]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointMeta, model_from_checkpoint
+from ..checkpoint import CheckpointMeta, model_from_checkpoint, train_size
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..data.loading import build_loader
 from ..data.sources import open_split, parse_data
@@ -40,10 +40,10 @@ class EvalResult:
                 "skipped_images": self.skipped_images, **self.extra}
 
 
-def eval_settings(meta: CheckpointMeta) -> dict[str, Any]:
+def eval_settings(meta: CheckpointMeta, source: str | Path = "the checkpoint") -> dict[str, Any]:
     """The evaluation transform a checkpoint was trained with (224, crop 1.0, bicubic, ImageNet stats if unknown)."""
     recipe = json.loads(meta.extra.get("recipe", "{}"))
-    size = json.loads(meta.extra["input_size"]) if "input_size" in meta.extra else recipe.get("input_size", [224, 224])
+    size = train_size(meta, source) or tuple(recipe.get("input_size", (224, 224)))
     return {"resolution": tuple(size), "crop_pct": recipe.get("crop_pct", 1.0),
             "interpolation": recipe.get("interpolation", "bicubic"),
             "mean": tuple(recipe.get("mean", IMAGENET_MEAN)), "std": tuple(recipe.get("std", IMAGENET_STD))}
@@ -107,15 +107,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     if part.num_classes is not None and part.num_classes != meta.num_classes:
         raise DataError(f"{data} ({split}) has {part.num_classes} classes but the checkpoint has "
                         f"{meta.num_classes}; evaluate it on the data it was trained for")
-    if part.streaming and part.num_samples is None and max_samples is None:
-        max_samples = None  # a stream is read to its end
-    settings = eval_settings(meta)
-    transform = eval_transform(**settings)
-    batches = build_loader(part, transform, batch_size, train=False, workers=workers,
-                           samples_per_epoch=part.num_samples or max_samples or 1)
+    settings = eval_settings(meta, checkpoint)
+    batches = build_loader(part, eval_transform(**settings), batch_size, train=False, workers=workers)
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    total = min(part.num_samples or 0, max_samples or part.num_samples or 0) or None
+    known = [n for n in (part.num_samples, max_samples) if n is not None]  # a stream may have no length
+    total = min(known) if known else None
     if progress is not None:
         progress.start(total, title=f"evaluating {Path(checkpoint).name} on {data} ({split})")
     try:

@@ -234,8 +234,7 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
         eval_tf = eval_transform(recipe.input_size, crop_pct=recipe.crop_pct, interpolation=recipe.interpolation,
                                  mean=recipe.mean, std=recipe.std)
         eval_batches = build_loader(eval_split, eval_tf, max(micro, 64), train=False, rank=rank, world=world,
-                                    workers=recipe.workers, samples_per_epoch=eval_split.num_samples
-                                    or recipe.eval_samples or 50000)
+                                    workers=recipe.workers)
 
     # model, optimiser, schedule
     set_seed(recipe.seed, device_specific=True)
