@@ -320,7 +320,8 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
                     raise DataError(f"label {int(labels.max())} in {source.uri} is outside 0..{num_classes - 1}; "
                                     "set --set num_classes=N")
                 fingerprint.update(labels.numpy().tobytes())
-                fingerprint.update(images.sum(dim=(1, 2, 3)).numpy().round(3).tobytes())
+                # a sparse sample of pixels tells the images apart without a full pass over every batch
+                fingerprint.update(images.flatten(1)[:, ::997].sum(1).numpy().round(3).tobytes())
                 seen += len(labels)
                 images, labels = images.to(accelerator.device), labels.to(accelerator.device)
                 targets = labels
