@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from . import cases, memory
-from .timing import measure
+from .timing import measure_interleaved
 
 REF, CONTROL = "convformer_s18", "control_b2"
 
@@ -26,28 +29,33 @@ def run(quick: bool, compile_models: bool) -> list[dict]:
     reps, warm = (3, 1) if quick else (7, 2)
     train_batch = 8 if quick else 32
 
-    def add(metric: str, model: str, seconds: float, per: int = 0) -> None:
-        rows.append({"metric": metric, "model": model, "median_s": seconds,
-                     "img_per_s": per / seconds if per else None})
-        print(f"{metric:32s} {model:16s} {seconds * 1000:10.1f} ms", flush=True)
+    def timed(metric: str, steps: dict[str, Callable[[], None]], per: int = 0, warmup: int = warm,
+              repeats: int = reps) -> None:
+        """Time `steps` interleaved (see `timing`), one row per model."""
+        for name, timing in measure_interleaved(steps, warmup, repeats).items():
+            rows.append({"metric": metric, "model": name, "median_s": timing.median_s,
+                         "img_per_s": per / timing.median_s if per else None,
+                         "times_s": [round(t, 4) for t in timing.times_s]})
+            print(f"{metric:32s} {name:16s} {timing.median_s * 1000:10.1f} ms", flush=True)
 
-    for name in cases.MODELS:
-        model = cases.build_model(name)
-        for batch in (1, 32):
-            add(f"infer 224 b{batch} eager", name, measure(cases.inference_step(model, batch, (224, 224)),
-                                                          warm, reps).median_s, batch)
-        if compile_models:
-            compiled = torch.compile(model)
-            add("infer 224 b32 compiled", name, measure(cases.inference_step(compiled, 32, (224, 224)),
-                                                        warm + 1, reps).median_s, 32)
-        add(f"train b{train_batch} eager", name, measure(cases.train_step(model, train_batch), warm, reps).median_s,
-            train_batch)
-        if name != "convnext_tiny":
-            add("backbone 1280x800 b1", name, measure(cases.inference_step(model, 1, (800, 1280), features=True),
-                                                      1, 2 if quick else 5).median_s, 1)
-        del model
-    for kernel in ("dcconv", "cluster_conv", "naive_gather", "dwconv7x7"):
-        add("op (32,14,14,640) fwd+bwd", kernel, measure(cases.op_step(kernel, backward=True), warm, reps).median_s)
+    # The op alone first, while the process is fresh: after GBs of model activations have come and gone,
+    # op times moved by up to 3x here (the naive gather's 190 MiB temporaries got 3x cheaper, the fast op
+    # 1.5x dearer), so a late measurement says more about the allocator's history than about the op.
+    timed("op (32,14,14,640) fwd+bwd", {kernel: cases.op_step(kernel, backward=True)
+                                        for kernel in ("dcconv", "cluster_conv", "naive_gather", "dwconv7x7")})
+    models = {name: cases.build_model(name) for name in cases.MODELS}
+    for batch in (1, 32):
+        timed(f"infer 224 b{batch} eager",
+              {name: cases.inference_step(model, batch, (224, 224)) for name, model in models.items()}, batch)
+    if compile_models:
+        timed("infer 224 b32 compiled", {name: cases.inference_step(torch.compile(model), 32, (224, 224))
+                                         for name, model in models.items()}, 32, warmup=warm + 1)
+    timed("backbone 1280x800 b1", {name: cases.inference_step(model, 1, (800, 1280), features=True)
+                                   for name, model in models.items() if name != "convnext_tiny"},
+          1, warmup=1, repeats=3 if quick else 7)
+    timed(f"train b{train_batch} eager",
+          {name: cases.train_step(model, train_batch) for name, model in models.items()}, train_batch)
+    del models
     rows.extend(saved_for_backward())
     for name in (name for name in cases.MODELS if name != "convnext_tiny"):
         mem = memory.measure_in_subprocess({"kind": "train", "model": name, "batch": train_batch})
@@ -77,35 +85,42 @@ def saved_for_backward() -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| metric | model | median ms | img/s | peak MiB | vs convformer_s18 | vs control |",
+    """Markdown: model rows compare speeds (other time / this time, > 1 is faster) and memory (this / other)
+    against convformer_s18 and the control; op rows compare against the 7x7 depthwise conv (this / it)."""
+    lines = ["| metric | model | median ms | img/s | peak MiB | vs convformer_s18 (op: vs dwconv7x7) | vs control |",
              "|---|---|---:|---:|---:|---:|---:|"]
     by = {(r["metric"], r["model"]): r for r in rows}
 
-    def value(r: dict) -> float | None:
-        if "peak_mib" in r:
-            return r["peak_mib"]
-        return r.get("median_s")
+    def ratio(r: dict, other: str) -> str:
+        o = by.get((r["metric"], other))
+        if o is None:
+            return ""
+        if "peak_mib" in r and "peak_mib" in o:
+            return f"{r['peak_mib'] / o['peak_mib']:.2f}x"
+        if r.get("median_s") and o.get("median_s"):
+            op = r["metric"].startswith("op")
+            return f"{r['median_s'] / o['median_s']:.2f}x time" if op else f"{o['median_s'] / r['median_s']:.2f}x"
+        return ""
 
     for r in rows:
-        v = value(r)
-        ratios = []
-        for other in ((REF, "dwconv7x7") if r["metric"].startswith("op") else (REF,)) + (CONTROL,):
-            o = by.get((r["metric"], other))
-            ov = value(o) if o else None
-            # times: ratio of speeds (other time / this time, >1 is faster); memory: this / other
-            if v and ov and not r["metric"].startswith("op"):
-                ratios.append(f"{(v / ov if 'peak_mib' in r else ov / v):.2f}x")
-            elif v and ov:
-                ratios.append(f"{v / ov:.2f}x time")
-            else:
-                ratios.append("")
-        if r["metric"].startswith("op"):
-            ratios = [ratios[1], ratios[2] if len(ratios) > 2 else ""]
+        op = r["metric"].startswith("op")
+        first, second = (ratio(r, "dwconv7x7"), "") if op else (ratio(r, REF), ratio(r, CONTROL))
         ms = f"{r['median_s'] * 1000:.1f}" if r.get("median_s") else ""
         ips = f"{r['img_per_s']:.1f}" if r.get("img_per_s") else ""
         peak = str(r.get("peak_mib", r.get("error", "")))
-        lines.append(f"| {r['metric']} | {r['model']} | {ms} | {ips} | {peak} | {ratios[0]} | {ratios[-1]} |")
+        lines.append(f"| {r['metric']} | {r['model']} | {ms} | {ips} | {peak} | {first} | {second} |")
     return "\n".join(lines)
+
+
+def machine() -> str:
+    """CPU model and core count: `platform.processor()` is empty on Linux."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
 
 
 def main() -> None:
@@ -119,8 +134,8 @@ def main() -> None:
     md = table(rows)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor(),
-            "quick": args.quick}
+    meta = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": machine(), "dtype": "float32", "quick": args.quick}
     (args.out / "compare.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (args.out / "compare.md").write_text(f"{meta}\n\n" + md + "\n")
 

@@ -1,4 +1,10 @@
-"""Warm-up, then the median of several timed repeats."""
+"""Warm-up, then the median of several timed repeats, interleaved across the things compared.
+
+On a shared VM the speed of the machine drifts over minutes (neighbours, page-zeroing in the kernel):
+timing model A for a minute and then model B for a minute measured ratios off by up to 1.6x here.
+Interleaving the repeats (A, B, C, then B, C, A, ...) exposes every candidate to the same drift,
+so the ratios hold even when the absolute times do not.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +20,22 @@ class Timing:
     times_s: list[float]
 
 
-def measure(fn: Callable[[], None], warmup: int, repeats: int, min_time_s: float = 0.0) -> Timing:
-    """Run `fn` `warmup` times untimed, then at least `repeats` times (and `min_time_s` total)."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_time_s:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return Timing(statistics.median(times), times)
+def measure_interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, Timing]:
+    """Warm each of `fns` up, then time `repeats` rounds, rotating the order every round."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(statistics.median(ts), ts) for name, ts in times.items()}
+
+
+def measure(fn: Callable[[], None], warmup: int, repeats: int) -> Timing:
+    """One function alone: warm-up, then the median of `repeats` runs."""
+    return measure_interleaved({"fn": fn}, warmup, repeats)["fn"]

@@ -16,7 +16,7 @@ The cluster convolution has three formulations that give the same numbers:
   `torch.compile` the default is to hand Inductor the gather formulation, which it fuses into one loop
   (`COMPILE_IMPL = "inductor"`); `"custom_op"` uses the same kernels as a `torch.library` op instead.
 
-Cluster indices come from float32 distances in one `baddbmm`, computed in chunks of query rows above
+Cluster indices come from float32 distances in one matmul of augmented rows, computed in chunks of query rows above
 `CHUNK_ELEMENTS` (memory O(chunk x N), not O(N^2)), and selected with `topk` plus an exact fix-up
 that reproduces a stable sort's tie rule (equal distances -> lower token index first).
 """
@@ -40,8 +40,10 @@ __all__ = [
     "exporting",
 ]
 
-# Distances (batch x query rows x tokens) computed at once; above this, query rows are chunked.
-CHUNK_ELEMENTS = 1 << 24
+# Distances (batch x query rows x tokens) computed at once; above this, query rows are chunked. 2M floats
+# (8 MiB) keep a chunk in cache between the matmul that writes it and the top-k that reads it: measured
+# 10-20% faster than one 64 MiB block at 4000 tokens, and the same at 224 px (one chunk either way).
+CHUNK_ELEMENTS = 1 << 21
 # How the cluster convolution runs inside torch.compile: "inductor" (fused gather) or "custom_op".
 COMPILE_IMPL = "inductor"
 # Output rows per block of the fast cluster convolution (output block + buffer stay in L2).
@@ -73,14 +75,24 @@ def _as_tokens(x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected a (B, H, W, E) or (B, N, E) tensor, got shape {tuple(x.shape)}")
 
 
+def _augmented(sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and key rows (B, N, S+2) whose dot products are the squared distances of `sub`'s rows.
+
+    [q, |q|^2, 1] . [-2k, 1, |k|^2] = |q|^2 + |k|^2 - 2 q.k, so the distances are one plain matmul: no
+    (Nq, Nk) broadcast sum to build first and add into (what `baddbmm` does), about 1.5x faster at
+    N = 4000 tokens (a 1280x800 image in stage 3), and the same cancellation as any expansion.
+    """
+    sq = sub.pow(2).sum(-1, keepdim=True)
+    ones = torch.ones_like(sq)
+    return torch.cat([sub, sq, ones], dim=-1), torch.cat([sub * -2.0, ones, sq], dim=-1)
+
+
 def pairwise_sq_distances(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Squared L2 distances (B, Nq, Nk) in one fused matmul: |q|^2 + |k|^2 - 2 q.k.
+    """Squared L2 distances (B, Nq, Nk) in one matmul of augmented rows: |q|^2 + |k|^2 - 2 q.k.
 
     Inputs are float32; the expansion cancels badly in half precision, which is why callers cast first.
     """
-    q_sq = queries.pow(2).sum(-1, keepdim=True)  # (B, Nq, 1)
-    k_sq = keys.pow(2).sum(-1).unsqueeze(1)  # (B, 1, Nk)
-    return torch.baddbmm(q_sq + k_sq, queries, keys.transpose(1, 2), alpha=-2.0)
+    return torch.bmm(_augmented(queries)[0], _augmented(keys)[1].transpose(1, 2))
 
 
 def _autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
@@ -145,9 +157,11 @@ def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements
         dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
         return select(dist, k)
     rows = max(1, chunk_elements // max(1, batch * num_tokens))
+    queries, keys = _augmented(sub)
+    keys = keys.transpose(1, 2)
     chunks = []
     for start in range(0, num_tokens, rows):
-        dist = pairwise_sq_distances(sub[:, start:start + rows], sub)
+        dist = torch.bmm(queries[:, start:start + rows], keys)
         # The centre is always a member and always first, whatever rounding does to its distance.
         dist.diagonal(offset=start, dim1=1, dim2=2).fill_(float("-inf"))
         chunks.append(select(dist, k))

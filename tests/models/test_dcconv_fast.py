@@ -45,6 +45,15 @@ def test_backward_saves_only_input_indices_and_weight():
     assert not any(t.dim() == 3 and t.shape[-1] == 64 and t.shape[1] == 12 for t in saved)
 
 
+def test_distances_equal_the_definition():
+    g = torch.Generator().manual_seed(0)
+    queries, keys = torch.randn(2, 7, 10, generator=g), torch.randn(2, 9, 10, generator=g)
+    want = (queries.double()[:, :, None] - keys.double()[:, None]).pow(2).sum(-1)
+    got = dcconv.pairwise_sq_distances(queries, keys)
+    assert got.dtype == torch.float32 and got.shape == (2, 7, 9)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4)
+
+
 def test_chunked_and_unchunked_indices_are_identical():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-2, 3, (2, 12, 10, 16), generator=g).float()  # many exact ties
