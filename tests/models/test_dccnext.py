@@ -10,7 +10,7 @@ from timm.optim import create_optimizer_v2
 
 from dccnext_cli import CheckpointError, DCCNeXt, create_dccnext, variant_config, warm_start_from_convformer
 from dccnext_cli.checkpoint import CheckpointMeta, save_weights
-from dccnext_cli.models.dccnext import DepthwiseConv2dNHWC
+from dccnext_cli.models.dccnext import DepthwiseConv2dNHWC, PointwiseLinear
 
 # The spec's reconstruction (section 2); b1 and b2 round to the paper's Table 1.
 SPEC_PARAMS = {"b1": 11.39e6, "b2": 26.67e6, "b3": 56.90e6, "b4": 86.83e6}
@@ -45,6 +45,26 @@ def test_dcc_stages_use_dcconv_with_the_papers_k_and_d():
     assert {(m.cluster_size, m.subvector_interval, m.dim) for _, m in layers} == {(12, 8, 640), (18, 8, 1024)}
     stage1_spatial = model.stages[0].blocks[0].token_mixer.spatial
     assert isinstance(stage1_spatial, DepthwiseConv2dNHWC) and stage1_spatial.kernel_size == (7, 7)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 24), (3, 1, 1, 24)])
+def test_pointwise_linear_as_conv_equals_nn_linear(shape):
+    g = torch.Generator().manual_seed(0)
+    layer = PointwiseLinear(24, 40, bias=True)
+    plain = torch.nn.Linear(24, 40, bias=True)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(*shape, generator=g)
+    for inputs in (x, x.transpose(1, 2)):  # also a non-contiguous map
+        a, b = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
+        out, want = layer(a), plain(b)
+        assert out.shape == want.shape
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        grad = torch.randn(want.shape, generator=g)
+        out.backward(grad)
+        want.backward(grad)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_config_options_change_the_network():
