@@ -35,7 +35,3 @@ def measure_interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats
             times[name].append(time.perf_counter() - t0)
     return {name: Timing(statistics.median(ts), ts) for name, ts in times.items()}
 
-
-def measure(fn: Callable[[], None], warmup: int, repeats: int) -> Timing:
-    """One function alone: warm-up, then the median of `repeats` runs."""
-    return measure_interleaved({"fn": fn}, warmup, repeats)["fn"]
