@@ -6,11 +6,12 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from timm.models.metaformer import StarReLU
 from timm.optim import create_optimizer_v2
 
 from dccnext_cli import CheckpointError, DCCNeXt, create_dccnext, variant_config, warm_start_from_convformer
 from dccnext_cli.checkpoint import CheckpointMeta, save_weights
-from dccnext_cli.models.dccnext import DepthwiseConv2dNHWC, PointwiseLinear
+from dccnext_cli.models.dccnext import DepthwiseConv2dNHWC, PointwiseLinear, activate
 
 # The spec's reconstruction (section 2); b1 and b2 round to the paper's Table 1.
 SPEC_PARAMS = {"b1": 11.39e6, "b2": 26.67e6, "b3": 56.90e6, "b4": 86.83e6}
@@ -65,6 +66,33 @@ def test_pointwise_linear_as_conv_equals_nn_linear(shape):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layer.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(layer.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("act", [StarReLU(scale_value=0.8, bias_value=-0.3), torch.nn.GELU(), torch.nn.GELU("tanh")])
+def test_activate_works_in_place_only_without_autograd(act):
+    x = torch.randn(2, 3, 4, 8, generator=torch.Generator().manual_seed(0))
+    want = act(x)
+    with torch.no_grad():
+        fresh = x.clone()
+        out = activate(act, fresh)
+    assert out.data_ptr() == fresh.data_ptr(), "no grad: computed in the input's memory"
+    assert torch.equal(out, want), "bit for bit the module's own result"
+    kept = x.clone()
+    assert torch.equal(activate(act, kept), want) and torch.equal(kept, x), "grad mode: the input is left alone"
+    seen = []
+    act.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    with torch.no_grad():
+        activate(act, x.clone())
+    assert seen == [x.shape], "hooks on the activation still fire"
+
+
+@pytest.mark.parametrize("ffn_act", ["gelu", "starrelu"])
+def test_inference_without_grad_equals_the_autograd_forward(ffn_act):
+    model = create_dccnext("b0", ffn_act=ffn_act, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast = model(x)
+    assert torch.equal(fast, model(x).detach())
 
 
 def test_config_options_change_the_network():
