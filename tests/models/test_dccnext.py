@@ -95,6 +95,29 @@ def test_inference_without_grad_equals_the_autograd_forward(ffn_act):
     assert torch.equal(fast, model(x).detach())
 
 
+def test_inference_runs_the_ffn_over_slices_of_the_batch(monkeypatch):
+    from dccnext_cli.models import dccnext as dccnext_module
+
+    model = create_dccnext("b0", num_classes=10).eval()
+    ffn = model.stages[0].blocks[0].mlp
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    calls = []
+    ffn.fc1.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        whole = model(x)
+    assert calls == [5], "the default slice holds this small batch whole"
+    image_bytes = 16 * 16 * ffn.fc1.out_features * 4  # stage 1 of a 64 px image, float32
+    monkeypatch.setattr(dccnext_module, "FFN_CHUNK_BYTES", 2 * image_bytes)
+    calls.clear()
+    with torch.no_grad():
+        sliced = model(x)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    torch.testing.assert_close(model(x), whole, rtol=1e-5, atol=1e-5)
+    assert calls == [5], "with autograd the batch stays whole"
+
+
 def test_config_options_change_the_network():
     control = create_dccnext("b0", global_op="conv", ffn_act="starrelu", res_scale=False)
     assert not list(control.dcconv_layers())
