@@ -77,3 +77,31 @@ def test_compiled_op_matches_eager():
     x = torch.randn(1, 4, 4, 16)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")  # no graph break on DCConv
     torch.testing.assert_close(compiled(x), layer(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_op_and_model_on_cuda_match_the_cpu():
+    from dccnext_cli.models import create_dccnext
+
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randn(2, 300, 32, generator=g)
+    idx = cluster_indices(tokens, 9, 4)
+    gpu_idx = cluster_indices(tokens.cuda(), 9, 4).cpu()  # near-ties may round the other way: compare distances
+    assert torch.equal(gpu_idx[..., 0], torch.arange(300).expand(2, 300)), "the centre comes first"
+    sub = tokens[..., ::4].double()
+    dist = (sub[:, :, None] - sub[:, None]).pow(2).sum(-1)
+    torch.testing.assert_close(dist.gather(2, gpu_idx), dist.gather(2, idx), rtol=1e-4, atol=1e-4)
+    weight, bias = torch.randn(9, 32, generator=g), torch.randn(32, generator=g)
+    on_gpu = [t.cuda().requires_grad_() for t in (tokens, weight, bias)]
+    out = cluster_conv(on_gpu[0], idx.cuda(), on_gpu[1], on_gpu[2])
+    out.sum().backward()
+    cpu = [t.clone().requires_grad_() for t in (tokens, weight, bias)]
+    ref = cluster_conv_reference(cpu[0], idx, cpu[1], cpu[2])
+    ref.sum().backward()
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(on_gpu, cpu, strict=True):
+        torch.testing.assert_close(got.grad.cpu(), want.grad, rtol=1e-4, atol=1e-4)
+    model = create_dccnext("b0", num_classes=10).eval()
+    x = torch.randn(2, 3, 96, 96, generator=g)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        torch.testing.assert_close(model.cuda()(x.cuda()).cpu(), model.cpu()(x), rtol=1e-2, atol=1e-2)
