@@ -82,11 +82,25 @@ def _parquet_files(pattern: str) -> list[str]:
     return sorted(f for f in glob.glob(pattern, recursive=True) if f.endswith(".parquet"))
 
 
+def _pattern_root(pattern: str) -> str:
+    """The folder a pattern starts from: a folder itself, else the path up to its first glob part."""
+    if os.path.isdir(pattern):
+        return pattern
+    head = pattern
+    while glob.has_magic(head):
+        head = os.path.dirname(head)
+    return head if head != pattern else os.path.dirname(pattern)
+
+
 def _parquet_splits(pattern: str) -> dict[str, list[str]]:
-    """A parquet source's files by split, read from each file's path below the pattern's folder."""
+    """A parquet source's files by split, read from each file's path below the pattern's root folder.
+
+    Only the part below counts: `parquet:runs/test_shards` names no split by the folder's own name.
+    """
+    root = _pattern_root(pattern) or "."
     by_split: dict[str, list[str]] = {}
     for f in _parquet_files(pattern):
-        by_split.setdefault(_split_of(os.path.relpath(f, os.path.dirname(pattern) or ".")), []).append(f)
+        by_split.setdefault(_split_of(os.path.relpath(f, root)), []).append(f)
     return by_split
 
 

@@ -70,6 +70,26 @@ def test_empty_split_is_a_clear_error(tmp_path):
             open_split(source, "validation", streaming=streaming)
 
 
+@pytest.mark.parametrize("form", ["folder", "glob", "nested_glob", "file"])
+def test_parquet_splits_come_from_the_path_below_the_given_folder(tmp_path, form):
+    from dccnext_cli.data.sources import _parquet_splits
+
+    root = tmp_path / "test_eval_shards"  # split words in the folder's own name must not count
+    (root / "val").mkdir(parents=True)
+    for name in ("part-0.parquet", "part-1.parquet", "val/x-0.parquet", "test-0.parquet"):
+        (root / name).write_bytes(b"")
+    patterns = {"folder": str(root), "glob": f"{root}/*.parquet", "nested_glob": f"{root}/**/*.parquet",
+                "file": str(root / "part-0.parquet")}
+    splits = {k: sorted(v.rsplit("/", 2)[-1] for v in files)
+              for k, files in _parquet_splits(patterns[form]).items()}
+    want = {"folder": {"train": ["part-0.parquet", "part-1.parquet"], "validation": ["x-0.parquet"],
+                       "test": ["test-0.parquet"]},
+            "glob": {"train": ["part-0.parquet", "part-1.parquet"], "test": ["test-0.parquet"]},
+            "file": {"train": ["part-0.parquet"]}}
+    want["nested_glob"] = want["folder"]
+    assert splits == want[form]
+
+
 def test_missing_split_and_paths(imagefolder, tmp_path):
     with pytest.raises(DataError, match="folder .*nope does not exist"):
         parse_data(f"imagefolder:{tmp_path / 'nope'}")
