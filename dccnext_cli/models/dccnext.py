@@ -136,7 +136,7 @@ class ConvFFN(nn.Module):
         batch = x.shape[0]
         if FFN_CHUNK_BYTES <= 0 or torch.is_grad_enabled() or not isinstance(batch, int) or exporting():
             return None
-        image_bytes = x[0].numel() // x.shape[-1] * self.fc1.out_features * x.element_size()
+        image_bytes = x.shape[1:-1].numel() * self.fc1.out_features * x.element_size()  # H * W * 4C
         per_slice = max(1, FFN_CHUNK_BYTES // image_bytes)
         return per_slice if per_slice < batch else None
 
