@@ -3,10 +3,9 @@
 Importing this package registers `dccnext_b0` ... `dccnext_b4` with timm.
 """
 
-__version__ = "0.1.0"
-
-from .errors import CheckpointError, ConfigError, DataError, DCCNeXtError, ImageError  # noqa: E402
-from .models import (  # noqa: E402
+from ._version import __version__
+from .errors import CheckpointError, ConfigError, DataError, DCCNeXtError, ImageError
+from .models import (
     PAPER_TABLE1,
     VARIANTS,
     DCCNeXt,
@@ -20,6 +19,7 @@ from .models import (  # noqa: E402
     variant_config,
     warm_start_from_convformer,
 )
+from .models.settings import OperatorSettings, operator_settings, set_operator_settings, use_operator_settings
 
 __all__ = [
     "__version__",
@@ -35,6 +35,10 @@ __all__ = [
     "create_dccnext",
     "convformer_to_dccnext",
     "warm_start_from_convformer",
+    "OperatorSettings",
+    "operator_settings",
+    "set_operator_settings",
+    "use_operator_settings",
     "DCCNeXtError",
     "ConfigError",
     "CheckpointError",

@@ -18,6 +18,7 @@ holds the outputs to the tolerance on the samples whose clusters all agree, coun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -29,11 +30,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointMeta, atomic_write, model_from_checkpoint, save_weights, train_size
+from .common.files import atomic_write, atomic_write_text
 from .errors import ConfigError, DCCNeXtError, OutputExistsError
-from .models import dcconv
 from .models.config import variant_config
 from .models.dccnext import DCCNeXt
+from .models.settings import use_operator_settings
+from .models.weights import CheckpointMeta, save_weights
 
 __all__ = [
     "FORMATS",
@@ -44,7 +46,6 @@ __all__ = [
     "ExportResult",
     "load_source",
     "export_model",
-    "topk_cluster_indices",
 ]
 
 FORMATS = ("safetensors", "timm", "onnx", "torchscript", "exported-program")
@@ -111,44 +112,11 @@ def load_source(checkpoint: str | os.PathLike | None, variant: str | None) -> tu
     if (checkpoint is None) == (variant is None):
         raise ConfigError("pass exactly one of --checkpoint FILE or --variant NAME")
     if checkpoint is not None:
-        model, meta = model_from_checkpoint(checkpoint)
+        model, meta = DCCNeXt.from_checkpoint(checkpoint)
     else:
         config = variant_config(variant)
         model, meta = DCCNeXt(config), CheckpointMeta(variant.removeprefix("dccnext_"), config)
     return model.eval(), meta
-
-
-# ----------------------------------------------------------------------------- export-friendly clustering
-def topk_cluster_indices(x: torch.Tensor, cluster_size: int, subvector_interval: int = 8) -> torch.Tensor:
-    """`dcconv.cluster_indices` in ops every exporter translates: a mask instead of an in-place diagonal
-    fill, and `topk` instead of a stable sort (ONNX has no Sort; its TopK puts equal values in index
-    order, which is the stable sort's tie rule). Same distances, same result."""
-    tokens = x.flatten(1, 2) if x.ndim == 4 else x
-    num_tokens = tokens.shape[1]
-    k = dcconv.effective_cluster_size(cluster_size, num_tokens)
-    with torch.no_grad():
-        sub = tokens[..., ::subvector_interval].float()
-        dist = dcconv.pairwise_sq_distances(sub, sub)
-        eye = torch.eye(num_tokens, dtype=torch.bool, device=dist.device)
-        dist = dist.masked_fill(eye, float("-inf"))
-        return torch.topk(dist, k, dim=-1, largest=False, sorted=True).indices
-
-
-@contextlib.contextmanager
-def _onnx_clustering():
-    """Trace DCConv with `topk_cluster_indices` (DCConv.forward looks `cluster_indices` up in its module)."""
-    calls = []
-
-    def traced(*args, **kwargs):
-        calls.append(1)
-        return topk_cluster_indices(*args, **kwargs)
-
-    original = dcconv.cluster_indices
-    dcconv.cluster_indices = traced
-    try:
-        yield calls
-    finally:
-        dcconv.cluster_indices = original
 
 
 # ----------------------------------------------------------------------------- module wrappers
@@ -253,8 +221,7 @@ def check_onnx(path: Path, reference: nn.Module, inputs: list[torch.Tensor], fea
 
 # ----------------------------------------------------------------------------- writers
 def _meta_for_export(meta: CheckpointMeta, resolution: tuple[int, int]) -> CheckpointMeta:
-    extra = {**meta.extra, "input_size": json.dumps(list(resolution))}
-    return CheckpointMeta(meta.variant, meta.config, meta.class_names, meta.epoch, meta.version, extra)
+    return dataclasses.replace(meta, input_size=tuple(resolution))
 
 
 def _cast(model: DCCNeXt, dtype: str) -> DCCNeXt:
@@ -274,7 +241,7 @@ def _write_safetensors(model, meta, out: Path, dtype: str, inputs) -> list[Parit
     import timm
 
     save_weights(out, _cast(model, dtype), meta)
-    checks = _reload_checks(lambda: model_from_checkpoint(out)[0], model, inputs, dtype)
+    checks = _reload_checks(lambda: DCCNeXt.from_checkpoint(out)[0], model, inputs, dtype)
     name = f"dccnext_{meta.variant}"
     if timm.is_model(name):  # a 'custom' config has no timm name to load by
         checks += _reload_checks(
@@ -322,9 +289,9 @@ def _write_timm_folder(model, meta, out: Path, dtype: str, inputs, resolution) -
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out / "model.safetensors", _cast(model, dtype), meta)
     text = json.dumps(timm_config(model, meta, resolution), indent=2) + "\n"
-    atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(out / "config.json", text)
     checks = _reload_checks(lambda: timm.create_model(f"local-dir:{out}", pretrained=True), model, inputs, dtype)
-    checks += _reload_checks(lambda: model_from_checkpoint(out / "model.safetensors")[0], model, inputs[:1], dtype)
+    checks += _reload_checks(lambda: DCCNeXt.from_checkpoint(out / "model.safetensors")[0], model, inputs[:1], dtype)
     return checks
 
 
@@ -355,13 +322,12 @@ class _Exportable(nn.Module):
 
 def _write_onnx(module, reference, out: Path, resolution, inputs, features: bool) -> list[ParityCheck]:
     example = _example(reference if isinstance(reference, DCCNeXt) else reference.model, resolution, "float32")
-    with _onnx_clustering() as calls, contextlib.redirect_stdout(sys.stderr):
+    # ONNX has no Sort: the clustering selects with TopK, whose ties go to the lower index (the same rule)
+    with use_operator_settings(export_indices="topk"), contextlib.redirect_stdout(sys.stderr):
         program = torch.onnx.export(
             module, (example,), dynamo=True, opset_version=ONNX_OPSET, dynamic_shapes=_dynamic_shapes(resolution),
             input_names=["images"], output_names=_output_names(features), verbose=False,
         )
-    if not calls:
-        raise RuntimeError("DCConv no longer calls dcconv.cluster_indices; update export._onnx_clustering")
 
     def write(tmp: str) -> None:
         program.save(tmp, external_data=False)
@@ -423,7 +389,7 @@ def export_model(
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     out = Path(output)
     if resolution is None:
-        resolution = train_size(meta) or (224, 224)
+        resolution = meta.input_size or (224, 224)
     if min(resolution) < MIN_EXPORT_SIZE:
         raise ConfigError(
             f"--res {resolution[0]}x{resolution[1]} is below the export minimum of {MIN_EXPORT_SIZE} px "

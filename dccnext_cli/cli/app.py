@@ -13,6 +13,7 @@ import importlib
 import pkgutil
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Annotated, Any
 
 import click
@@ -55,11 +56,10 @@ def fail(message: str) -> None:
 
 
 def _register_builtin(app: typer.Typer) -> None:
-    from .. import cli as cli_pkg
-
-    for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
+    folder = Path(__file__).parent
+    for info in sorted(pkgutil.iter_modules([str(folder)]), key=lambda m: m.name):
         if info.name.startswith("cmd_"):
-            importlib.import_module(f"{cli_pkg.__name__}.{info.name}").register(app)
+            importlib.import_module(f"{__package__}.{info.name}").register(app)
 
 
 def _register_plugins(app: typer.Typer) -> None:
@@ -102,7 +102,7 @@ def build_app() -> typer.Typer:
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from .._version import __version__
 
         typer.echo(f"dccnext {__version__}")
         raise typer.Exit()

@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..common.progress import StepProgress
 from ..errors import ConfigError
-from .cmd_train import DATA_HELP, Task, TaskOpt
-from .options import JsonOpt, print_json
-from .progress import StepProgress
+from ..models.weights import read_meta
+from ..tasks import get_task, is_dense
+from .options import DATA_HELP, DEFAULT_TASK, JsonOpt, TaskOpt, print_json
 
 
 def eval_cmd(
@@ -26,30 +27,29 @@ def eval_cmd(
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 256,
         workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
         limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Score at most this many images.")] = None,
-        task: TaskOpt = Task.classification,
+        task: TaskOpt = DEFAULT_TASK,
         json_out: JsonOpt = False,
 ) -> None:
     """Score a checkpoint: top-1 and top-5 accuracy (percent) and the cross-entropy loss, with the evaluation
     transform of its training recipe (size, crop, interpolation, normalisation: read from the file).
     Dense checkpoints (retinanet, mask-rcnn, semantic-fpn: read from the file, or --task) report COCO AP or
     mIoU on --data."""
-    from ..checkpoint import read_meta
-
-    recorded = read_meta(checkpoint).extra.get("task", "classification")
-    if task is Task.classification and recorded != "classification":
-        task = Task(recorded)  # a dense checkpoint says what it is
-    if task is not Task.classification:
-        from ..dense.engine import evaluate_dense
+    spec = get_task(task.value)
+    meta = read_meta(checkpoint)
+    if not is_dense(spec) and not meta.is_classifier:
+        spec = get_task(meta.task)  # a dense checkpoint says what it is
+    if is_dense(spec):
+        from ..dense.evaluate import evaluate_dense
 
         if data is None:
-            raise ConfigError(f"--task {task.value} needs --data (coco:PATH or ade20k:PATH)")
-        metrics = evaluate_dense(checkpoint, data, task.value, batch_size=1, progress=not json_out)
+            raise ConfigError(f"--task {spec.name} needs --data ({spec.data_scheme}:PATH)")
+        metrics = evaluate_dense(checkpoint, data, spec, batch_size=1, progress=not json_out)
         if json_out:
-            print_json({"checkpoint": str(checkpoint), "task": task.value, **metrics})
+            print_json({"checkpoint": str(checkpoint), "task": spec.name, **metrics})
         else:
             Console().print(metrics)
         return
-    from ..engine.evaluate import evaluate_checkpoint
+    from ..classification.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data, split, batch_size=batch_size, workers=workers, max_samples=limit,
                                  progress=StepProgress("image", enabled=not json_out))

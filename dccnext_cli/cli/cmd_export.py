@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ..export import MIN_EXPORT_SIZE, ExportResult, export_model, load_source
-from .options import CheckpointOpt, JsonOpt, OverwriteOpt, VariantOpt, console, parse_resolution, print_json
+from ..export import FORMATS, MIN_EXPORT_SIZE, ExportResult, export_model, load_source
+from .options import (
+    CheckpointOpt,
+    JsonOpt,
+    OverwriteOpt,
+    VariantOpt,
+    choices,
+    console,
+    parse_resolution,
+    print_json,
+)
 
-
-class Format(str, Enum):
-    safetensors = "safetensors"
-    timm = "timm"
-    onnx = "onnx"
-    torchscript = "torchscript"
-    exported_program = "exported-program"
+Format = choices("Format", FORMATS)
 
 
 def _render(result: ExportResult) -> None:

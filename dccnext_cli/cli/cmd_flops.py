@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ..flops import FlopReport, count_variant
 from ..models.config import PAPER_TABLE1, VARIANTS
-from .options import JsonOpt, ResOpt, VariantOpt, console, parse_int_pair, parse_resolution, print_json
+from ..models.flops import FlopReport, count_variant
+from ..tasks import DenseTask, get_task, is_dense
+from .options import (
+    DEFAULT_TASK,
+    JsonOpt,
+    ResOpt,
+    Task,
+    VariantOpt,
+    console,
+    parse_int_pair,
+    parse_resolution,
+    print_json,
+)
 
 
 def _g(value: int) -> str:
@@ -21,16 +31,9 @@ def _m(value: int) -> str:
     return f"{value / 1e6:.2f}"
 
 
-class Task(str, Enum):
-    classification = "classification"
-    retinanet = "retinanet"
-    mask_rcnn = "mask-rcnn"
-    semantic_fpn = "semantic-fpn"
-
-
-def _breakdown(report: FlopReport, task: str = "classification") -> Table:
+def _breakdown(report: FlopReport, task: DenseTask | None = None) -> Table:
     height, width = report.resolution
-    model = f"dccnext_{report.variant}" + ("" if task == "classification" else f" {task}")
+    model = f"dccnext_{report.variant}" + (f" {task.name}" if task is not None else "")
     table = Table(title=f"{model} at {height}x{width}, per image", title_justify="left")
     for column in ("part", "grid", "params (M)", "dense GFLOPs", "distances", "cluster conv", "total GFLOPs"):
         table.add_column(column, justify="left" if column == "part" else "right")
@@ -72,7 +75,7 @@ def flops(
                 help="classification, or a dense model: retinanet and mask-rcnn (default --res 1280x800), "
                 "semantic-fpn (512x512); dense tasks default to --variant b2 and split out FPN and heads.",
             ),
-        ] = Task.classification,
+        ] = DEFAULT_TASK,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch; totals multiply.")] = 1,
         cluster_size: Annotated[
             Optional[str],
@@ -93,16 +96,15 @@ def flops(
     torch's FlopCounterMode on a meta-device model (no memory, any resolution). Dense tasks count every
     layer with weights up to the data-dependent post-processing, as MMDetection's FLOP counter does.
     """
-    from ..dense.flops import DEFAULT_RESOLUTION
-
-    resolution = parse_resolution(res) or DEFAULT_RESOLUTION[task.value]
+    spec = get_task(task.value)
+    resolution = parse_resolution(res) or spec.default_resolution
     changes = {}
     if (sizes := parse_int_pair("--cluster-size")(cluster_size)) is not None:
         changes["cluster_sizes"] = sizes
     if (intervals := parse_int_pair("--subvector-interval")(subvector_interval)) is not None:
         changes["subvector_intervals"] = intervals
-    if task is not Task.classification:
-        _dense(task.value, variant.value if variant else "b2", resolution, batch_size, changes, json_out)
+    if is_dense(spec):
+        _dense(spec, variant.value if variant else "b2", resolution, batch_size, changes, json_out)
         return
     names = [variant.value] if variant else list(VARIANTS)
     reports = [count_variant(name, resolution, batch_size, **changes) for name in names]
@@ -120,20 +122,21 @@ def flops(
     console.print(f"[dim]{reports[0].note}[/]", highlight=False)
 
 
-def _dense(task: str, variant: str, resolution: tuple[int, int], batch_size: int, changes: dict,
+def _dense(task: DenseTask, variant: str, resolution: tuple[int, int], batch_size: int, changes: dict,
            json_out: bool) -> None:
-    from ..dense.flops import DEFAULT_RESOLUTION, PAPER_DENSE_B2, count_task
+    from ..dense.flops import count_task
 
     report = count_task(task, variant, resolution, batch_size, **changes)
-    paper = PAPER_DENSE_B2[task] if variant == "b2" and resolution == DEFAULT_RESOLUTION[task] else None
+    paper = task.paper_b2 if variant == "b2" and resolution == task.default_resolution else None
     if json_out:
-        print_json({**report.to_dict(), "task": task,
+        print_json({**report.to_dict(), "task": task.name,
                     "paper": {"params_m": paper[0], "flops_g": paper[1]} if paper else None})
         return
     console.print(_breakdown(report, task))
     if paper:
         console.print(
-            f"paper (b2 {task}): {paper[0]:.1f} M params, {paper[1]:.1f} GFLOPs; here {report.params / 1e6:.2f} M, "
+            f"paper (b2 {task.name}): {paper[0]:.1f} M params, {paper[1]:.1f} GFLOPs; "
+            f"here {report.params / 1e6:.2f} M, "
             f"{report.flops_per_image / 1e9:.2f} GFLOPs ({(report.flops_per_image / 1e9 - paper[1]) / paper[1]:+.1%})"
         )
     if batch_size > 1:

@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..viz.figure import check_output, save_figure
 from ..viz.kernel_weights import kernel_csv, kernel_figure, kernel_weights
 from ..viz.model_source import load_model, parse_blocks
-from .cmd_visualize_clusters import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
+from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, OverwriteOpt, VariantOpt, print_json
 
 

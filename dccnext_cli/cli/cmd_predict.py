@@ -20,7 +20,7 @@ def predict_cmd(
         json_out: JsonOpt = False,
 ) -> None:
     """Classify images with a checkpoint (its class names and evaluation transform come from the file)."""
-    from ..engine.predict import predict
+    from ..classification.predict import predict
 
     predictions = predict(checkpoint, images, top_k=top)
     if json_out:

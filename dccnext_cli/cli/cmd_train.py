@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,29 +9,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..common.progress import StepProgress
 from ..errors import ConfigError
-from .options import JsonOpt, OverwriteOpt, ResOpt, VariantOpt, parse_resolution, print_json
-from .progress import StepProgress
+from ..tasks import DenseTask, get_task, is_dense
+from .options import (
+    DATA_HELP,
+    DEFAULT_TASK,
+    JsonOpt,
+    OverwriteOpt,
+    ResOpt,
+    TaskOpt,
+    VariantOpt,
+    parse_resolution,
+    print_json,
+)
 
-DATA_HELP = ("Images to train on: builtin:fashion-mnist (the embedded set; default), imagefolder:PATH "
-             "(PATH/train/<class>/..., PATH/validation/<class>/...), parquet:GLOB (Hub-style shards: image bytes + "
-             "label; split from file names), or hf:REPO[:CONFIG] (a Hub dataset, streamed; ImageNet: "
-             "hf:timm/imagenet-1k-wds).")
 RECIPE_HELP = ("A bundled recipe (quickstart, imagenet/b0 ... imagenet/b4) or a YAML file. Default: quickstart "
                "without --data, else the paper's ImageNet recipe for the variant.")
 SET_HELP = "Override any recipe key, e.g. --set lr=1e-3 --set input_size=[160,160] (repeatable; YAML values)."
 
 
-class Task(str, Enum):
-    classification = "classification"
-    retinanet = "retinanet"
-    mask_rcnn = "mask-rcnn"
-    semantic_fpn = "semantic-fpn"
-
-
-TaskOpt = Annotated[Task, typer.Option("--task", help="classification (ImageNet-style) or a dense task: retinanet, "
-                                                      "mask-rcnn (COCO) or semantic-fpn (ADE20K).")]
-DataOpt = Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="Images to train on. " + DATA_HELP)]
 RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help=RECIPE_HELP)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)]
 
@@ -66,7 +63,7 @@ def train_cmd(
             help="Continue an interrupted run: bare or 'auto' resumes -o DIR from its newest checkpoint (or starts "
                  "it); a PATH names a run folder or one of its checkpoints/step-* folders.")] = None,
         overwrite: OverwriteOpt = False,
-        task: TaskOpt = Task.classification,
+        task: TaskOpt = DEFAULT_TASK,
         weights: Annotated[Optional[Path], typer.Option(
             "--weights", help="Start from these weights: a dccnext checkpoint (its head is replaced) or timm "
                               "ConvFormer weights (warm start); dense tasks: the backbone's ImageNet weights.")] = None,
@@ -81,14 +78,16 @@ def train_cmd(
 
     Many GPUs or nodes: accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe imagenet/b2.
     """
-    if task is not Task.classification:
-        _train_dense(task.value, data, recipe, set_, output, weights, overwrite, json_out,
+    spec = get_task(task.value)
+    if is_dense(spec):
+        _train_dense(spec, data, recipe, set_, output, weights, overwrite, json_out,
                      {"variant": variant.value if variant else None, "epochs": epochs, "batch_size": batch_size,
                       "lr": lr, "workers": workers, "seed": seed})
         return
-    from ..engine.recipe import default_recipe_name, load_recipe
-    from ..engine.recipe_files import parse_overrides
-    from ..engine.train import train
+    from ..classification.callbacks import callbacks_from_env
+    from ..classification.recipe import default_recipe_name, load_recipe
+    from ..classification.train import train
+    from ..common.recipe_files import parse_overrides
 
     explicit: dict[str, Any] = {k: v for k, v in {
         "variant": variant.value if variant else None, "data": data, "epochs": epochs, "batch_size": batch_size,
@@ -109,7 +108,8 @@ def train_cmd(
         console.print("no --data: training on the embedded Fashion-MNIST with the [bold]quickstart[/] recipe",
                       highlight=False)
     result = train(config, output, resume=resume_from, overwrite=overwrite,
-                   reporter=StepProgress("step", enabled=not json_out), explicit=overrides)
+                   reporter=StepProgress("step", enabled=not json_out), explicit=overrides,
+                   callbacks=callbacks_from_env())
     summary = {"output": str(result.output), "weights": str(result.weights), "epochs": result.epochs,
                "steps": result.steps, "world_size": result.world_size, "wall_s": round(result.wall_s, 1),
                "metrics": result.metrics, "skipped_images": result.skipped_images}
@@ -136,18 +136,19 @@ def _run_folder(path: Path) -> Path:
     return path
 
 
-def _train_dense(task: str, data: str | None, recipe: str | None, set_: list[str] | None, output: Path | None,
-                 weights: Path | None, overwrite: bool, json_out: bool, options: dict[str, Any]) -> None:
-    from ..dense.engine import train_dense
+def _train_dense(task: DenseTask, data: str | None, recipe: str | None, set_: list[str] | None,
+                 output: Path | None, weights: Path | None, overwrite: bool, json_out: bool,
+                 options: dict[str, Any]) -> None:
+    from ..common.recipe_files import parse_overrides
     from ..dense.recipe import load_dense_recipe
-    from ..engine.recipe_files import parse_overrides
+    from ..dense.train import train_dense
 
     if data is None:
-        raise ConfigError(f"--task {task} needs --data ({'ade20k' if task == 'semantic-fpn' else 'coco'}:PATH)")
+        raise ConfigError(f"--task {task.name} needs --data ({task.data_scheme}:PATH)")
     if output is None:
-        raise ConfigError(f"--task {task} needs -o DIR for the run")
-    overrides = {**parse_overrides(set_), **{k: v for k, v in options.items() if v is not None}, "task": task}
-    config = load_dense_recipe(recipe or task, overrides)
+        raise ConfigError(f"--task {task.name} needs -o DIR for the run")
+    overrides = {**parse_overrides(set_), **{k: v for k, v in options.items() if v is not None}, "task": task.name}
+    config = load_dense_recipe(recipe or task.name, overrides)
     result = train_dense(config, data, output, weights=weights, eval_data=data, progress=not json_out,
                          overwrite=overwrite)
     summary = {"output": str(output), "weights": str(result.checkpoint), "iterations": result.iterations,

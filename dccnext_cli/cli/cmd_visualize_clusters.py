@@ -12,40 +12,9 @@ from ..errors import ConfigError
 from ..viz.clusters import compute_clusters, parse_center, resolve_centers
 from ..viz.clusters_plot import clusters_figure
 from ..viz.figure import check_output, save_figure
-from ..viz.model_source import ModelSource, load_model, parse_blocks
+from ..viz.model_source import load_model, parse_blocks
+from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, OverwriteOpt, ResOpt, VariantOpt, parse_resolution, print_json
-
-err_console = Console(stderr=True)
-
-BlocksOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--blocks",
-        help="DCC blocks, numbered 1-based over the whole network as in the paper: e.g. 7,16, or all-dcc. "
-        "Default: the first DCC block of stage 3 and of stage 4 (B2: 7,16).",
-    ),
-]
-DpiOpt = Annotated[int, typer.Option("--dpi", min=30, max=1200, help="Resolution of PNG output.")]
-
-
-def output_opt(default: str, machine: str):
-    """-o/--output of a figure command: written by default unless only machine output was asked for."""
-    return Annotated[
-        Optional[Path],
-        typer.Option("-o", "--output", help=f"Figure file: .png, .svg or .pdf. Default {default} "
-                     f"(none with {machine} unless -o is given)."),
-    ]
-
-
-def warn_random(source: ModelSource) -> None:
-    """The visible warning for a model without a checkpoint."""
-    if source.random_weights:
-        err_console.print(
-            f"[yellow]warning:[/] no --checkpoint: DCCNeXt-{source.variant.upper()} has random weights, "
-            "so what the figure shows says little about a trained model",
-            highlight=False,
-            soft_wrap=True,
-        )
 
 
 def visualize_clusters(

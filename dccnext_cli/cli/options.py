@@ -1,4 +1,7 @@
-"""Options every command shares (shared/spec/design.md): same names, same parsing, same errors."""
+"""Options every command shares: same names, same parsing, same errors (docs/architecture.md).
+
+Choices come from the registries (variants, tasks, export formats), never from lists written here.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +15,20 @@ import typer
 from rich.console import Console
 
 from ..models.config import VARIANTS
+from ..tasks import CLASSIFICATION_TASK, TASKS, is_dense
 
 MIN_SIZE = 32  # px: the stem (stride 4) and three stride-2 downsamplings leave at least one token
 
 console = Console()
 
 
-class Variant(str, Enum):
-    b0 = "b0"
-    b1 = "b1"
-    b2 = "b2"
-    b3 = "b3"
-    b4 = "b4"
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of `values` for Typer's choice lists, built from a registry."""
+    return Enum(name, {value: value for value in values}, type=str)
 
 
-assert [v.value for v in Variant] == list(VARIANTS)
+Variant = choices("Variant", VARIANTS)
+Task = choices("Task", TASKS)
 
 
 def parse_resolution(value: str | None, option: str = "--res") -> tuple[int, int] | None:
@@ -79,6 +81,14 @@ CheckpointOpt = Annotated[
     typer.Option("--checkpoint", help="A dccnext .safetensors file (from `train` or `export`).", dir_okay=False),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs instead of refusing.")]
+
+DATA_HELP = ("Images: builtin:fashion-mnist (the embedded set; default), imagefolder:PATH "
+             "(PATH/train/<class>/..., PATH/validation/<class>/...), parquet:GLOB (Hub-style shards: image bytes + "
+             "label; split from file names), or hf:REPO[:CONFIG] (a Hub dataset, streamed; ImageNet: "
+             "hf:timm/imagenet-1k-wds).")
+TaskOpt = Annotated[Task, typer.Option("--task", help="classification or a dense task: " + ", ".join(
+    f"{name} ({task.summary})" for name, task in TASKS.items() if is_dense(task)) + ".")]
+DEFAULT_TASK = Task(CLASSIFICATION_TASK.name)
 
 
 def print_json(obj: Any) -> None:

@@ -28,13 +28,15 @@ __all__ = [
     "ADE20KSegmentation",
     "SegAugment",
     "resolve_coco",
-    "open_dense_data",
+    "open_dense_source",
+    "SCHEMES",
     "detection_collate",
     "segmentation_collate",
     "IGNORE_INDEX",
 ]
 
 IGNORE_INDEX = 255  # ADE20K's label 0 ("other") and crop padding
+SCHEMES = ("coco", "ade20k")  # the --data prefixes of the dense tasks
 
 
 # --------------------------------------------------------------------- COCO
@@ -295,20 +297,20 @@ class ADE20KSegmentation(Dataset):
 
 
 # --------------------------------------------------------------------- sources and batching
-def open_dense_data(spec: str | Dataset, task: str, train: bool, num_classes: int | None = None,
-                    augment: SegAugment | None = None, hflip: float = 0.5) -> Dataset:
-    """`coco:PATH` for retinanet/mask-rcnn, `ade20k:PATH` for semantic-fpn; a Dataset passes through."""
+def open_dense_source(spec: str | Dataset, scheme: str, task_name: str, train: bool, *, with_masks: bool = False,
+                      num_classes: int | None = None, augment: SegAugment | None = None,
+                      hflip: float = 0.5) -> Dataset:
+    """`coco:PATH` or `ade20k:PATH`, whichever `scheme` the task reads; a Dataset passes through."""
     if isinstance(spec, Dataset):
         return spec
-    scheme, sep, path = str(spec).partition(":")
-    expected = "ade20k" if task == "semantic-fpn" else "coco"
-    if not sep or scheme not in ("coco", "ade20k"):
-        raise DataError(f"data {spec!r} is not coco:PATH or ade20k:PATH; {task} reads {expected}:PATH")
-    if scheme != expected:
-        raise DataError(f"{task} reads {expected}:PATH, not {scheme}:")
+    given, sep, path = str(spec).partition(":")
+    if not sep or given not in SCHEMES:
+        raise DataError(f"data {spec!r} is not coco:PATH or ade20k:PATH; {task_name} reads {scheme}:PATH")
+    if given != scheme:
+        raise DataError(f"{task_name} reads {scheme}:PATH, not {given}:")
     if scheme == "coco":
         ann, images = resolve_coco(path, "train" if train else "val")
-        return CocoInstances(ann, images, with_masks=task == "mask-rcnn", train=train, hflip=hflip)
+        return CocoInstances(ann, images, with_masks=with_masks, train=train, hflip=hflip)
     return ADE20KSegmentation(path, "training" if train else "validation", num_classes or 150, train, augment)
 
 

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.recipe_files import RECIPE_ROOT, build_recipe, parse_overrides, read_recipe
+from ..common.recipe_files import RECIPE_ROOT, build_recipe, parse_overrides, read_recipe
 from ..errors import ConfigError
-from ..models.dense import TASKS
+from .tasks import DENSE_TASKS, DenseTask
 
 __all__ = ["DenseRecipe", "load_dense_recipe", "RECIPE_DIR", "TASK_RECIPES"]
 
 RECIPE_DIR = RECIPE_ROOT / "dense"
-TASK_RECIPES = {"semantic-fpn": "semantic-fpn", "retinanet": "retinanet-1x", "mask-rcnn": "mask-rcnn-1x"}
+TASK_RECIPES = {task.name: task.recipe for task in DENSE_TASKS.values()}  # a task name picks its recipe
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,18 @@ class DenseRecipe:
     def __post_init__(self) -> None:
         for name in ("betas", "step_epochs", "crop_size", "scale", "ratio_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.task not in TASKS:
-            raise ConfigError(f"recipe task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.task not in DENSE_TASKS:
+            raise ConfigError(f"recipe task {self.task!r} is not one of {', '.join(DENSE_TASKS)}")
         if self.schedule not in ("poly", "step"):
             raise ConfigError(f"recipe schedule must be 'poly' or 'step', got {self.schedule!r}")
         if (self.iterations is None) == (self.epochs is None):
             raise ConfigError("a dense recipe sets exactly one of iterations and epochs")
         if (self.iterations or self.epochs) < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("iterations/epochs, batch_size and lr must be positive")
+
+    @property
+    def dense_task(self) -> DenseTask:
+        return DENSE_TASKS[self.task]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

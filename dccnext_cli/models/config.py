@@ -13,7 +13,12 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-__all__ = ["DCCNeXtConfig", "VARIANTS", "VARIANT_DROP_PATH", "PAPER_TABLE1", "variant_config"]
+__all__ = ["DCCNeXtConfig", "VARIANTS", "VARIANT_DROP_PATH", "PAPER_TABLE1", "ARCHITECTURE_OPTIONS", "variant_config"]
+
+# The fields a variant name does not imply but a trained model's weights depend on: every loader that builds a
+# model from a variant name plus a checkpoint (timm's pretrained path, dense backbones, dense checkpoints) takes
+# these from the checkpoint's config.
+ARCHITECTURE_OPTIONS = ("cluster_sizes", "subvector_intervals", "global_op", "res_scale", "ffn_act")
 
 SpatialOp = Literal["dcc", "conv"]
 FfnAct = Literal["gelu", "starrelu"]
@@ -77,6 +82,10 @@ class DCCNeXtConfig:
     def dcc_params(self, stage: int) -> tuple[int, int]:
         """(cluster_size, subvector_interval) of DCC stage 2 or 3 (0-based)."""
         return self.cluster_sizes[stage - 2], self.subvector_intervals[stage - 2]
+
+    def architecture_options(self) -> dict[str, Any]:
+        """The `ARCHITECTURE_OPTIONS` of this config, to rebuild the same network from its variant name."""
+        return {name: getattr(self, name) for name in ARCHITECTURE_OPTIONS}
 
     def replace(self, **changes: Any) -> DCCNeXtConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -8,8 +8,10 @@ ConvFFN (a 3x3 depthwise conv between its two linears).
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,36 +24,28 @@ from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models._registry import generate_default_cfgs, register_model
 from timm.models.metaformer import LayerNorm2dNoBias, LayerNormNoBias, MlpHead, Scale, StarReLU
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .config import DCCNeXtConfig, variant_config
 from .dcconv import DCConv, exporting
+from .pretrained import checkpoint_filter_fn, prepare_pretrained_kwargs
+from .settings import operator_settings
+from .weights import CheckpointMeta, load_weights
 
 __all__ = [
     "DCCNeXt", "DCCNeXtBlock", "DCCNeXtStage", "ConvFFN", "SepMixer", "DepthwiseConv2dNHWC", "PointwiseLinear",
     "activate",
 ]
 
-# Run the blocks' linears on CPU as 1x1 convolutions (oneDNN) instead of matrix products (MKL): on the
-# project's AMD EPYC machine the same GEMMs ran 1.1-1.4x faster that way, the B2 training step 1.16x and the
-# 1280x800 backbone 1.16x (benchmarks/). The parameters are those of nn.Linear either way.
-POINTWISE_AS_CONV_ON_CPU = True
-# Inference runs the ConvFFN over slices of the batch whose 4C-wide hidden tensor takes at most this many bytes
-# (0: never). The whole batch's hidden tensor (100 MiB in B2's stage 1 at batch 32) goes through memory three
-# times and is fresh, page-faulted memory each time; slices stay in cache and reuse the allocator's memory.
-# Measured on the project's machine at batch 32: B2 1.2x faster eager and compiled; training (autograd keeps
-# every slice anyway) was 3% slower, so it keeps the whole batch.
-FFN_CHUNK_BYTES = 16 << 20
-
-
 class PointwiseLinear(nn.Linear):
     """nn.Linear over the channels of a channels-last (B, H, W, C) map.
 
     On CPU it runs as a 1x1 convolution on the NCHW view of the same memory (no copy in or out), see
-    `POINTWISE_AS_CONV_ON_CPU`; elsewhere (CUDA, the meta device of the FLOP counter) as the plain linear.
+    `OperatorSettings.pointwise_as_conv_on_cpu`; elsewhere (CUDA, the meta device of the FLOP counter) as the
+    plain linear.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if POINTWISE_AS_CONV_ON_CPU and x.ndim == 4 and x.device.type == "cpu":
+        if x.ndim == 4 and operator_settings().pointwise_as_conv_on_cpu and x.device.type == "cpu":
             weight = self.weight[:, :, None, None]
             return F.conv2d(x.permute(0, 3, 1, 2), weight, self.bias).permute(0, 2, 3, 1)
         return F.linear(x, self.weight, self.bias)
@@ -128,16 +122,16 @@ class ConvFFN(nn.Module):
         return self.fc2(activate(self.act, self.dwconv(self.fc1(x))))
 
     def _images_per_slice(self, x: torch.Tensor) -> int | None:
-        """Images per slice of the batch under `FFN_CHUNK_BYTES`, or None for the whole batch at once.
+        """Images per slice of the batch under `ffn_chunk_bytes` (operator settings), or None for the whole batch.
 
         Only without autograd, with a concrete batch size (a symbolic one would pin compiled graphs to it)
         and not while exporting (exported graphs stay plain).
         """
-        batch = x.shape[0]
-        if FFN_CHUNK_BYTES <= 0 or torch.is_grad_enabled() or not isinstance(batch, int) or exporting():
+        batch, budget = x.shape[0], operator_settings().ffn_chunk_bytes
+        if budget <= 0 or torch.is_grad_enabled() or not isinstance(batch, int) or exporting():
             return None
         image_bytes = x.shape[1:-1].numel() * self.fc1.out_features * x.element_size()  # H * W * 4C
-        per_slice = max(1, FFN_CHUNK_BYTES // image_bytes)
+        per_slice = max(1, budget // image_bytes)
         return per_slice if per_slice < batch else None
 
 
@@ -269,6 +263,34 @@ class DCCNeXt(nn.Module):
             ("fc", self._make_classifier(cfg.num_classes, **dd)),
         ]))
         self.apply(self._init_weights)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **config_changes: Any) -> tuple[DCCNeXt, CheckpointMeta]:
+        """The classifier a dccnext weights file describes, with its weights loaded strictly, and its metadata.
+
+        `config_changes` replace fields of the recorded config (e.g. `drop_path_rate`); the tensors must still fit.
+        """
+        state, meta = load_weights(path)
+        if not meta.is_classifier:
+            raise CheckpointError(f"{path} is a {meta.task} checkpoint, not a classifier; "
+                                  "load it with dccnext_cli.dense.load_dense_model")
+        model = cls(meta.config.replace(**config_changes) if config_changes else meta.config)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            detail = "; ".join(
+                f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                if keys
+            )
+            raise CheckpointError(
+                f"{Path(path)}: tensors do not fit its metadata (variant {meta.variant}, {meta.num_classes} "
+                f"classes): {detail}; the file was edited or belongs to another model"
+            )
+        model.load_state_dict(state)
+        return model, meta
 
     def _make_classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
@@ -419,8 +441,6 @@ default_cfgs = generate_default_cfgs({f"dccnext_{v}": _cfg() for v in ("b0", "b1
 
 
 def _create_dccnext(variant: str, pretrained: bool = False, **kwargs: Any) -> DCCNeXt:
-    from .pretrained import checkpoint_filter_fn, prepare_pretrained_kwargs
-
     if pretrained:
         kwargs = prepare_pretrained_kwargs(variant, kwargs)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))

@@ -14,11 +14,14 @@ The cluster convolution has three formulations that give the same numbers:
 - the fast operator used in eager mode: an autograd function whose forward accumulates one slot at a time
   into the output and whose backward keeps only the input, the int indices and the weight. Under
   `torch.compile` the default is to hand Inductor the gather formulation, which it fuses into one loop
-  (`COMPILE_IMPL = "inductor"`); `"custom_op"` uses the same kernels as a `torch.library` op instead.
+  (`operator_settings().compile_impl == "inductor"`); `"custom_op"` uses the same kernels as a
+  `torch.library` op instead.
 
 Cluster indices come from float32 distances in one matmul of augmented rows, computed in chunks of
-query rows above `CHUNK_ELEMENTS` (memory O(chunk x N), not O(N^2)), and selected with `topk` plus an
-exact fix-up that reproduces a stable sort's tie rule (equal distances -> lower token index first).
+query rows above `operator_settings().distance_chunk_elements` (memory O(chunk x N), not O(N^2)), and
+selected with `topk` plus an exact fix-up that reproduces a stable sort's tie rule (equal distances -> lower
+token index first). Exported graphs select with a stable sort, or for ONNX (which has no Sort) with
+`cluster_indices_topk`; the switches live in `models/settings.py`.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from .settings import operator_settings
+
 __all__ = [
     "DCConv",
     "cluster_indices",
+    "cluster_indices_topk",
     "cluster_conv",
     "cluster_conv_plain",
     "cluster_conv_reference",
@@ -39,18 +45,6 @@ __all__ = [
     "effective_cluster_size",
     "exporting",
 ]
-
-# Distances (batch x query rows x tokens) computed at once; above this, query rows are chunked. 2M floats
-# (8 MiB) keep a chunk in cache between the matmul that writes it and the top-k that reads it: measured
-# 10-20% faster than one 64 MiB block at 4000 tokens, and the same at 224 px (one chunk either way).
-CHUNK_ELEMENTS = 1 << 21
-# How the cluster convolution runs inside torch.compile: "inductor" (fused gather) or "custom_op".
-COMPILE_IMPL = "inductor"
-# Output rows per block of the fast cluster convolution (output block + buffer stay in L2).
-BLOCK_ROWS = 512
-# Rows per block of its backward: five ops per slot and block, so fewer, larger blocks pay (measured).
-BACKWARD_BLOCK_ROWS = 1024
-
 
 def effective_cluster_size(cluster_size: int, num_tokens: int) -> int:
     """K' = min(K, N): small maps (e.g. 3x3 tokens in stage 4 at 96 px) use the first N slots."""
@@ -195,15 +189,17 @@ def cluster_indices(
     Distances use the sub-vector of channels 0, d, 2d, ... (d = `subvector_interval`), are computed in
     float32 without gradient (also under autocast), and ties go to the lower token index, so that any
     correct implementation (chunked, exported) returns the same indices. Query rows are processed in
-    chunks of at most `chunk_elements` distances (default `CHUNK_ELEMENTS`).
+    chunks of at most `chunk_elements` distances (default: `operator_settings().distance_chunk_elements`).
     """
     if cluster_size < 1:
         raise ValueError(f"cluster_size must be >= 1, got {cluster_size}")
     if subvector_interval < 1:
         raise ValueError(f"subvector_interval must be >= 1, got {subvector_interval}")
+    if exporting() and operator_settings().export_indices == "topk":
+        return cluster_indices_topk(x, cluster_size, subvector_interval)
     tokens = _as_tokens(x)
     k = effective_cluster_size(cluster_size, tokens.shape[1])
-    chunk = chunk_elements or CHUNK_ELEMENTS
+    chunk = chunk_elements or operator_settings().distance_chunk_elements
     with torch.no_grad(), _autocast_disabled(tokens.device):
         # contiguous: the batched matmul on the strided channel sub-sample is several times slower
         sub = tokens[..., ::subvector_interval].float().contiguous()
@@ -212,6 +208,22 @@ def cluster_indices(
         if torch.compiler.is_compiling():
             return _cluster_indices_op(sub, k, chunk)
         return _indices_chunked(sub, k, exact_sort=False, chunk_elements=chunk)
+
+
+def cluster_indices_topk(x: torch.Tensor, cluster_size: int, subvector_interval: int = 8) -> torch.Tensor:
+    """`cluster_indices` in ops every exporter translates: a mask instead of an in-place diagonal fill, and
+    `topk` instead of a stable sort (ONNX has no Sort; its TopK puts equal values in index order, which is
+    the stable sort's tie rule). Same distances, same result; used when exporting with
+    `export_indices="topk"`."""
+    tokens = _as_tokens(x)
+    num_tokens = tokens.shape[1]
+    k = effective_cluster_size(cluster_size, num_tokens)
+    with torch.no_grad():
+        sub = tokens[..., ::subvector_interval].float()
+        dist = pairwise_sq_distances(sub, sub)
+        eye = torch.eye(num_tokens, dtype=torch.bool, device=dist.device)
+        dist = dist.masked_fill(eye, float("-inf"))
+        return torch.topk(dist, k, dim=-1, largest=False, sorted=True).indices
 
 
 def _flat_indices(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -261,22 +273,22 @@ def _is_centre(index: torch.Tensor) -> bool:
 def _forward_kernel(
         flat: torch.Tensor, slots: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """out = bias + sum_k W[k] * flat[slots[k]], accumulated in place, `BLOCK_ROWS` output rows at a time.
+    """out = bias + sum_k W[k] * flat[slots[k]], accumulated in place, `block_rows` output rows at a time.
 
     Blocking keeps the output block and the gather buffer in cache while the K slots stream through it
     (about 2x faster than whole-tensor passes on CPU); buffers are reused, never re-allocated per slot.
     A slot that is the row itself (the centre) is read in place instead of gathered.
     """
-    rows = flat.shape[0]
+    rows, step = flat.shape[0], operator_settings().block_rows
     out = torch.empty_like(flat)
-    buf = flat.new_empty((min(BLOCK_ROWS, rows), flat.shape[1]))
+    buf = flat.new_empty((min(step, rows), flat.shape[1]))
     centre = _is_centre(slots[0])
     weights = weight.unbind(0)
-    for start, index in zip(range(0, rows, BLOCK_ROWS), slots.split(BLOCK_ROWS, dim=1), strict=False):
-        block = out[start:start + BLOCK_ROWS]
+    for start, index in zip(range(0, rows, step), slots.split(step, dim=1), strict=False):
+        block = out[start:start + step]
         tmp = buf[:block.shape[0]]
         ids = index.unbind(0)
-        first = flat[start:start + BLOCK_ROWS] if centre else torch.index_select(flat, 0, ids[0], out=tmp)
+        first = flat[start:start + step] if centre else torch.index_select(flat, 0, ids[0], out=tmp)
         if bias is None:
             torch.mul(first, weights[0], out=block)
         else:
@@ -292,11 +304,11 @@ def _backward_kernel(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """grad_input = sum_k scatter_add(slots[k], grad * W[k]); grad_W[k] = sum_rows flat[slots[k]] * grad.
 
-    Blocked over output rows (`BACKWARD_BLOCK_ROWS`) like the forward; grad_W accumulates in float32
+    Blocked over output rows (`backward_block_rows`) like the forward; grad_W accumulates in float32
     partial sums per block.
     The centre slot (if any) is added in place instead of scattered.
     """
-    rows, step = flat.shape[0], BACKWARD_BLOCK_ROWS
+    rows, step = flat.shape[0], operator_settings().backward_block_rows
     grad_input = torch.zeros_like(flat) if need_input else None
     grad_weight = torch.zeros_like(weight) if need_weight else None
     buf = grad.new_empty((min(step, rows), grad.shape[1]))
@@ -384,12 +396,12 @@ def cluster_conv(
     """Same result as `cluster_conv_reference` without the (B, N, K, E) tensor, forward or backward.
 
     Picks the formulation for the context: plain aten ops when exporting or on the meta device, the
-    Inductor-fused gather (or the custom op, see `COMPILE_IMPL`) under torch.compile, else the fast
+    Inductor-fused gather (or the custom op, see `compile_impl`) under torch.compile, else the fast
     autograd function.
     """
     if exporting() or tokens.device.type == "meta":
         return cluster_conv_plain(tokens, idx, weight, bias)
-    if torch.compiler.is_compiling() and COMPILE_IMPL == "inductor":
+    if torch.compiler.is_compiling() and operator_settings().compile_impl == "inductor":
         return cluster_conv_reference(tokens, idx, weight, bias)
     batch, num_tokens, channels = tokens.shape
     k = idx.shape[-1]

@@ -1,4 +1,4 @@
-"""Loading weights: local dccnext files through timm, and the warm start from ConvFormer.
+"""Loading weights into a DCCNeXt: local dccnext files through timm, backbone weights, the ConvFormer warm start.
 
 No DCCNeXt weights are published yet. DCCNeXt-B2 and -B3 share the skeletons of timm's
 `convformer_s18` and `convformer_m36`, so their ImageNet weights give everything but the DCConv
@@ -7,16 +7,27 @@ kernels and the ConvFFN depthwise convs, which stay at their init.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..errors import CheckpointError
+from .weights import load_weights, read_meta, unwrap_state_dict
 
-__all__ = ["WarmStartReport", "convformer_to_dccnext", "warm_start_from_convformer", "checkpoint_filter_fn"]
+__all__ = [
+    "WarmStartReport",
+    "convformer_to_dccnext",
+    "warm_start_from_convformer",
+    "checkpoint_filter_fn",
+    "load_backbone_weights",
+    "prepare_pretrained_kwargs",
+]
 
 
 @dataclass
@@ -85,13 +96,10 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
     Keys a ConvFormer cannot provide are filled from the model's own init, so timm's strict load works.
     """
-    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
-        state_dict = state_dict["state_dict"]
+    state_dict = unwrap_state_dict(state_dict)
     if not _is_convformer(state_dict):
         return state_dict
     mapped, report = convformer_to_dccnext(state_dict, model)
-    import logging
-
     logging.getLogger(__name__).info("ConvFormer warm start: %s", report.summary())
     own = model.state_dict()
     return {**{k: own[k] for k in report.left_at_init}, **mapped}
@@ -114,8 +122,6 @@ def prepare_pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str,
             "from ConvFormer weights with dccnext_cli.warm_start_from_convformer"
         )
     if str(file).endswith(".safetensors"):
-        from ..checkpoint import read_meta
-
         try:
             meta = read_meta(file)
         except CheckpointError:
@@ -129,7 +135,49 @@ def prepare_pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str,
             # Keep the trained classifier: timm drops it when num_classes differs from the cfg's.
             overlay.setdefault("num_classes", meta.num_classes)
             kwargs = {**kwargs, "pretrained_cfg_overlay": overlay}
-            for name in ("cluster_sizes", "subvector_intervals", "global_op", "res_scale", "ffn_act"):
-                kwargs.setdefault(name, getattr(meta.config, name))
+            for name, value in meta.config.architecture_options().items():
+                kwargs.setdefault(name, value)
             kwargs.setdefault("num_classes", meta.num_classes)
     return kwargs
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Any weights file without executing code: safetensors, or a torch file loaded with `weights_only=True`."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CheckpointError(f"{path} is not a readable weights file ({e}); pass a .safetensors or .pth") from None
+    state = unwrap_state_dict(state)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    return state
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path, variant: str) -> str:
+    """Load ImageNet weights into a DCCNeXt's backbone: a dccnext checkpoint (strict outside the head) or
+    ConvFormer weights (warm start). Returns a one-line summary of what was loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"backbone weights {path} do not exist; pass a dccnext checkpoint or ConvFormer file")
+    try:
+        meta = read_meta(path)
+    except CheckpointError:
+        meta = None
+    if meta is None:
+        report = warm_start_from_convformer(model, read_state_dict(path))
+        return f"ConvFormer warm start from {path}: {report.summary()}"
+    name = variant.removeprefix("dccnext_")
+    if meta.variant.removeprefix("dccnext_") != name:
+        raise CheckpointError(f"{path} holds dccnext_{meta.variant} weights, not dccnext_{name}; pick that variant")
+    state, _ = load_weights(path)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: backbone tensors do not fit (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "the file belongs to another model config"
+        )
+    return f"ImageNet weights from {path} (epoch {meta.epoch})"

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: no display is ever needed
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..checkpoint import atomic_write  # noqa: E402
+from ..common.files import atomic_write  # noqa: E402
 from ..errors import ConfigError, OutputExistsError  # noqa: E402
 
 __all__ = ["CENTER_COLOR", "MEMBER_COLOR", "FORMATS", "save_figure", "check_output"]

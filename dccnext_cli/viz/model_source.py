@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import model_from_checkpoint, train_size
 from ..errors import ConfigError
 from ..models.dccnext import DCCNeXt, create_dccnext
 from ..models.dcconv import DCConv
@@ -51,12 +50,12 @@ def load_model(checkpoint: str | os.PathLike | None = None, variant: str | None 
     """A checkpoint's model, or a freshly initialised variant (default B2) when there is no checkpoint."""
     if checkpoint is not None:
         path = Path(checkpoint)
-        model, meta = model_from_checkpoint(path)
+        model, meta = DCCNeXt.from_checkpoint(path)
         if variant is not None and variant != meta.variant.removeprefix("dccnext_"):
             raise ConfigError(
                 f"--variant {variant} does not match {path.name}, a {meta.variant} checkpoint; drop --variant"
             )
-        source = ModelSource(model, meta.variant.removeprefix("dccnext_"), path, train_size(meta, path))
+        source = ModelSource(model, meta.variant.removeprefix("dccnext_"), path, meta.input_size)
     else:
         name = variant or DEFAULT_VARIANT
         source = ModelSource(create_dccnext(name), name, None, None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dccnext_cli.checkpoint import read_meta
+from dccnext_cli.models.weights import read_meta
 
 
 def test_train_and_eval_semantic_fpn_from_the_cli(run_cli, ade_root, tmp_path):
@@ -16,7 +16,7 @@ def test_train_and_eval_semantic_fpn_from_the_cli(run_cli, ade_root, tmp_path):
     summary = json.loads(r.stdout)
     assert summary["iterations"] == 1 and 0 <= summary["metrics"]["mIoU"] <= 1
     meta = read_meta(out / "model.safetensors")
-    assert meta.extra["task"] == "semantic-fpn" and meta.variant == "b0"
+    assert meta.task == "semantic-fpn" and meta.variant == "b0"
     r = run_cli("eval", "--checkpoint", out / "model.safetensors", "--data", f"ade20k:{ade_root}", "--json")
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)

@@ -11,7 +11,8 @@ from dense_synthetic import SIZE, make_ade20k, make_coco
 from PIL import Image
 
 from dccnext_cli.dense import load_dense_recipe, train_dense
-from dccnext_cli.dense.data import ADE20KSegmentation, CocoInstances, open_dense_data, resolve_coco
+from dccnext_cli.dense.data import ADE20KSegmentation, CocoInstances, resolve_coco
+from dccnext_cli.dense.tasks import get_dense_task
 from dccnext_cli.errors import ConfigError, DataError, OutputExistsError
 
 
@@ -68,7 +69,7 @@ def _edit(coco_json, tmp_path, change) -> str:
 def test_bad_coco_json(coco_json, tmp_path, change, message):
     path = _edit(coco_json, tmp_path, change)
     with pytest.raises(DataError) as err:
-        open_dense_data(f"coco:{path}", "mask-rcnn", train=True)
+        get_dense_task("mask-rcnn").open_data(f"coco:{path}", train=True)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -128,9 +129,9 @@ def test_ade20k_bad_inputs(tmp_path):
 
 def test_wrong_source_for_the_task(coco_json, ade_root):
     with pytest.raises(DataError, match="semantic-fpn reads ade20k:PATH, not coco:"):
-        open_dense_data(f"coco:{coco_json}", "semantic-fpn", train=True)
+        get_dense_task("semantic-fpn").open_data(f"coco:{coco_json}", train=True)
     with pytest.raises(DataError, match="is not coco:PATH or ade20k:PATH"):
-        open_dense_data(str(coco_json), "retinanet", train=True)
+        get_dense_task("retinanet").open_data(str(coco_json), train=True)
 
 
 def test_recipes_and_output_guard(tmp_path, coco_json):
@@ -152,7 +153,7 @@ def test_recipes_and_output_guard(tmp_path, coco_json):
 
 
 def test_lr_schedules():
-    from dccnext_cli.dense.engine import lr_factor
+    from dccnext_cli.dense.train import lr_factor
 
     seg = load_dense_recipe("semantic-fpn")
     assert lr_factor(0, 40000, seg, 100) == 1.0

@@ -95,8 +95,9 @@ def test_eval_of_a_trained_checkpoint(ade_root, tmp_path):
     again = evaluate_dense(result.checkpoint, f"ade20k:{ade_root}", scale=(128, 64), progress=False)
     assert again == pytest.approx(result.metrics)
     assert 0.0 <= again["mIoU"] <= 1.0
-    from dccnext_cli.checkpoint import model_from_checkpoint
+
     from dccnext_cli.errors import CheckpointError
+    from dccnext_cli.models.dccnext import DCCNeXt
 
     with pytest.raises(CheckpointError, match="semantic-fpn checkpoint, not a classifier"):
-        model_from_checkpoint(result.checkpoint)
+        DCCNeXt.from_checkpoint(result.checkpoint)

@@ -7,16 +7,17 @@ import json
 import pytest
 import torch
 
-from dccnext_cli.dense.flops import BOX_ROIS, MASK_ROIS, PAPER_DENSE_B2, count_task
+from dccnext_cli.dense import build_dense_model
+from dccnext_cli.dense.flops import BOX_ROIS, MASK_ROIS, count_task
+from dccnext_cli.dense.tasks import DENSE_TASKS
 from dccnext_cli.errors import ConfigError
-from dccnext_cli.flops import count_variant, dcconv_macs
-from dccnext_cli.models.dense import build_dense_model
+from dccnext_cli.models.flops import count_variant, dcconv_macs
 
 
 @pytest.mark.parametrize("task", ["retinanet", "mask-rcnn", "semantic-fpn"])
 def test_b2_params_match_the_paper(task):
     report = count_task(task, "b2")
-    assert report.params / 1e6 == pytest.approx(PAPER_DENSE_B2[task][0], abs=0.05)
+    assert report.params / 1e6 == pytest.approx(DENSE_TASKS[task].paper_b2[0], abs=0.05)
     assert sum(p.params for p in report.parts) == report.params  # every parameter sits in one part
     assert sum(p.flops for p in report.parts) == report.flops_per_image
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dccnext_cli.checkpoint import CheckpointMeta, save_weights
-from dccnext_cli.dense import load_dense_recipe, train_dense
+from dccnext_cli.dense import build_backbone, build_dense_model, load_dense_recipe, train_dense
 from dccnext_cli.dense.data import CocoInstances, detection_collate
 from dccnext_cli.errors import CheckpointError, ConfigError
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
-from dccnext_cli.models.dense import build_backbone, build_dense_model
+from dccnext_cli.models.weights import CheckpointMeta, save_weights
 
 
 def test_backbone_returns_four_normalised_stages_at_strides_4_to_32():

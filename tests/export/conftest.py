@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dccnext_cli.checkpoint import CheckpointMeta
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
+from dccnext_cli.models.weights import CheckpointMeta
 
 # Non-default classes and K, so that a reload which forgot the config would not even load.
 CONFIG_CHANGES = dict(num_classes=10, cluster_sizes=(10, 16))

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dccnext_cli.checkpoint import CheckpointMeta, save_weights
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
+from dccnext_cli.models.weights import CheckpointMeta, save_weights
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pytest
 import timm
 import torch
 
-from dccnext_cli.checkpoint import model_from_checkpoint, read_meta
 from dccnext_cli.errors import CheckpointError
+from dccnext_cli.models.dccnext import DCCNeXt
+from dccnext_cli.models.weights import read_meta
 
 
 def _assert_identical(model, check_inputs, eager_outputs):
@@ -25,11 +26,11 @@ def test_safetensors_keeps_metadata(source, exported):
     meta = read_meta(path)
     assert (meta.variant, meta.num_classes, meta.config.cluster_sizes) == ("b0", 10, (10, 16))
     assert meta.class_names == source[1].class_names and meta.epoch == 3
-    assert json.loads(meta.extra["input_size"]) == [224, 224]
+    assert meta.input_size == (224, 224)
 
 
 def test_safetensors_reloads_through_model_from_checkpoint(exported, check_inputs, eager_outputs):
-    model, _ = model_from_checkpoint(exported("safetensors")[0])
+    model, _ = DCCNeXt.from_checkpoint(exported("safetensors")[0])
     _assert_identical(model, check_inputs, eager_outputs)
 
 
@@ -61,6 +62,6 @@ def test_timm_folder_reloads_through_local_dir(source, exported, check_inputs, e
 
 def test_timm_folder_weights_reload_through_model_from_checkpoint(source, exported, check_inputs, eager_outputs):
     folder, _ = exported("timm")
-    model, meta = model_from_checkpoint(folder / "model.safetensors")
+    model, meta = DCCNeXt.from_checkpoint(folder / "model.safetensors")
     assert meta.class_names == source[1].class_names
     _assert_identical(model, check_inputs, eager_outputs)

@@ -10,8 +10,8 @@ from timm.models.metaformer import StarReLU
 from timm.optim import create_optimizer_v2
 
 from dccnext_cli import CheckpointError, DCCNeXt, create_dccnext, variant_config, warm_start_from_convformer
-from dccnext_cli.checkpoint import CheckpointMeta, save_weights
 from dccnext_cli.models.dccnext import DepthwiseConv2dNHWC, PointwiseLinear, activate
+from dccnext_cli.models.weights import CheckpointMeta, save_weights
 
 # The spec's reconstruction (section 2); b1 and b2 round to the paper's Table 1.
 SPEC_PARAMS = {"b1": 11.39e6, "b2": 26.67e6, "b3": 56.90e6, "b4": 86.83e6}
@@ -95,8 +95,8 @@ def test_inference_without_grad_equals_the_autograd_forward(ffn_act):
     assert torch.equal(fast, model(x).detach())
 
 
-def test_inference_runs_the_ffn_over_slices_of_the_batch(monkeypatch):
-    from dccnext_cli.models import dccnext as dccnext_module
+def test_inference_runs_the_ffn_over_slices_of_the_batch():
+    from dccnext_cli.models.settings import use_operator_settings
 
     model = create_dccnext("b0", num_classes=10).eval()
     ffn = model.stages[0].blocks[0].mlp
@@ -107,15 +107,19 @@ def test_inference_runs_the_ffn_over_slices_of_the_batch(monkeypatch):
         whole = model(x)
     assert calls == [5], "the default slice holds this small batch whole"
     image_bytes = 16 * 16 * ffn.fc1.out_features * 4  # stage 1 of a 64 px image, float32
-    monkeypatch.setattr(dccnext_module, "FFN_CHUNK_BYTES", 2 * image_bytes)
+    with use_operator_settings(ffn_chunk_bytes=2 * image_bytes):
+        calls.clear()
+        with torch.no_grad():
+            sliced = model(x)
+        assert calls == [2, 2, 1]
+        torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
+        calls.clear()
+        torch.testing.assert_close(model(x), whole, rtol=1e-5, atol=1e-5)
+        assert calls == [5], "with autograd the batch stays whole"
     calls.clear()
     with torch.no_grad():
-        sliced = model(x)
-    assert calls == [2, 2, 1]
-    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
-    calls.clear()
-    torch.testing.assert_close(model(x), whole, rtol=1e-5, atol=1e-5)
-    assert calls == [5], "with autograd the batch stays whole"
+        model(x)
+    assert calls == [5], "the block's end restores the default"
 
 
 def test_config_options_change_the_network():

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from dccnext_cli.checkpoint import CheckpointMeta, save_weights
 from dccnext_cli.models.dccnext import create_dccnext
+from dccnext_cli.models.weights import CheckpointMeta, save_weights
 
 TRAIN_SIZE = (64, 64)  # b0 at 64 px: stage 3 is 4x4 = 16 tokens (>= K=12), stage 4 is 2x2 = 4 tokens (< K=18)
 
@@ -41,6 +40,6 @@ def b0_checkpoint(tmp_path_factory) -> Path:
             p.add_(0.01 * torch.randn_like(p))
     path = tmp_path_factory.mktemp("ckpt") / "b0.safetensors"
     meta = CheckpointMeta("b0", model.config, class_names=list("abcde"), epoch=3,
-                          extra={"input_size": json.dumps(list(TRAIN_SIZE))})
+                          input_size=TRAIN_SIZE)
     save_weights(path, model, meta)
     return path

@@ -11,7 +11,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from dccnext_cli.checkpoint import model_from_checkpoint
 from dccnext_cli.data.images import load_image_tensor
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
@@ -25,7 +24,7 @@ RES = (96, 96)  # b0: stage 3 is 6x6, stage 4 is 3x3
 
 def layer_indices(checkpoint, image, res, blocks):
     """The indices straight from the layers, in a forward pass of our own (not through the viz code)."""
-    model, _ = model_from_checkpoint(checkpoint)
+    model, _ = DCCNeXt.from_checkpoint(checkpoint)
     model.eval()
     model.keep_cluster_indices(True)
     with torch.no_grad():
@@ -94,7 +93,7 @@ def test_json_indices_match_the_layer(run_cli, b0_checkpoint, photos, tmp_path):
 def test_asking_for_indices_changes_no_output(b0_checkpoint, photos):
     source = load_model(b0_checkpoint)
     result = compute_clusters(source.model, photos["coffee"], RES, [7, 12])
-    model, _ = model_from_checkpoint(b0_checkpoint)
+    model, _ = DCCNeXt.from_checkpoint(b0_checkpoint)
     model.eval()
     with torch.no_grad():
         plain = model(load_image_tensor(photos["coffee"], RES).unsqueeze(0))

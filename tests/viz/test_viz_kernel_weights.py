@@ -69,21 +69,23 @@ def test_fresh_model_and_photo_free_figure(run_cli, tmp_path):
 
 
 def test_training_size_metadata_forms(b0_checkpoint, tmp_path):
-    from dccnext_cli.checkpoint import load_weights, read_meta, save_weights
     from dccnext_cli.errors import CheckpointError
     from dccnext_cli.models.dccnext import DCCNeXt
+    from dccnext_cli.models.weights import load_weights, read_meta, save_weights
 
     state, meta = load_weights(b0_checkpoint)
     model = DCCNeXt(meta.config)
     model.load_state_dict(state)
     for text, expected in (("96", (96, 96)), ("[96, 160]", (96, 160))):
-        meta.extra["input_size"] = text
+        meta.input_size = None
+        meta.extra["input_size"] = text  # written as another tool might write it
         save_weights(tmp_path / "c.safetensors", model, meta)
         assert load_model(tmp_path / "c.safetensors").train_size == expected
     # 96x160: stage 4 is 3x5 = 15 tokens, so 15 of its 18 slots were trained
     assert [k.trained_slots for k in kernel_weights(load_model(tmp_path / "c.safetensors"), [7, 12])] == [12, 15]
     meta.extra["input_size"] = "big"
     save_weights(tmp_path / "bad.safetensors", model, meta)
-    assert read_meta(tmp_path / "bad.safetensors").extra["input_size"] == "big"
+    with pytest.raises(CheckpointError, match="input_size"):  # refused when the header is read, before any model
+        read_meta(tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="input_size"):
         load_model(tmp_path / "bad.safetensors")

@@ -1,4 +1,4 @@
-"""DCCNeXt as a backbone for detection and segmentation (spec section 6).
+"""DCCNeXt as a backbone for detection and segmentation, and the three dense models built on it.
 
 The backbone is the classifier without its final norm and head, returning the four stage outputs
 (strides 4-32, NCHW) from `DCCNeXt.forward_intermediates`. Necks and detectors come from torchvision
@@ -27,26 +27,23 @@ from timm.layers import LayerNorm2d
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from ..errors import CheckpointError, ConfigError
-from .config import variant_config
-from .dccnext import DCCNeXt
+from ..errors import CheckpointError
+from ..models.config import variant_config
+from ..models.dccnext import DCCNeXt
+from ..models.pretrained import load_backbone_weights
+from ..models.weights import read_meta
 
 __all__ = [
-    "TASKS",
     "DCCNeXtBackbone",
     "BackboneWithFPN",
     "SemanticFPNHead",
     "SemanticFPN",
-    "load_backbone_weights",
     "build_backbone",
     "build_retinanet",
     "build_mask_rcnn",
     "build_semantic_fpn",
-    "build_dense_model",
 ]
 
-Task = Literal["retinanet", "mask-rcnn", "semantic-fpn"]
-TASKS: tuple[str, ...] = ("retinanet", "mask-rcnn", "semantic-fpn")
 FPN_CHANNELS = 256
 
 
@@ -167,54 +164,6 @@ class SemanticFPN(nn.Module):
         return self.decode_head(list(self.backbone(x).values()))
 
 
-# --------------------------------------------------------------------- weights
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"{path} is not a readable weights file ({e}); pass a .safetensors or .pth") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    return state
-
-
-def load_backbone_weights(model: DCCNeXt, path: str | Path, variant: str) -> str:
-    """Load ImageNet weights into the backbone network: a dccnext checkpoint (strict outside the head) or
-    ConvFormer weights (warm start). Returns a one-line summary of what was loaded."""
-    from ..checkpoint import load_weights, read_meta
-    from .pretrained import warm_start_from_convformer
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"backbone weights {path} do not exist; pass a dccnext checkpoint or ConvFormer file")
-    try:
-        meta = read_meta(path)
-    except CheckpointError:
-        meta = None
-    if meta is None:
-        report = warm_start_from_convformer(model, _read_state_dict(path))
-        return f"ConvFormer warm start from {path}: {report.summary()}"
-    name = variant.removeprefix("dccnext_")
-    if meta.variant.removeprefix("dccnext_") != name:
-        raise CheckpointError(f"{path} holds dccnext_{meta.variant} weights, not dccnext_{name}; pick that variant")
-    state, _ = load_weights(path)
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("head.")]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: backbone tensors do not fit (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "the file belongs to another model config"
-        )
-    return f"ImageNet weights from {path} (epoch {meta.epoch})"
-
-
 # --------------------------------------------------------------------- builders
 def build_backbone(
         variant: str = "b2",
@@ -229,12 +178,9 @@ def build_backbone(
     """A DCCNeXt backbone; with `weights`, loads a dccnext checkpoint (its config wins) or ConvFormer weights."""
     config = variant_config(variant, num_classes=0, drop_path_rate=drop_path_rate, **config_changes)
     if weights is not None and Path(weights).suffix == ".safetensors":
-        from ..checkpoint import read_meta
-
         try:
-            meta = read_meta(weights)
-            keep = {"cluster_sizes", "subvector_intervals", "global_op", "res_scale", "ffn_act"} - set(config_changes)
-            config = config.replace(**{k: getattr(meta.config, k) for k in keep})
+            recorded = read_meta(weights).config.architecture_options()
+            config = config.replace(**{k: v for k, v in recorded.items() if k not in config_changes})
         except CheckpointError:
             pass  # not a dccnext file: a ConvFormer one, handled below
     model = DCCNeXt(config)
@@ -270,15 +216,3 @@ def build_mask_rcnn(variant: str = "b2", num_classes: int = 80, min_size: int = 
 def build_semantic_fpn(variant: str = "b2", num_classes: int = 150, **backbone_kwargs: Any) -> SemanticFPN:
     """Semantic FPN (ADE20K: 150 classes): FPN on all four stages, 256 ch, 128-ch head, 1/4-res logits."""
     return SemanticFPN(build_backbone(variant, out_indices=(0, 1, 2, 3), **backbone_kwargs), num_classes)
-
-
-def build_dense_model(task: str, variant: str = "b2", num_classes: int | None = None, **kwargs: Any) -> nn.Module:
-    """One entry point for `train/eval --task`: task is 'retinanet', 'mask-rcnn' or 'semantic-fpn'."""
-    builders = {"retinanet": build_retinanet, "mask-rcnn": build_mask_rcnn, "semantic-fpn": build_semantic_fpn}
-    if task not in builders:
-        raise ConfigError(f"unknown dense task {task!r}; choose one of {', '.join(TASKS)}")
-    if num_classes is not None:
-        if num_classes < 1:
-            raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
-        kwargs["num_classes"] = num_classes
-    return builders[task](variant, **kwargs)

@@ -15,7 +15,7 @@ import torch
 from engine_data import CLASSES, TINY, TRAIN_PER_CLASS
 from safetensors.torch import load_file
 
-from dccnext_cli.checkpoint import read_meta
+from dccnext_cli.models.weights import read_meta
 
 
 def test_train_streaming_imagefolder_writes_run_and_counts_corrupt(run_cli, imagefolder_corrupt, tmp_path):
@@ -31,8 +31,8 @@ def test_train_streaming_imagefolder_writes_run_and_counts_corrupt(run_cli, imag
     meta = read_meta(out / "model.safetensors")
     assert meta.variant == "b0" and meta.num_classes == CLASSES and meta.epoch == 1
     assert meta.class_names == ["Dress", "Pullover", "T-shirt-top", "Trouser"]
-    assert json.loads(meta.extra["input_size"]) == [32, 32]
-    recipe = json.loads(meta.extra["recipe"])
+    assert meta.input_size == (32, 32)
+    recipe = meta.recipe
     assert recipe["auto_augment"] == "rand-m9-mstd0.5-inc1" and recipe["mixup"] == 0.8  # the paper's recipe
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[0]["micro_batch"] == 8 and log[0]["steps_per_epoch"] == summary["steps"]  # 16 = 2 x 8
@@ -128,7 +128,7 @@ def test_two_cpu_processes_through_accelerate_launch(imagefolder, tmp_path):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
            "-m", "dccnext_cli", "train", "--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "1",
            "--batch-size", "16", "--workers", "0", "--set", "log_every=1", "-o", str(out), "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DCCNEXT_RANK_PROBE": "1"}  # per-rank fingerprints and digests
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -171,9 +171,9 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_checked(run_cli, image
 
 
 def test_fine_tune_from_a_checkpoint_with_another_head(run_cli, imagefolder, tmp_path):
-    from dccnext_cli.checkpoint import CheckpointMeta, save_weights
     from dccnext_cli.models.config import variant_config
     from dccnext_cli.models.dccnext import DCCNeXt
+    from dccnext_cli.models.weights import CheckpointMeta, save_weights
 
     source = DCCNeXt(variant_config("b0").replace(num_classes=10))
     weights = save_weights(tmp_path / "pre.safetensors", source, CheckpointMeta("b0", source.config, None, 5))

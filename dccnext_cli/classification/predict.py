@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import model_from_checkpoint
+from ..common.device import default_device
 from ..data.images import eval_transform, load_image
+from ..models.dccnext import DCCNeXt
 from .evaluate import eval_settings
 
 __all__ = ["Prediction", "predict"]
@@ -27,10 +28,10 @@ class Prediction:
 def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 32,
             device: str | torch.device | None = None) -> list[Prediction]:
     """Every image is loaded (and checked) before the model runs, so a bad file fails fast."""
-    model, meta = model_from_checkpoint(checkpoint)
-    transform = eval_transform(**eval_settings(meta, checkpoint))
+    model, meta = DCCNeXt.from_checkpoint(checkpoint)
+    transform = eval_transform(**eval_settings(meta))
     tensors = [transform(load_image(p)) for p in images]
-    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model.to(device).eval()
     names = meta.class_names or [str(i) for i in range(meta.num_classes)]
     k = min(top_k, meta.num_classes)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..common.recipe_files import RECIPE_ROOT, build_recipe, parse_overrides, read_recipe
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 from ..models.config import VARIANT_DROP_PATH, VARIANTS
-from .recipe_files import RECIPE_ROOT, build_recipe, parse_overrides, read_recipe
 
 __all__ = ["TrainRecipe", "load_recipe", "RECIPE_ROOT", "default_recipe_name"]
 

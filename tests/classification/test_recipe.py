@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dccnext_cli.classification.recipe import TrainRecipe, default_recipe_name, load_recipe
 from dccnext_cli.dense.recipe import load_dense_recipe
-from dccnext_cli.engine.recipe import TrainRecipe, default_recipe_name, load_recipe
 from dccnext_cli.errors import ConfigError
 
 

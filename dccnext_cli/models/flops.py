@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models.config import DCCNeXtConfig
-from .models.dcconv import DCConv, effective_cluster_size
+from .config import DCCNeXtConfig, variant_config
+from .dccnext import DCCNeXt
+from .dcconv import DCConv, effective_cluster_size
 
 __all__ = ["dcconv_macs", "PartCost", "FlopReport", "count_model", "count_variant", "COUNTING_NOTE"]
 
@@ -172,9 +173,6 @@ def count_variant(
         **config_changes: Any,
 ) -> FlopReport:
     """Parameters and FLOPs of a named variant ('b0'..'b4') with optional config overrides."""
-    from .models.config import variant_config
-    from .models.dccnext import DCCNeXt
-
     config: DCCNeXtConfig = variant_config(variant, **config_changes)
     with torch.device("meta"):
         model = DCCNeXt(config)

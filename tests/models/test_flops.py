@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from dccnext_cli.flops import count_variant, dcconv_macs
 from dccnext_cli.models.config import PAPER_TABLE1, variant_config
+from dccnext_cli.models.flops import count_variant, dcconv_macs
 
 
 def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:

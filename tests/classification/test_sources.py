@@ -7,9 +7,9 @@ import pytest
 import torch
 from engine_data import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, write_parquet
 
+from dccnext_cli.classification.recipe import TrainRecipe
 from dccnext_cli.data.loading import EpochBatchSampler, build_loader, decode_record, seeded, train_transform
 from dccnext_cli.data.sources import open_split, parse_data
-from dccnext_cli.engine.recipe import TrainRecipe
 from dccnext_cli.errors import DataError
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dccnext_cli.checkpoint import CheckpointMeta, save_weights
 from dccnext_cli.data.images import eval_transform, load_image
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
+from dccnext_cli.models.weights import CheckpointMeta, save_weights
 
 NAMES = ["Dress", "Pullover", "T-shirt-top", "Trouser"]
 
@@ -23,8 +23,7 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(1)
     model = DCCNeXt(variant_config("b0").replace(num_classes=4))
     recipe = {"input_size": [32, 32], "crop_pct": 1.0, "interpolation": "bicubic"}
-    meta = CheckpointMeta("b0", model.config, NAMES, 1,
-                          extra={"input_size": json.dumps([32, 32]), "recipe": json.dumps(recipe)})
+    meta = CheckpointMeta("b0", model.config, NAMES, 1, input_size=(32, 32), recipe=recipe)
     return save_weights(tmp_path_factory.mktemp("ckpt") / "model.safetensors", model, meta)
 
 
@@ -63,7 +62,7 @@ def test_eval_refuses_data_with_another_class_count(run_cli, checkpoint):
 def test_eval_default_is_the_embedded_test_split(run_cli, tmp_path):
     model = DCCNeXt(variant_config("b0").replace(num_classes=10))
     path = save_weights(tmp_path / "m.safetensors", model, CheckpointMeta(
-        "b0", model.config, None, None, extra={"input_size": json.dumps([32, 32])}))
+        "b0", model.config, None, None, input_size=(32, 32)))
     r = run_cli("eval", "--checkpoint", path, "--limit", "40", "--json")
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)

@@ -9,7 +9,7 @@ __all__ = ["StepProgress"]
 
 
 class StepProgress:
-    """The reporter `train` and `evaluate_checkpoint` call: start, update/advance, message, stop."""
+    """The reporter the training loops and evaluations call: start, update/advance, message, stop."""
 
     def __init__(self, unit: str = "step", enabled: bool = True):
         self.console = Console(stderr=True)
@@ -25,9 +25,11 @@ class StepProgress:
         self.task = self.progress.add_task(self.unit + "s", total=total, completed=done, stats="")
 
     def update(self, step: int, loss: float | None = None, lr: float | None = None, img_s: float | None = None):
-        fields = {}
-        if loss is not None:
-            fields["stats"] = f"loss {loss:.4f}  lr {lr:.2e}  {img_s:.0f} img/s"
+        stats = [text for value, text in ((loss, f"loss {loss:.4f}" if loss is not None else ""),
+                                          (lr, f"lr {lr:.2e}" if lr is not None else ""),
+                                          (img_s, f"{img_s:.0f} img/s" if img_s is not None else ""))
+                 if value is not None]
+        fields = {"stats": "  ".join(stats)} if stats else {}
         self.progress.update(self.task, completed=step, **fields)
 
     def advance(self, n: int = 1) -> None:

@@ -6,7 +6,6 @@ checkpoint's metadata, so `eval` scores a model exactly as its training run did.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +14,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointMeta, model_from_checkpoint, train_size
+from ..common.device import default_device
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..data.loading import build_loader
 from ..data.sources import open_split, parse_data
 from ..errors import DataError
+from ..models.dccnext import DCCNeXt
+from ..models.weights import CheckpointMeta
 
 __all__ = ["EvalResult", "evaluate_batches", "evaluate_checkpoint", "eval_settings", "DEFAULT_EVAL_DATA"]
 
@@ -40,10 +41,10 @@ class EvalResult:
                 "skipped_images": self.skipped_images, **self.extra}
 
 
-def eval_settings(meta: CheckpointMeta, source: str | Path = "the checkpoint") -> dict[str, Any]:
+def eval_settings(meta: CheckpointMeta) -> dict[str, Any]:
     """The evaluation transform a checkpoint was trained with (224, crop 1.0, bicubic, ImageNet stats if unknown)."""
-    recipe = json.loads(meta.extra.get("recipe", "{}"))
-    size = train_size(meta, source) or tuple(recipe.get("input_size", (224, 224)))
+    recipe = meta.recipe or {}
+    size = meta.input_size or tuple(recipe.get("input_size", (224, 224)))
     return {"resolution": tuple(size), "crop_pct": recipe.get("crop_pct", 1.0),
             "interpolation": recipe.get("interpolation", "bicubic"),
             "mean": tuple(recipe.get("mean", IMAGENET_MEAN)), "std": tuple(recipe.get("std", IMAGENET_STD))}
@@ -96,8 +97,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
                         image_column: str | None = None, label_column: str | None = None,
                         device: str | torch.device | None = None, progress=None) -> EvalResult:
     """Score a checkpoint; by default on its training run's evaluation split, else the embedded test split."""
-    model, meta = model_from_checkpoint(checkpoint)
-    recipe = json.loads(meta.extra.get("recipe", "{}"))
+    model, meta = DCCNeXt.from_checkpoint(checkpoint)
+    recipe = meta.recipe or {}
     data = data or recipe.get("data") or DEFAULT_EVAL_DATA
     split = split or (recipe.get("eval_split") if data == recipe.get("data") else None) or (
         "test" if data.startswith("builtin:") else "validation")
@@ -107,9 +108,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     if part.num_classes is not None and part.num_classes != meta.num_classes:
         raise DataError(f"{data} ({split}) has {part.num_classes} classes but the checkpoint has "
                         f"{meta.num_classes}; evaluate it on the data it was trained for")
-    settings = eval_settings(meta, checkpoint)
+    settings = eval_settings(meta)
     batches = build_loader(part, eval_transform(**settings), batch_size, train=False, workers=workers)
-    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model.to(device)
     known = [n for n in (part.num_samples, max_samples) if n is not None]  # a stream may have no length
     total = min(known) if known else None

@@ -1,0 +1,1 @@
+"""Classification: the training loop (Accelerate), evaluation, prediction, recipes and run checkpoints."""

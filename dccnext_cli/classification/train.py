@@ -1,0 +1,534 @@
+"""The training loop: the paper's recipe on Hugging Face Accelerate, from one CPU to many GPUs and nodes.
+
+    dccnext train --variant b0                                  # one process, embedded data, quickstart recipe
+    accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe imagenet/b2
+
+One process per device; `batch_size` in the recipe is the total per optimiser step, split over processes and
+gradient-accumulation steps, so a recipe means the same thing on 1 or 64 GPUs. Without CUDA the Accelerator is
+made with `cpu=True`, which is what makes `accelerate launch --multi_gpu` start real CPU processes.
+
+`train` reads top to bottom in named stages: prepare the run, build the data, build the model and optimiser,
+restore or start the state, then one epoch and one evaluate-and-save at a time, and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..common.files import atomic_write_text
+from ..common.recipe_files import build_recipe
+from ..data.images import eval_transform
+from ..data.loading import Batches, build_loader, train_transform
+from ..data.sources import ImageSplit, open_split, parse_data
+from ..errors import CheckpointError, ConfigError, DataError, DCCNeXtError, OutputExistsError
+from ..models.config import DCCNeXtConfig, variant_config
+from ..models.dccnext import DCCNeXt
+from ..models.pretrained import load_backbone_weights
+from ..models.weights import CheckpointMeta, save_weights
+from .callbacks import TrainCallback
+from .evaluate import EvalResult, evaluate_batches
+from .recipe import TrainRecipe
+from .run_state import TrainState, clean_stale, latest_checkpoint, list_checkpoints, load_run_state, save_run_state
+
+__all__ = ["TrainResult", "TrainingInterrupted", "train", "prepare_output", "make_accelerator", "RUN_FILES"]
+
+RUN_FILES = ("model.safetensors", "best.safetensors", "recipe.yaml", "log.jsonl", "summary.json", "checkpoints", "tb")
+
+
+class TrainingInterrupted(DCCNeXtError):
+    """Ctrl-C: the run folder keeps its newest checkpoint; the message says how to continue."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    weights: Path
+    epochs: int
+    steps: int
+    world_size: int
+    wall_s: float
+    metrics: dict[str, Any] | None = None
+    skipped_images: int = 0
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Log:
+    """JSON lines on the main process (and TensorBoard scalars when tensorboard is installed)."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.path, self.enabled, self.tb = run_dir / "log.jsonl", enabled, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:
+                pass
+
+    def write(self, event: str, **values: Any) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
+        if self.tb is not None and "step" in values:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{event}/{key}", value, values["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# --------------------------------------------------------------------- the run folder and the launch
+def prepare_output(output: str | Path | None, variant: str, *, resume: bool, overwrite: bool) -> Path:
+    """The run folder: new, resumed (`resume`), or emptied of a previous run's files (`overwrite`)."""
+    if output is None:
+        return Path("runs") / f"{variant}-{datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"-o {out} is a file; give a folder for the run")
+    owned = [out / name for name in RUN_FILES if (out / name).exists()]
+    if resume:
+        return out
+    if owned and not overwrite:
+        raise OutputExistsError(f"{out} already holds a run ({owned[0].name}); pass --resume to continue it or "
+                                "--overwrite to start again")
+    return out
+
+
+def _clear_run(out: Path) -> None:
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _mixed_precision(amp: str) -> str:
+    if amp != "auto":
+        return amp
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(recipe: TrainRecipe):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(recipe.amp),
+                              gradient_accumulation_steps=recipe.grad_accum)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise ConfigError(f"{launched} processes were launched but Accelerate formed a group of "
+                          f"{accelerator.num_processes}; on CPUs launch with --multi_gpu (see README)")
+    return accelerator
+
+
+def _micro_batch(recipe: TrainRecipe, world: int) -> int:
+    per_step = world * recipe.grad_accum
+    if recipe.batch_size % per_step:
+        raise ConfigError(f"batch_size {recipe.batch_size} (the total per optimiser step) is not divisible by "
+                          f"{world} processes x {recipe.grad_accum} accumulation steps")
+    micro = recipe.batch_size // per_step
+    if recipe.uses_mixup and micro % 2:
+        raise ConfigError(f"Mixup/CutMix needs an even batch per process, got {micro}; change batch_size")
+    return micro
+
+
+def _recipe_from_run(out: Path, recipe: TrainRecipe, explicit: dict[str, Any]) -> TrainRecipe:
+    """A resumed run keeps the recipe it was started with; a conflicting explicit value is an error."""
+    saved_path = out / "recipe.yaml"
+    if not saved_path.is_file():
+        return recipe
+    saved = build_recipe(TrainRecipe, yaml.safe_load(saved_path.read_text()), str(saved_path))
+    for key in explicit:
+        if getattr(saved, key) != getattr(recipe, key):
+            raise ConfigError(f"{out} was started with {key}={getattr(saved, key)!r}; a resumed run keeps its "
+                              f"recipe (remove the {key} option or start a new run)")
+    return saved
+
+
+@dataclass
+class _Run:
+    """Stage 1, the launch: who we are in the process group, where the run lives, what it resumes."""
+
+    recipe: TrainRecipe
+    accelerator: Any
+    out: Path
+    checkpoint: Path | None  # the training checkpoint to continue from, if any
+    resume: bool
+    micro: int  # images per process per micro-batch
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def _prepare_run(recipe: TrainRecipe, output: str | Path | None, resume: bool | str | Path, overwrite: bool,
+                 explicit: dict[str, Any]) -> _Run:
+    from accelerate.utils import broadcast_object_list
+
+    accelerator = make_accelerator(recipe)
+    world, main = accelerator.num_processes, accelerator.is_main_process
+    out_holder = [str(prepare_output(output, recipe.variant, resume=bool(resume), overwrite=overwrite))
+                  if main else None]
+    out = Path(broadcast_object_list(out_holder)[0] if world > 1 else out_holder[0])
+    checkpoint = None
+    if isinstance(resume, (str, Path)):
+        checkpoint = latest_checkpoint(Path(resume))
+        if checkpoint is None:
+            raise CheckpointError(f"--resume {resume}: no training checkpoint there")
+    elif resume:
+        checkpoint = latest_checkpoint(out)
+    if resume:
+        recipe = _recipe_from_run(out, recipe, explicit)
+    return _Run(recipe, accelerator, out, checkpoint, bool(resume), _micro_batch(recipe, world))
+
+
+# --------------------------------------------------------------------- data
+@dataclass
+class _Data:
+    """Stage 2: the loaders and what the schedule needs to know about them."""
+
+    uri: str
+    train_split: ImageSplit
+    batches: Batches
+    eval_batches: Batches | None
+    num_classes: int
+    micro_per_epoch: int  # micro-batches per process per epoch, a multiple of grad_accum
+    steps_per_epoch: int  # optimiser steps per epoch
+
+
+def _open_eval_split(source, recipe: TrainRecipe) -> ImageSplit | None:
+    if not recipe.eval_split:
+        return None
+    try:
+        return open_split(source, recipe.eval_split, streaming=recipe.streaming,
+                          image_column=recipe.image_column, label_column=recipe.label_column)
+    except DataError as e:
+        raise DataError(f"{e} (evaluation split; --set eval_split=NAME picks another, "
+                        "--set eval_split=null trains without one)") from None
+
+
+def _build_data(run: _Run) -> _Data:
+    recipe, accelerator = run.recipe, run.accelerator
+    rank, world = accelerator.process_index, accelerator.num_processes
+    source = parse_data(recipe.data)
+    train_split = open_split(source, recipe.train_split, streaming=recipe.streaming,
+                             image_column=recipe.image_column, label_column=recipe.label_column)
+    eval_split = _open_eval_split(source, recipe)
+    num_classes = train_split.num_classes or recipe.num_classes  # data that names its classes wins
+    if num_classes is None:
+        raise ConfigError(f"{source.uri} does not name its classes; set --set num_classes=N")
+    samples = train_split.num_samples or recipe.train_samples
+    if samples is None:
+        raise ConfigError(f"{source.uri} is a stream of unknown length; set --set train_samples=N for the schedule")
+    batches = build_loader(train_split, train_transform(recipe), run.micro, train=True, seed=recipe.seed, rank=rank,
+                           world=world, workers=recipe.workers, shuffle_buffer=recipe.shuffle_buffer,
+                           samples_per_epoch=samples)
+    micro_per_epoch = batches.steps_per_epoch - batches.steps_per_epoch % recipe.grad_accum
+    if micro_per_epoch == 0:
+        raise DataError(f"{source.uri} ({recipe.train_split}) has {samples} images, fewer than one batch of "
+                        f"{recipe.batch_size}; lower --batch-size")
+    eval_batches = None
+    if eval_split is not None:
+        eval_tf = eval_transform(recipe.input_size, crop_pct=recipe.crop_pct, interpolation=recipe.interpolation,
+                                 mean=recipe.mean, std=recipe.std)
+        eval_batches = build_loader(eval_split, eval_tf, max(run.micro, 64), train=False, rank=rank, world=world,
+                                    workers=recipe.workers)
+    return _Data(source.uri, train_split, batches, eval_batches, num_classes, micro_per_epoch,
+                 micro_per_epoch // recipe.grad_accum)
+
+
+# --------------------------------------------------------------------- model and optimiser
+@dataclass
+class _Trainables:
+    """Stage 3: the prepared model and what updates it."""
+
+    config: DCCNeXtConfig
+    model: torch.nn.Module  # wrapped by Accelerate (and torch.compile)
+    optimizer: Any
+    scheduler: Any
+    mixup: Any
+    criterion: torch.nn.Module
+    total_steps: int
+    loaded: str | None  # what --weights loaded, for the log
+
+
+def _criterion(recipe: TrainRecipe):
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if recipe.uses_mixup:
+        return SoftTargetCrossEntropy()
+    if recipe.smoothing > 0:
+        return LabelSmoothingCrossEntropy(recipe.smoothing)
+    return torch.nn.CrossEntropyLoss()
+
+
+def _build_trainables(run: _Run, data: _Data) -> _Trainables:
+    from accelerate.utils import set_seed
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    recipe = run.recipe
+    set_seed(recipe.seed, device_specific=True)
+    config = variant_config(recipe.variant).replace(num_classes=data.num_classes, drop_path_rate=recipe.drop_path)
+    model = DCCNeXt(config)
+    loaded = load_backbone_weights(model, recipe.pretrained, recipe.variant) if recipe.pretrained else None
+    if recipe.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    peak = recipe.peak_lr()
+    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=peak, weight_decay=recipe.weight_decay)
+    total_steps = data.steps_per_epoch * recipe.epochs
+    # a peak below the recipe's floor (a tiny --lr) caps the floor, or the "decay" would raise the lr
+    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=min(recipe.min_lr, peak),
+                                  warmup_t=round(recipe.warmup_epochs * data.steps_per_epoch),
+                                  warmup_lr_init=min(recipe.warmup_lr, peak), t_in_epochs=False)
+    if recipe.compile:
+        model = torch.compile(model)
+    model, optimizer = run.accelerator.prepare(model, optimizer)
+    mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
+                  switch_prob=recipe.mixup_switch_prob, label_smoothing=recipe.smoothing,
+                  num_classes=data.num_classes) if recipe.uses_mixup else None
+    return _Trainables(config, model, optimizer, scheduler, mixup, _criterion(recipe), total_steps, loaded)
+
+
+def _plain_model(run: _Run, parts: _Trainables) -> torch.nn.Module:
+    """The model without DDP and torch.compile wrappers: the weights' real names."""
+    return run.accelerator.unwrap_model(parts.model, keep_torch_compile=False)
+
+
+# --------------------------------------------------------------------- state: restore or start
+def _restore_or_start(run: _Run, data: _Data, overwrite: bool) -> TrainState:
+    """Stage 4: the loop's position, from the checkpoint being resumed or fresh (writing recipe.yaml)."""
+    accelerator, world = run.accelerator, run.accelerator.num_processes
+    state = TrainState(world_size=world, micro_batch=run.micro)
+    accelerator.register_for_checkpointing(state)
+    if run.resume and run.checkpoint is not None:
+        clean_stale(run.out)
+        load_run_state(accelerator, run.checkpoint)
+        if (state.world_size, state.micro_batch) != (world, run.micro):
+            raise CheckpointError(f"{run.checkpoint} was written by {state.world_size} processes with batches of "
+                                  f"{state.micro_batch}; resume it with the same launch")
+        if state.batch >= data.micro_per_epoch:
+            state.epoch, state.batch = state.epoch + 1, 0
+    elif run.main:
+        if overwrite:  # only now, when everything has been checked
+            _clear_run(run.out)
+        run.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.out / "recipe.yaml", yaml.safe_dump(run.recipe.to_dict(), sort_keys=False))
+    accelerator.wait_for_everyone()
+    return state
+
+
+# --------------------------------------------------------------------- saving
+def _save_weights_file(run: _Run, data: _Data, parts: _Trainables, name: str, epoch: int,
+                       metrics: EvalResult | None) -> None:
+    if not run.main:
+        return
+    meta = CheckpointMeta(run.recipe.variant, parts.config, data.train_split.class_names, epoch,
+                          input_size=tuple(run.recipe.input_size), recipe=run.recipe.to_dict(),
+                          metrics={"top1": metrics.top1, "top5": metrics.top5} if metrics is not None else None)
+    save_weights(run.out / name, _plain_model(run, parts), meta)
+
+
+def _checkpoint(run: _Run, data: _Data, parts: _Trainables, state: TrainState,
+                metrics: EvalResult | None = None) -> None:
+    """The full training state (every process takes part), then the weights file beside it."""
+    save_run_state(run.accelerator, run.out, state, run.recipe.keep_last)
+    _save_weights_file(run, data, parts, "model.safetensors", state.epoch, metrics)
+
+
+# --------------------------------------------------------------------- one epoch
+class _Throughput:
+    """Images per second over the window since the last log line (training only)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.images = time.perf_counter(), 0
+
+    def rate(self) -> float:
+        value = self.images / max(time.perf_counter() - self.start, 1e-9)
+        self.reset()
+        return value
+
+
+def _check_labels(labels: torch.Tensor, data: _Data) -> None:
+    if len(labels) == 0:
+        raise DataError(f"a whole batch of {data.uri} failed to decode; check the data")
+    if int(labels.max()) >= data.num_classes:
+        raise DataError(f"label {int(labels.max())} in {data.uri} is outside 0..{data.num_classes - 1}; "
+                        "set --set num_classes=N")
+
+
+def _train_one_epoch(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, log: _Log,
+                     reporter, callbacks: Sequence[TrainCallback], speed: _Throughput) -> None:
+    accelerator, recipe, model = run.accelerator, run.recipe, parts.model
+    for images, labels, skipped in data.batches.epoch(epoch, skip_batches=state.batch):
+        if state.batch >= data.micro_per_epoch:
+            break
+        state.skipped_images += skipped
+        if parts.mixup is not None and len(labels) % 2:
+            images, labels = images[:-1], labels[:-1]
+        _check_labels(labels, data)
+        for callback in callbacks:
+            callback.on_batch(images, labels)
+        images, labels = images.to(accelerator.device), labels.to(accelerator.device)
+        targets = labels
+        if parts.mixup is not None:
+            images, targets = parts.mixup(images, labels)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss = parts.criterion(model(images), targets)
+            accelerator.backward(loss)
+            if recipe.grad_clip and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            parts.optimizer.step()
+            parts.optimizer.zero_grad(set_to_none=True)
+        state.batch += 1
+        speed.images += len(labels) * accelerator.num_processes
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        parts.scheduler.step_update(state.step)
+        _report_step(run, data, parts, state, epoch, loss, log, reporter, speed)
+        if recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0:
+            _checkpoint(run, data, parts, state)
+
+
+def _report_step(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, loss: torch.Tensor,
+                 log: _Log, reporter, speed: _Throughput) -> None:
+    """Every `log_every` steps (and at the end of an epoch): the mean loss over processes, lr and img/s."""
+    lr = parts.optimizer.param_groups[0]["lr"]
+    show = reporter is not None and run.main
+    if state.step % run.recipe.log_every and state.batch != data.micro_per_epoch:
+        if show:
+            reporter.update(state.step)
+        return
+    loss_value = float(run.accelerator.reduce(loss.detach().float(), reduction="mean"))
+    if not math.isfinite(loss_value):
+        raise DataError(f"the loss became {loss_value} at step {state.step}; lower the lr")
+    rate = speed.rate()
+    log.write("train", epoch=epoch, step=state.step, loss=round(loss_value, 5), lr=lr, img_s=round(rate, 1))
+    if show:
+        reporter.update(state.step, loss=loss_value, lr=lr, img_s=rate)
+
+
+# --------------------------------------------------------------------- evaluate and save
+def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, log: _Log,
+                       reporter, metrics: EvalResult | None) -> EvalResult | None:
+    """End of an epoch: evaluate when due (keeping the best weights), then checkpoint or save the weights."""
+    recipe, accelerator = run.recipe, run.accelerator
+    last = epoch == recipe.epochs - 1
+    if data.eval_batches is not None and (last or (recipe.eval_every and (epoch + 1) % recipe.eval_every == 0)):
+        metrics = evaluate_batches(_plain_model(run, parts), data.eval_batches.epoch(0), data.num_classes,
+                                   device=accelerator.device, max_samples=recipe.eval_samples,
+                                   autocast=accelerator.autocast,
+                                   reduce=lambda t: accelerator.reduce(t, reduction="sum"))
+        log.write("eval", epoch=epoch, step=state.step, **metrics.to_dict())
+        if reporter is not None and run.main:
+            reporter.message(f"epoch {epoch + 1}/{recipe.epochs}: top-1 {metrics.top1:.2f}%  "
+                             f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
+        if state.best_top1 is None or metrics.top1 > state.best_top1:
+            state.best_top1, state.best_epoch = metrics.top1, epoch + 1
+            _save_weights_file(run, data, parts, "best.safetensors", epoch + 1, metrics)
+    state.epoch = epoch + 1
+    if not recipe.checkpoint_every or last:
+        _checkpoint(run, data, parts, state, metrics)
+    else:
+        _save_weights_file(run, data, parts, "model.safetensors", state.epoch, metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------- the end
+def _finish(run: _Run, parts: _Trainables, state: TrainState, metrics: EvalResult | None, log: _Log,
+            callbacks: Sequence[TrainCallback], wall_s: float) -> TrainResult:
+    """What each process ended with, gathered; the summary written by the main process."""
+    accelerator = run.accelerator
+    mine: dict[str, Any] = {"rank": accelerator.process_index, "skipped_images": state.skipped_images}
+    for callback in callbacks:
+        mine.update(callback.on_end(_plain_model(run, parts)))
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        ranks = gather_object([mine])
+    else:
+        ranks = [mine]
+    skipped_total = sum(r["skipped_images"] for r in ranks)
+    if skipped_total:
+        log.write("warning", message=f"{skipped_total} images could not be decoded and were skipped")
+    result = TrainResult(run.out, run.out / "model.safetensors", run.recipe.epochs, state.step,
+                         accelerator.num_processes, wall_s, metrics.to_dict() if metrics else None, skipped_total,
+                         ranks)
+    summary = {"world_size": result.world_size, "epochs": result.epochs, "steps": state.step,
+               "wall_s": round(wall_s, 1), "metrics": result.metrics, "best_top1": state.best_top1,
+               "best_epoch": state.best_epoch, "skipped_images": skipped_total, "ranks": ranks}
+    log.write("end", **summary)
+    log.close()
+    if run.main:
+        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool | str | Path = False,
+          overwrite: bool = False, reporter=None, explicit: dict[str, Any] | None = None,
+          callbacks: Sequence[TrainCallback] = ()) -> TrainResult:
+    """Train a classifier as the recipe says.
+
+    `resume`: True continues the newest checkpoint under `output` (or starts the run if it has none); a path
+    names one checkpoint folder (`output/checkpoints/step-N`) to continue from. `callbacks` see every batch
+    and add to each process's entry of the summary (see `callbacks.RankProbe`).
+    """
+    start_time = time.time()
+    run = _prepare_run(recipe, output, resume, overwrite, explicit or {})
+    recipe = run.recipe  # a resumed run keeps its own
+    data = _build_data(run)
+    parts = _build_trainables(run, data)
+    state = _restore_or_start(run, data, overwrite)
+    log = _Log(run.out, run.main)
+    log.write("start", world_size=run.accelerator.num_processes, micro_batch=run.micro,
+              steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,
+              resumed_from=str(run.checkpoint) if run.checkpoint else None, data=data.uri,
+              num_classes=data.num_classes, device=str(run.accelerator.device),
+              mixed_precision=run.accelerator.mixed_precision, pretrained=parts.loaded)
+    parts.scheduler.step_update(state.step)
+    if reporter is not None and run.main:
+        reporter.start(parts.total_steps, state.step, f"training {recipe.variant} on {data.uri}")
+    metrics: EvalResult | None = None
+    speed = _Throughput()
+    try:
+        parts.model.train()
+        for epoch in range(state.epoch, recipe.epochs):
+            state.epoch = epoch
+            _train_one_epoch(run, data, parts, state, epoch, log, reporter, callbacks, speed)
+            state.batch = 0
+            metrics = _evaluate_and_save(run, data, parts, state, epoch, log, reporter, metrics)
+            speed.reset()  # img/s counts training only
+    except KeyboardInterrupt:
+        if reporter is not None and run.main:
+            reporter.stop()
+        again = "" if list_checkpoints(run.out) else " (no checkpoint yet: it starts again)"
+        raise TrainingInterrupted(f"interrupted at step {state.step}; continue with: dccnext train -o {run.out} "
+                                  f"--resume{again}") from None
+    if reporter is not None and run.main:
+        reporter.stop()
+    return _finish(run, parts, state, metrics, log, callbacks, time.time() - start_time)

@@ -1,0 +1,157 @@
+"""The dense tasks, each one registered object: how it reads data, builds its model, computes its loss,
+evaluates a batch, and which layers its FLOP count runs. Nothing else in the package dispatches on a
+task's name; `DENSE_TASKS` is the registry the CLI's `--task` choices and the recipes are checked against.
+
+| task         | data          | model                                  | metric           | default size |
+|--------------|---------------|----------------------------------------|------------------|--------------|
+| retinanet    | coco:PATH     | FPN on stages 2-4 + P6/P7, RetinaNet 1x | COCO box AP      | 1280x800     |
+| mask-rcnn    | coco:PATH     | FPN on stages 1-4, Mask R-CNN 1x       | COCO box/mask AP | 1280x800     |
+| semantic-fpn | ade20k:PATH   | FPN on stages 1-4, Semantic FPN head   | mIoU, aAcc       | 512x512      |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+from . import flop_views
+from .data import (
+    IGNORE_INDEX,
+    SegAugment,
+    detection_collate,
+    open_dense_source,
+    segmentation_collate,
+)
+from .metrics import DetectionEvaluator, SegmentationEvaluator
+from .models import build_mask_rcnn, build_retinanet, build_semantic_fpn
+
+__all__ = ["DenseTask", "DENSE_TASKS", "get_dense_task", "build_dense_model"]
+
+Batch = Any  # (images, targets) as the task's collate returns them
+
+
+# --------------------------------------------------------------------- the steps of the two kinds of task
+def _to(targets: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def _detection_loss(model: nn.Module, images, targets, device: torch.device) -> dict[str, torch.Tensor]:
+    """torchvision's detectors compute their own losses in train mode."""
+    return model([i.to(device) for i in images], _to(targets, device))
+
+
+def _segmentation_loss(model: nn.Module, images, targets, device: torch.device) -> dict[str, torch.Tensor]:
+    """Cross-entropy on logits upsampled to the label size, ignoring label 255, as MMSegmentation does."""
+    images, targets = images.to(device), targets.to(device)
+    logits = F.interpolate(model(images), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    return {"loss_ce": F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)}
+
+
+def _detection_eval(model: nn.Module, images, targets, evaluator, device: torch.device) -> None:
+    evaluator.update(model([i.to(device) for i in images]), targets)
+
+
+def _segmentation_eval(model: nn.Module, images, targets, evaluator, device: torch.device) -> None:
+    """One image at a time: evaluation images keep their own sizes."""
+    for image, label in zip(images, targets, strict=True):
+        logits = model(image[None].to(device))
+        logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
+        evaluator.update(logits.argmax(1)[0], label)
+
+
+# --------------------------------------------------------------------- the task object
+@dataclass(frozen=True)
+class DenseTask:
+    """One detection or segmentation task: everything the engine, the FLOP count and the CLI need."""
+
+    name: str
+    summary: str  # one line for --help
+    data_scheme: str  # the --data prefix it reads: coco or ade20k
+    recipe: str  # its bundled recipe under recipes/dense/
+    default_resolution: tuple[int, int]  # (height, width) of the FLOP count and the paper's table
+    paper_b2: tuple[float, float]  # the paper's B2 figures: params (M), FLOPs (G)
+    build: Callable[..., nn.Module]  # build(variant, num_classes=..., **options)
+    collate: Callable[[list], Batch]
+    loss: Callable[[nn.Module, Any, Any, torch.device], dict[str, torch.Tensor]]
+    evaluate_batch: Callable[[nn.Module, Any, Any, Any, torch.device], None]
+    flop_view: Callable[[nn.Module], nn.Module]
+    flop_parts: dict[str, str]
+    detector: bool  # torchvision detector: takes min_size/max_size, resizes its own inputs
+    with_masks: bool = False
+    default_num_classes: int | None = None  # when the data does not name its classes
+
+    def open_data(self, spec: str | Dataset, train: bool, num_classes: int | None = None,
+                  augment: SegAugment | None = None, hflip: float = 0.5) -> Dataset:
+        """The task's data set from a `--data` value (or a Dataset, passed through)."""
+        return open_dense_source(spec, self.data_scheme, self.name, train, with_masks=self.with_masks,
+                                 num_classes=num_classes, augment=augment, hflip=hflip)
+
+    def make_evaluator(self, num_classes: int | None, dataset: Dataset):
+        if self.detector:
+            return DetectionEvaluator(masks=self.with_masks)
+        return SegmentationEvaluator(num_classes or getattr(dataset, "num_classes", self.default_num_classes))
+
+    def build_options(self, recipe: Any) -> dict[str, Any]:
+        """Builder options a recipe sets (detectors also take their input resize)."""
+        options = {"out_norm": recipe.out_norm}
+        if self.detector:
+            options.update(min_size=recipe.min_size, max_size=recipe.max_size)
+        return options
+
+    def recorded_options(self, build: dict[str, Any]) -> dict[str, Any]:
+        """The builder options a checkpoint recorded that apply to this task."""
+        keys = ("out_norm", "min_size", "max_size") if self.detector else ("out_norm",)
+        return {k: build[k] for k in keys if k in build}
+
+    def input_size(self, recipe: Any) -> tuple[int, int]:
+        """What a checkpoint records as its training size: the crop, or a detector's (min, max) resize."""
+        return (recipe.min_size, recipe.max_size) if self.detector else tuple(recipe.crop_size)
+
+
+RETINANET = DenseTask(
+    name="retinanet", summary="RetinaNet 1x (COCO)", data_scheme="coco", recipe="retinanet-1x",
+    default_resolution=(800, 1280), paper_b2=(33.8, 247.1), build=build_retinanet, collate=detection_collate,
+    loss=_detection_loss, evaluate_batch=_detection_eval, flop_view=flop_views.RetinaNetLayers,
+    flop_parts=flop_views.RETINANET_PARTS, detector=True,
+)
+MASK_RCNN = DenseTask(
+    name="mask-rcnn", summary="Mask R-CNN 1x (COCO)", data_scheme="coco", recipe="mask-rcnn-1x",
+    default_resolution=(800, 1280), paper_b2=(43.7, 281.1), build=build_mask_rcnn, collate=detection_collate,
+    loss=_detection_loss, evaluate_batch=_detection_eval, flop_view=flop_views.MaskRCNNLayers,
+    flop_parts=flop_views.MASK_RCNN_PARTS, detector=True, with_masks=True,
+)
+SEMANTIC_FPN = DenseTask(
+    name="semantic-fpn", summary="Semantic FPN (ADE20K)", data_scheme="ade20k", recipe="semantic-fpn",
+    default_resolution=(512, 512), paper_b2=(27.8, 43.3), build=build_semantic_fpn, collate=segmentation_collate,
+    loss=_segmentation_loss, evaluate_batch=_segmentation_eval, flop_view=flop_views.whole_model,
+    flop_parts=flop_views.SEMANTIC_FPN_PARTS, detector=False, default_num_classes=150,
+)
+
+DENSE_TASKS: dict[str, DenseTask] = {t.name: t for t in (RETINANET, MASK_RCNN, SEMANTIC_FPN)}
+
+
+def get_dense_task(task: str | DenseTask) -> DenseTask:
+    """The registered task of that name (a DenseTask passes through); one line naming the choices otherwise."""
+    if isinstance(task, DenseTask):
+        return task
+    if task not in DENSE_TASKS:
+        raise ConfigError(f"unknown dense task {task!r}; choose one of {', '.join(DENSE_TASKS)}")
+    return DENSE_TASKS[task]
+
+
+def build_dense_model(task: str | DenseTask, variant: str = "b2", num_classes: int | None = None,
+                      **kwargs: Any) -> nn.Module:
+    """One entry point for every dense model: `task` is 'retinanet', 'mask-rcnn' or 'semantic-fpn'."""
+    task = get_dense_task(task)
+    if num_classes is not None:
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+        kwargs["num_classes"] = num_classes
+    return task.build(variant, **kwargs)

@@ -1,0 +1,93 @@
+"""The operator's switches: one documented settings object instead of module globals to patch.
+
+Each switch picks between formulations that give the same numbers (the tests hold every one to the
+reference), or sizes a block of work; none changes a result. Read the current values with
+`operator_settings()`; change them for a block of code with `use_operator_settings(...)` (as timm's
+`set_layer_config`), or for the whole process with `set_operator_settings(...)`:
+
+    from dccnext_cli.models.settings import use_operator_settings
+
+    with use_operator_settings(ffn_chunk_bytes=0, pointwise_as_conv_on_cpu=False):
+        logits = model(images)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import ConfigError
+
+__all__ = ["OperatorSettings", "operator_settings", "set_operator_settings", "use_operator_settings"]
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """How DCConv and the blocks compute; measured on the project's 2-core AMD EPYC with benchmarks/compare.py."""
+
+    # Blocks' linears on CPU as 1x1 convolutions (oneDNN) instead of matrix products (MKL): the same GEMMs ran
+    # 1.1-1.4x faster, the B2 training step 1.16x. The parameters are those of nn.Linear either way.
+    pointwise_as_conv_on_cpu: bool = True
+    # Inference runs the ConvFFN over slices of the batch whose 4C-wide hidden tensor takes at most this many
+    # bytes (0: never): slices stay in cache (B2 1.2x faster at batch 32). Training keeps the whole batch.
+    ffn_chunk_bytes: int = 16 << 20
+    # Distances (batch x query rows x tokens) computed at once; above this, query rows are chunked. 2M floats
+    # (8 MiB) keep a chunk in cache between the matmul that writes it and the top-k that reads it.
+    distance_chunk_elements: int = 1 << 21
+    # How the cluster convolution runs inside torch.compile: "inductor" (fused gather) or "custom_op".
+    compile_impl: Literal["inductor", "custom_op"] = "inductor"
+    # Output rows per block of the fast cluster convolution (output block + gather buffer stay in L2).
+    block_rows: int = 512
+    # Rows per block of its backward: five ops per slot and block, so fewer, larger blocks pay (measured).
+    backward_block_rows: int = 1024
+    # Cluster selection in exported graphs: "sort" (stable sort: torch.export, TorchScript) or "topk"
+    # (ONNX has no Sort; its TopK puts equal values in index order, the stable sort's tie rule).
+    export_indices: Literal["sort", "topk"] = "sort"
+
+    def __post_init__(self) -> None:
+        for name in ("ffn_chunk_bytes",):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"operator setting {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("distance_chunk_elements", "block_rows", "backward_block_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"operator setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.compile_impl not in ("inductor", "custom_op"):
+            raise ConfigError(f"compile_impl must be 'inductor' or 'custom_op', got {self.compile_impl!r}")
+        if self.export_indices not in ("sort", "topk"):
+            raise ConfigError(f"export_indices must be 'sort' or 'topk', got {self.export_indices!r}")
+
+    def replace(self, **changes: Any) -> OperatorSettings:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            known = ", ".join(f.name for f in dataclasses.fields(self))
+            raise ConfigError(f"unknown operator setting(s) {', '.join(sorted(unknown))}; known: {known}")
+        return dataclasses.replace(self, **changes)
+
+
+_current = OperatorSettings()
+
+
+def operator_settings() -> OperatorSettings:
+    """The settings in force."""
+    return _current
+
+
+def set_operator_settings(**changes: Any) -> OperatorSettings:
+    """Change settings for the rest of the process; returns the previous settings."""
+    global _current
+    previous, _current = _current, _current.replace(**changes)
+    return previous
+
+
+@contextlib.contextmanager
+def use_operator_settings(**changes: Any) -> Iterator[OperatorSettings]:
+    """Change settings inside a `with` block; the previous ones come back however the block ends."""
+    global _current
+    previous, _current = _current, _current.replace(**changes)
+    try:
+        yield _current
+    finally:
+        _current = previous

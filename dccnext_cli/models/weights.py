@@ -1,0 +1,169 @@
+"""The one weights format every command reads and writes: a plain file format, no model building here.
+
+A `.safetensors` file of a state dict whose string metadata holds `format` = `dccnext/1`, `variant`,
+`num_classes`, `model_config` (JSON of `DCCNeXtConfig`), `class_names` (JSON list, when known), `epoch`,
+`dccnext_version`, and what a run knows about the weights: `task`, `input_size` ([H, W] trained at),
+`recipe` (JSON), `eval` (JSON metrics), and for dense models `dense_num_classes`, `iteration` and
+`dense_build`. `CheckpointMeta` reads all of them into typed fields. Files are written atomically.
+Building a model from a file is the model's own job: `DCCNeXt.from_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .._version import __version__
+from ..common.files import atomic_write
+from ..errors import CheckpointError, ConfigError
+from .config import DCCNeXtConfig
+
+__all__ = [
+    "FORMAT",
+    "CLASSIFICATION",
+    "CheckpointMeta",
+    "save_weights",
+    "read_meta",
+    "load_weights",
+    "unwrap_state_dict",
+]
+
+FORMAT = "dccnext/1"
+CLASSIFICATION = "classification"  # the task a file records when it says none (every classifier)
+# Metadata keys and the typed field each one fills; JSON-valued ones are parsed, the rest are str/int.
+_JSON_KEYS = {"class_names": "class_names", "input_size": "input_size", "recipe": "recipe", "eval": "metrics",
+              "dense_build": "dense_build"}
+_INT_KEYS = {"epoch": "epoch", "dense_num_classes": "dense_num_classes", "iteration": "iteration"}
+_KNOWN = {"format", "variant", "num_classes", "model_config", "dccnext_version", "task", *_JSON_KEYS, *_INT_KEYS}
+
+
+@dataclass
+class CheckpointMeta:
+    """What a weights file says about itself."""
+
+    variant: str
+    config: DCCNeXtConfig
+    class_names: list[str] | None = None
+    epoch: int | None = None
+    version: str = ""
+    task: str = CLASSIFICATION
+    input_size: tuple[int, int] | None = None  # (height, width) the weights were trained at
+    recipe: dict[str, Any] | None = None  # the training recipe, as saved with the run
+    metrics: dict[str, Any] | None = None  # evaluation at save time (top1, top5)
+    dense_num_classes: int | None = None  # dense models: the detector's / segmenter's classes
+    iteration: int | None = None  # dense models: optimiser steps taken
+    dense_build: dict[str, Any] | None = None  # dense models: builder options (min_size, max_size, out_norm)
+    extra: dict[str, str] = field(default_factory=dict)  # keys this version does not know, kept as written
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == CLASSIFICATION
+
+    def to_metadata(self) -> dict[str, str]:
+        meta = {
+            "format": FORMAT,
+            "variant": self.variant,
+            "num_classes": str(self.config.num_classes),
+            "model_config": self.config.to_json(),
+            "dccnext_version": self.version or __version__,
+            **self.extra,
+        }
+        if not self.is_classifier:
+            meta["task"] = self.task
+        for key, name in _JSON_KEYS.items():
+            value = getattr(self, name)
+            if value is not None:
+                meta[key] = json.dumps(list(value) if isinstance(value, tuple) else value)
+        for key, name in _INT_KEYS.items():
+            if getattr(self, name) is not None:
+                meta[key] = str(getattr(self, name))
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> CheckpointMeta:
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{path} is not a dccnext checkpoint (metadata format={meta.get('format')!r}, "
+                f"expected {FORMAT!r}); pass a file written by `dccnext train` or `dccnext export`"
+            )
+        config = _parse(path, meta, "model_config", DCCNeXtConfig.from_json)
+        fields = {name: _parse(path, meta, key, json.loads) for key, name in _JSON_KEYS.items() if key in meta}
+        fields.update({name: _parse(path, meta, key, int) for key, name in _INT_KEYS.items() if key in meta})
+        if "input_size" in fields:
+            fields["input_size"] = _parse_input_size(fields["input_size"], meta["input_size"], path)
+        extra = {k: v for k, v in meta.items() if k not in _KNOWN}
+        return cls(meta.get("variant", "custom"), config, version=meta.get("dccnext_version", ""),
+                   task=meta.get("task", CLASSIFICATION), extra=extra, **fields)
+
+
+def _parse(path: Path, meta: dict[str, str], key: str, parse: Any) -> Any:
+    """`parse(meta[key])`, or one line naming the file and the broken entry."""
+    if key not in meta:
+        raise CheckpointError(f"{path} has no {key} metadata entry; re-export the weights")
+    try:
+        return parse(meta[key])
+    except (ValueError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path} has a broken {key} metadata entry ({e}); re-export the weights") from None
+
+
+def _parse_input_size(size: Any, text: str, path: Path) -> tuple[int, int]:
+    """[H, W] or a single int -> (H, W); anything else is a broken file."""
+    try:
+        height, width = (size, size) if isinstance(size, int) else (int(v) for v in size)
+    except (ValueError, TypeError):
+        raise CheckpointError(f"{path} has a broken input_size metadata entry {text!r}; expected [H, W]") from None
+    return height, width
+
+
+def save_weights(path: str | os.PathLike, model: torch.nn.Module, meta: CheckpointMeta) -> Path:
+    """Write the model's state dict with dccnext metadata, atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta.to_metadata()))
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .safetensors file")
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({e}); it may be truncated: re-copy or re-export it"
+        ) from None
+
+
+def read_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """Read only the header: cheap, and enough to know which model to build."""
+    path = Path(path)
+    with _open(path) as f:
+        return CheckpointMeta.from_metadata(f.metadata() or {}, path)
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """Read a dccnext checkpoint: its state dict and its metadata."""
+    path = Path(path)
+    with _open(path) as f:
+        meta = CheckpointMeta.from_metadata(f.metadata() or {}, path)
+        try:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is truncated or corrupt ({e}); re-copy or re-export it") from None
+    return state, meta
+
+
+def unwrap_state_dict(state: Any) -> Any:
+    """A training script's {"state_dict": {...}} wrapper -> the state dict inside; anything else as is."""
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        return state["state_dict"]
+    return state

@@ -1,0 +1,28 @@
+"""The task registry: classification and every dense task, by the name `--task` takes.
+
+Commands derive their `--task` choices from `TASKS` and dispatch on the task object, never on its name.
+"""
+
+from __future__ import annotations
+
+from .classification.task import CLASSIFICATION_TASK, ClassificationTask
+from .dense.tasks import DENSE_TASKS, DenseTask
+from .errors import ConfigError
+
+__all__ = ["TASKS", "Task", "get_task", "is_dense", "CLASSIFICATION_TASK"]
+
+Task = ClassificationTask | DenseTask
+
+TASKS: dict[str, Task] = {CLASSIFICATION_TASK.name: CLASSIFICATION_TASK, **DENSE_TASKS}
+
+
+def get_task(name: str) -> Task:
+    """The registered task of that name, or one line naming the choices."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def is_dense(task: Task) -> bool:
+    """True for detection and segmentation tasks (their own engine, data and metrics)."""
+    return isinstance(task, DenseTask)
