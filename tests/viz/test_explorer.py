@@ -387,7 +387,7 @@ def _readme_screenshot(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         page = write_explorer(Path(tmp) / "explorer.html", result, source, (9, 5))
         print(f"{page.stat().st_size / 1e3:.0f} kB page")
-        driver = start_chrome(1200, 1050)
+        driver = start_chrome(1200, 1260)
         try:
             open_page(driver, page, "#block=7&cell=9,5")
             screenshot(driver, out)
@@ -397,4 +397,5 @@ def _readme_screenshot(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's dccnext_cli, as pytest uses
     _readme_screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/explorer.png"))
