@@ -23,7 +23,7 @@ BlocksOpt = Annotated[
     typer.Option(
         "--blocks",
         help="DCC blocks, numbered 1-based over the whole network as in the paper: e.g. 7,16, or all-dcc. "
-        "Default: the first DCC block of stage 3 and of stage 4 (B2: 7,16); with --html, all DCC blocks.",
+        "Default: the first DCC block of stage 3 and of stage 4 (B2: 7,16).",
     ),
 ]
 DpiOpt = Annotated[int, typer.Option("--dpi", min=30, max=1200, help="Resolution of PNG output.")]
@@ -77,7 +77,7 @@ def visualize_clusters(
         html: Annotated[
             Optional[Path],
             typer.Option("--html", help="Write an interactive page (one self-contained .html file, works offline): "
-                         "hover a cell to see its cluster in every block. Blocks default to all DCC blocks; "
+                         "hover a cell to see its cluster in every block. Without --blocks it holds all DCC blocks; "
                          "no PNG unless -o is given too."),
         ] = None,
         overwrite: OverwriteOpt = False,
