@@ -11,6 +11,7 @@ from rich.console import Console
 from ..errors import ConfigError
 from ..viz.clusters import compute_clusters, parse_center, resolve_centers
 from ..viz.clusters_plot import clusters_figure
+from ..viz.explorer import check_explorer_inputs, check_html_output, write_explorer
 from ..viz.figure import check_output, save_figure
 from ..viz.model_source import load_model, parse_blocks
 from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
@@ -42,6 +43,12 @@ def visualize_clusters(
         output: output_opt("clusters.png", "--json") = None,
         dpi: DpiOpt = 150,
         json_out: JsonOpt = False,
+        html: Annotated[
+            Optional[Path],
+            typer.Option("--html", help="Write an interactive page (one self-contained .html file, works offline): "
+                         "hover a cell to see its cluster in every block. Without --blocks it holds all DCC blocks; "
+                         "no PNG unless -o is given too."),
+        ] = None,
         overwrite: OverwriteOpt = False,
 ) -> None:
     """Draw the clusters DCConv computed (the paper's Figure 3): for each image and chosen block, the
@@ -51,7 +58,8 @@ def visualize_clusters(
     The image goes through the eval transform: resized with its aspect ratio kept, centre-cropped to
     --res (default: the checkpoint's training size, else 224). Without --checkpoint the weights are
     random (default variant b2) and a warning says so. --json prints every block's full index table
-    (token n = cell (n // width, n % width)) and the grid geometry.
+    (token n = cell (n // width, n % width)) and the grid geometry. --html page.html writes the same
+    indices as an interactive page for one image (see the README's "Cluster explorer").
     """
     if center and centers:
         raise ConfigError("give either --centers auto|all or --center ROW,COL, not both")
@@ -59,14 +67,17 @@ def visualize_clusters(
         raise ConfigError(f"--centers {centers!r} is not a mode; use auto or all, or give --center ROW,COL")
     explicit = [parse_center(c) for c in center or []]
     resolution = parse_resolution(res)
-    if output is None and not json_out:
+    if output is None and not json_out and html is None:
         output = Path("clusters.png")
     if output is not None:
         output = check_output(output, overwrite)
+    if html is not None:
+        html = check_html_output(html, overwrite)
+        check_explorer_inputs(images)
 
     source = load_model(checkpoint, variant.value if variant else None)
     warn_random(source)
-    chosen = parse_blocks(blocks, source.model)
+    chosen = parse_blocks(blocks if blocks or html is None else "all-dcc", source.model)
     resolution = resolution or source.train_size or (224, 224)
     results = []
     with err_console.status("running the model..."):
@@ -86,6 +97,9 @@ def visualize_clusters(
         with err_console.status(f"drawing {output}..."):
             save_figure(clusters_figure(results, source.label, source.random_weights), output, dpi)
         (err_console if json_out else Console()).print(f"wrote {output}", highlight=False)
+    if html is not None:
+        write_explorer(html, results[0], source, explicit[0] if explicit else None)
+        (err_console if json_out else Console()).print(f"wrote {html}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
