@@ -1,4 +1,4 @@
-"""The classification training recipe: the paper's ImageNet settings (spec section 7) as one flat dataclass.
+"""The classification training recipe: the paper's ImageNet settings (docs/model.md, section 6) as one flat dataclass.
 
 Bundled recipes live in `recipes/` (installed with the package): `imagenet/b0` ... `imagenet/b4` (the paper's
 300-epoch recipe; only the variant and its drop-path rate differ) and `quickstart` (the embedded Fashion-MNIST in

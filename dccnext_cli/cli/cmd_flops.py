@@ -92,7 +92,7 @@ def flops(
     """Parameters and FLOPs per image (1 multiply-accumulate = 1 FLOP, as in the paper).
 
     With --variant: that variant with a per-stage breakdown. Without: all five beside the paper's Table 1.
-    DCConv is counted by the spec's rule (distances n^2*ceil(E/d) + cluster conv n*K'*E), the rest by
+    DCConv is counted by the paper's rule (distances n^2*ceil(E/d) + cluster conv n*K'*E), the rest by
     torch's FlopCounterMode on a meta-device model (no memory, any resolution). Dense tasks count every
     layer with weights up to the data-dependent post-processing, as MMDetection's FLOP counter does.
     """

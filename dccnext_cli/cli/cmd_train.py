@@ -32,6 +32,13 @@ SET_HELP = "Override any recipe key, e.g. --set lr=1e-3 --set input_size=[160,16
 DataOpt = Annotated[Optional[str], typer.Option("--data", help="Images to train on. " + DATA_HELP)]
 RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help=RECIPE_HELP)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)]
+ResumeOpt = Annotated[Optional[str], typer.Option(
+    "--resume", metavar="[auto|PATH]",
+    help="Continue an interrupted run: bare or 'auto' resumes -o DIR from its newest checkpoint (or starts "
+         "it); a PATH names a run folder or one of its checkpoints/step-* folders.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(
+    "--weights", help="Start from these weights: a dccnext checkpoint (its head is replaced) or timm "
+                      "ConvFormer weights (warm start); dense tasks: the backbone's ImageNet weights.")]
 
 
 def train_cmd(
@@ -58,15 +65,10 @@ def train_cmd(
             "--checkpoint-every", help="Optimiser steps between checkpoints (0: each epoch).")] = None,
         output: Annotated[Optional[Path], typer.Option(
             "-o", "--output", help="Run folder (default: runs/<variant>-<date-time>).", file_okay=False)] = None,
-        resume: Annotated[Optional[str], typer.Option(
-            "--resume", metavar="[auto|PATH]",
-            help="Continue an interrupted run: bare or 'auto' resumes -o DIR from its newest checkpoint (or starts "
-                 "it); a PATH names a run folder or one of its checkpoints/step-* folders.")] = None,
+        resume: ResumeOpt = None,
         overwrite: OverwriteOpt = False,
         task: TaskOpt = DEFAULT_TASK,
-        weights: Annotated[Optional[Path], typer.Option(
-            "--weights", help="Start from these weights: a dccnext checkpoint (its head is replaced) or timm "
-                              "ConvFormer weights (warm start); dense tasks: the backbone's ImageNet weights.")] = None,
+        weights: WeightsOpt = None,
         json_out: JsonOpt = False,
 ) -> None:
     """Train DCCNeXt. With no --data: B0 on the embedded Fashion-MNIST with the quickstart recipe (minutes on a
@@ -110,13 +112,18 @@ def train_cmd(
     result = train(config, output, resume=resume_from, overwrite=overwrite,
                    reporter=StepProgress("step", enabled=not json_out), explicit=overrides,
                    callbacks=callbacks_from_env())
+    _report(result, config.variant, json_out, console)
+
+
+def _report(result, variant: str, json_out: bool, console: Console) -> None:
+    """The run's summary: one JSON document, or a small table on stderr."""
     summary = {"output": str(result.output), "weights": str(result.weights), "epochs": result.epochs,
                "steps": result.steps, "world_size": result.world_size, "wall_s": round(result.wall_s, 1),
                "metrics": result.metrics, "skipped_images": result.skipped_images}
     if json_out:
         print_json(summary)
         return
-    table = Table(title=f"trained {config.variant} ({result.world_size} process(es), {result.wall_s / 60:.1f} min)")
+    table = Table(title=f"trained {variant} ({result.world_size} process(es), {result.wall_s / 60:.1f} min)")
     table.add_column("")
     table.add_column("")
     table.add_row("weights", str(result.weights))

@@ -17,38 +17,33 @@ from ..viz.model_source import load_model, parse_blocks
 from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, OverwriteOpt, ResOpt, VariantOpt, parse_resolution, print_json
 
+ImagesArg = Annotated[
+    list[Path], typer.Argument(metavar="IMAGE", help="Image files (JPEG, PNG, WebP, ...).", show_default=False)
+]
+CentersOpt = Annotated[Optional[str], typer.Option(
+    "--centers", help="auto: a few salient, spread cells per block (largest feature norm, a third of the grid "
+                      "apart, not on the border); all: one small panel per cell of the grid.")]
+CenterOpt = Annotated[Optional[list[str]], typer.Option(
+    "--center", help="ROW,COL of a centre cell (0-based, in each block's grid); repeatable.")]
+HtmlOpt = Annotated[Optional[Path], typer.Option(
+    "--html", help="Write an interactive page (one self-contained .html file, works offline): hover a cell to see "
+                   "its cluster in every block. Without --blocks it holds all DCC blocks; no PNG unless -o is given "
+                   "too.")]
+
 
 def visualize_clusters(
-        images: Annotated[
-            list[Path],
-            typer.Argument(metavar="IMAGE", help="Image files (JPEG, PNG, WebP, ...).", show_default=False),
-        ],
+        images: ImagesArg,
         variant: VariantOpt = None,
         checkpoint: CheckpointOpt = None,
         blocks: BlocksOpt = None,
-        centers: Annotated[
-            Optional[str],
-            typer.Option(
-                "--centers",
-                help="auto: a few salient, spread cells per block (largest feature norm, a third of the grid "
-                "apart, not on the border); all: one small panel per cell of the grid.",
-            ),
-        ] = None,
-        center: Annotated[
-            Optional[list[str]],
-            typer.Option("--center", help="ROW,COL of a centre cell (0-based, in each block's grid); repeatable."),
-        ] = None,
+        centers: CentersOpt = None,
+        center: CenterOpt = None,
         num_centers: Annotated[int, typer.Option("--num-centers", min=1, max=12, help="Centres for auto.")] = 3,
         res: ResOpt = None,
         output: output_opt("clusters.png", "--json") = None,
         dpi: DpiOpt = 150,
         json_out: JsonOpt = False,
-        html: Annotated[
-            Optional[Path],
-            typer.Option("--html", help="Write an interactive page (one self-contained .html file, works offline): "
-                         "hover a cell to see its cluster in every block. Without --blocks it holds all DCC blocks; "
-                         "no PNG unless -o is given too."),
-        ] = None,
+        html: HtmlOpt = None,
         overwrite: OverwriteOpt = False,
 ) -> None:
     """Draw the clusters DCConv computed (the paper's Figure 3): for each image and chosen block, the

@@ -1,6 +1,6 @@
-"""The model configuration: every architectural choice of spec sections 2-3 as a named field.
+"""The model configuration: every architectural choice as a named field (docs/model.md).
 
-Fields tagged [D] in the spec are decisions of this project where the paper is silent; they are
+Fields tagged [D] are decisions of this project where the paper is silent; they are
 options here so that anyone can reproduce a different reading of the paper.
 """
 

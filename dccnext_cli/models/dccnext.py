@@ -1,4 +1,4 @@
-"""DCCNeXt: blocks, stages, the network and its timm registration (spec sections 1-3).
+"""DCCNeXt: blocks, stages, the network and its timm registration (docs/model.md, section 1).
 
 The layout mirrors timm's `metaformer.py` (ConvFormer) so that names, feature taps and the head
 match it: stages take and return NCHW maps, blocks work channels-last inside, and the classifier is

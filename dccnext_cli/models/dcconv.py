@@ -1,4 +1,4 @@
-"""DCConv, the dynamic clustering convolution of DCCNeXt (spec section 4).
+"""DCConv, the dynamic clustering convolution of DCCNeXt (docs/model.md, section 2).
 
 Every token picks its K nearest tokens (itself first) by the squared L2 distance of a channel
 sub-sample, and a depthwise kernel of K slots mixes the gathered cluster:

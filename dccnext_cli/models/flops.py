@@ -1,11 +1,11 @@
-"""Parameters and FLOPs in the paper's convention (spec section 5).
+"""Parameters and FLOPs in the paper's convention (docs/model.md, section 3).
 
 "FLOPs" here, as in the paper and fvcore, are multiply-accumulates: one MAC = one FLOP. Dense layers
 (convolutions, linears, matmuls) are counted by torch's `FlopCounterMode` (which counts 2 per MAC, so
 its totals are halved) on a model built on the `meta` device: no memory, no compute, any resolution.
 A stock counter cannot see the clustering (sort, gather, index arithmetic) and would see only part of
 the distance matmul, so everything inside a DCConv is dropped from the counter's total and replaced
-by the spec's rule per DCConv layer with n tokens, E channels, cluster size K and interval d:
+by the counting rule per DCConv layer with n tokens, E channels, cluster size K and interval d:
 
     n^2 * ceil(E / d)      the Gram matrix of the sub-vectors (distances)
   + n * min(K, n) * E      the cluster convolution
@@ -29,13 +29,13 @@ __all__ = ["dcconv_macs", "PartCost", "FlopReport", "count_model", "count_varian
 
 COUNTING_NOTE = (
     "FLOPs are multiply-accumulates (1 MAC = 1 FLOP, fvcore/paper convention). Conv, linear and matmul "
-    "MACs come from torch's FlopCounterMode (halved); each DCConv is counted by the spec's rule: "
+    "MACs come from torch's FlopCounterMode (halved); each DCConv is counted by the paper's rule: "
     "n^2*ceil(E/d) for distances + n*min(K,n)*E for the cluster conv; norms, activations, top-k and gather count 0."
 )
 
 
 def dcconv_macs(num_tokens: int, channels: int, cluster_size: int, subvector_interval: int) -> tuple[int, int]:
-    """(distance MACs, cluster-conv MACs) of one DCConv on one image, by the spec's rule."""
+    """(distance MACs, cluster-conv MACs) of one DCConv on one image, by the counting rule."""
     sub_channels = math.ceil(channels / subvector_interval)
     distances = num_tokens * num_tokens * sub_channels
     cluster = num_tokens * effective_cluster_size(cluster_size, num_tokens) * channels

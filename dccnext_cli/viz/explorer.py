@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..checkpoint import atomic_write
+from ..common.files import atomic_write
 from ..data.images import load_image
 from ..errors import ConfigError, OutputExistsError
 from .clusters import ImageClusters

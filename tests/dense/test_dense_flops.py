@@ -1,4 +1,4 @@
-"""FLOPs per dense task in the classifier's convention, for B2 beside the paper's figures (spec section 6)."""
+"""FLOPs per dense task in the classifier's convention, for B2 beside the paper's figures (docs/model.md, section 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DCConv against a naive reference written straight from the paper (spec section 4)."""
+"""DCConv against a naive reference written straight from the paper (docs/model.md, section 2)."""
 
 from __future__ import annotations
 

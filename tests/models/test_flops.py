@@ -1,4 +1,4 @@
-"""The cost model against the spec's per-block formula (section 5) and the paper's Table 1."""
+"""The cost model against the per-block formula of docs/model.md (section 3) and the paper's Table 1."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
 
 
 def formula_macs(variant: str, height: int, width: int, ks=(12, 18), ds=(8, 8), num_classes: int = 1000) -> int:
-    """MACs from the spec's per-block rule plus stem, downsampling and head, written out by hand."""
+    """MACs from the per-block rule plus stem, downsampling and head, written out by hand."""
     cfg = variant_config(variant)
     dims, depths = cfg.dims, cfg.depths
     h, w = conv_out(height, 7, 4, 2), conv_out(width, 7, 4, 2)
