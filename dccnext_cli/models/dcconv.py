@@ -397,7 +397,7 @@ def cluster_conv(
 
     Picks the formulation for the context: plain aten ops when exporting or on the meta device, the
     Inductor-fused gather (or the custom op, see `compile_impl`) under torch.compile, else the fast
-    autograd function.
+    autograd function: the blocked PyTorch kernels or the Triton ones (`eager_kernels`).
     """
     if exporting() or tokens.device.type == "meta":
         return cluster_conv_plain(tokens, idx, weight, bias)
@@ -407,6 +407,12 @@ def cluster_conv(
     k = idx.shape[-1]
     flat = tokens.reshape(batch * num_tokens, channels).contiguous()
     slots = _flat_indices(idx, num_tokens).t().contiguous()  # (K, B*N): one contiguous row per slot
+    kernels = operator_settings().eager_kernels
+    if kernels != "blocked" and not torch.compiler.is_compiling():
+        from .dcconv_triton import TritonClusterConv  # on first use: Triton fixes its interpret mode at import
+
+        out = TritonClusterConv.apply(flat, slots, weight, bias, kernels == "triton-deterministic")
+        return out.view(batch, num_tokens, channels)
     weight = weight[:k].to(tokens.dtype)
     if torch.compiler.is_compiling():
         out = _cluster_conv_op(flat, slots, weight)

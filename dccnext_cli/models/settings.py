@@ -43,6 +43,12 @@ class OperatorSettings:
     block_rows: int = 512
     # Rows per block of its backward: five ops per slot and block, so fewer, larger blocks pay (measured).
     backward_block_rows: int = 1024
+    # The eager cluster convolution: "blocked" (PyTorch ops in cache-sized row blocks, the CPU path), "triton"
+    # (models/dcconv_triton.py: a fixed number of kernel launches whatever the batch; float32 accumulation,
+    # atomic scatter-add backward) or "triton-deterministic" (backward through the reverse index). The Triton
+    # kernels need CUDA, or TRITON_INTERPRET=1 set before their first use (slow; how the tests run them).
+    # "blocked" stays the default on every device until the GPU check (benchmarks/) has timed both.
+    eager_kernels: Literal["blocked", "triton", "triton-deterministic"] = "blocked"
     # Cluster selection in exported graphs: "sort" (stable sort: torch.export, TorchScript) or "topk"
     # (ONNX has no Sort; its TopK puts equal values in index order, the stable sort's tie rule).
     export_indices: Literal["sort", "topk"] = "sort"
@@ -56,6 +62,9 @@ class OperatorSettings:
                 raise ConfigError(f"operator setting {name} must be >= 1, got {getattr(self, name)}")
         if self.compile_impl not in ("inductor", "custom_op"):
             raise ConfigError(f"compile_impl must be 'inductor' or 'custom_op', got {self.compile_impl!r}")
+        if self.eager_kernels not in ("blocked", "triton", "triton-deterministic"):
+            raise ConfigError(f"eager_kernels must be 'blocked', 'triton' or 'triton-deterministic', "
+                              f"got {self.eager_kernels!r}")
         if self.export_indices not in ("sort", "topk"):
             raise ConfigError(f"export_indices must be 'sort' or 'topk', got {self.export_indices!r}")
 
