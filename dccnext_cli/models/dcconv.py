@@ -30,7 +30,7 @@ import contextlib
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 
 from .settings import operator_settings
 
@@ -38,6 +38,7 @@ __all__ = [
     "DCConv",
     "cluster_indices",
     "cluster_indices_topk",
+    "cluster_indices_sorted",
     "cluster_conv",
     "cluster_conv_plain",
     "cluster_conv_reference",
@@ -52,8 +53,8 @@ def effective_cluster_size(cluster_size: int, num_tokens: int) -> int:
 
 
 def exporting() -> bool:
-    """True while exporting, tracing or scripting: then only plain aten ops (sort, index_select) are used."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+    """True while exporting, tracing (torch.jit or FX) or scripting: then only plain aten ops are used."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
         return True
     if torch.onnx.is_in_onnx_export():
         return True
@@ -420,6 +421,25 @@ def cluster_conv(
     return out.view(batch, num_tokens, channels)
 
 
+# FX: the clustering depends on the values, so symbolic tracing (torch.fx, torchvision's feature extraction,
+# timm's feature_cls="fx") keeps these two as leaf calls and DCConv as a leaf module, run eagerly in the graph.
+torch.fx.wrap("cluster_indices")
+torch.fx.wrap("cluster_conv")
+
+
+def cluster_indices_sorted(x: torch.Tensor, cluster_size: int, subvector_interval: int) -> torch.Tensor:
+    """`cluster_indices` of a (B, H, W, E) map by the definition, in plain ops: one block of distances and a
+    stable sort. What TorchScript runs (it cannot script the chunked fast path)."""
+    batch, height, width, channels = x.shape
+    k = min(cluster_size, height * width)
+    with torch.no_grad():
+        sub = x.reshape(batch, height * width, channels)[:, :, ::subvector_interval].float()
+        dist = pairwise_sq_distances(sub, sub)
+        dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+        return _nearest_sorted(dist, k)
+
+
+@register_notrace_module
 class DCConv(nn.Module):
     """Dynamic clustering convolution on channels-last (B, H, W, dim) tensors.
 
@@ -467,6 +487,10 @@ class DCConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
+        if torch.jit.is_scripting():  # the plain formulation, as exported graphs run it
+            idx = cluster_indices_sorted(x, self.cluster_size, self.subvector_interval)
+            out = cluster_conv_plain(x.reshape(batch, height * width, channels), idx, self.weight, self.bias)
+            return out.view(batch, height, width, channels)
         idx = cluster_indices(x, self.cluster_size, self.subvector_interval)
         if self.keep_indices:
             self.last_indices = idx
