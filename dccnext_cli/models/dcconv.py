@@ -45,6 +45,7 @@ __all__ = [
     "pairwise_sq_distances",
     "effective_cluster_size",
     "exporting",
+    "watched_by_dispatch_mode",
 ]
 
 def effective_cluster_size(cluster_size: int, num_tokens: int) -> int:
@@ -148,6 +149,16 @@ def _nearest_topk(dist: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def watched_by_dispatch_mode() -> bool:
+    """True while a TorchDispatchMode (a user's `FlopCounterMode`, a profiler's) sees every op.
+
+    DCConv then runs its two custom ops (`dccnext::cluster_indices`, `dccnext::cluster_conv`; the same
+    kernels), which such a mode sees as one op each, with the FLOP formulas `models/flops.py` registers,
+    instead of the fast path's many small aten ops.
+    """
+    return torch._C._len_torch_dispatch_stack() > 0
+
+
 def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements: int) -> torch.Tensor:
     """(B, N, k) nearest-token indices of float32 sub-vectors (B, N, S), query rows in chunks."""
     batch, num_tokens, _ = sub.shape
@@ -206,7 +217,7 @@ def cluster_indices(
         sub = tokens[..., ::subvector_interval].float().contiguous()
         if exporting() or sub.device.type == "meta":
             return _indices_chunked(sub, k, exact_sort=True, chunk_elements=chunk)
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or watched_by_dispatch_mode():
             return _cluster_indices_op(sub, k, chunk)
         return _indices_chunked(sub, k, exact_sort=False, chunk_elements=chunk)
 
@@ -409,7 +420,7 @@ def cluster_conv(
     flat = tokens.reshape(batch * num_tokens, channels).contiguous()
     slots = _flat_indices(idx, num_tokens).t().contiguous()  # (K, B*N): one contiguous row per slot
     weight = weight[:k].to(tokens.dtype)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or watched_by_dispatch_mode():
         out = _cluster_conv_op(flat, slots, weight)
         out = out if bias is None else out + bias
     else:
