@@ -79,7 +79,8 @@ def test_model_card_metadata_recipe_and_citation(hub_folder):
 
 
 def test_weights_formats_keep_the_training_size_graph_formats_refuse_it(run_cli, quickstart, tmp_path):
-    result = run_cli("export", "--checkpoint", quickstart[0], "--format", "safetensors", "-o", tmp_path / "a.safetensors")
+    weights = tmp_path / "a.safetensors"
+    result = run_cli("export", "--checkpoint", quickstart[0], "--format", "safetensors", "-o", weights)
     assert result.exit_code == 0, result.output
     assert read_meta(tmp_path / "a.safetensors").input_size == (56, 56)
     result = run_cli("export", "--checkpoint", quickstart[0], "--format", "onnx", "-o", tmp_path / "a.onnx")

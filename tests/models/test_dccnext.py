@@ -214,7 +214,7 @@ def test_pretrained_without_a_file_warns_and_keeps_the_random_init(caplog):
     assert "No pretrained weights exist for dccnext_b0. Using random initialization." in caplog.text
     torch.manual_seed(0)
     fresh = timm.create_model("dccnext_b0", pretrained=False)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
 
 
 def test_pretrained_loads_a_local_dccnext_file(tmp_path):

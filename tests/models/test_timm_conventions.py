@@ -22,7 +22,7 @@ SIZE = 64  # stage 3 has 4x4 = 16 tokens (> K = 12), stage 4 2x2
 FEATURE_CLASSES = ("list", "dict", "hook", "fx", "getter")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name: str, num_classes: int = 1000) -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model(name, pretrained=False, num_classes=num_classes)
