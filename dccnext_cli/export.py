@@ -1,13 +1,14 @@
-"""Export a DCCNeXt to safetensors, a timm folder, ONNX, TorchScript or a torch.export program.
+"""Export a DCCNeXt to safetensors, a timm / Hub folder, ONNX, TorchScript or a torch.export program.
 
 Every export is checked against the eager model before it is moved into place: the file is loaded
 back the way a user would load it (timm, onnxruntime, `torch.jit.load`, `torch.export.load`) and its
 outputs are compared on seeded inputs of two shapes (batch 1 at the export size, batch 2 at a
 second size), which also proves the dynamic batch and height/width axes.
 
-Why a minimum input size: the clustering keeps K' = min(K, N) neighbours per token. From 160 px up,
-stage 4 has at least 5x5 = 25 tokens, more than its K = 18, so K is a constant of the graph (TensorRT
-needs a constant TopK k) and one exported graph serves every size above it.
+Why a minimum input size for graphs: the clustering keeps K' = min(K, N) neighbours per token. From 160 px
+up, stage 4 has at least 5x5 = 25 tokens, more than its K = 18, so K is a constant of the graph (TensorRT
+needs a constant TopK k) and one exported graph serves every size above it. Weights formats (safetensors, the
+timm and Hub folders) hold no graph: they keep the size the model was trained at, whatever it is.
 
 ONNX and near ties: top-k is discontinuous. onnxruntime computes the same distances with other
 kernels, so two candidates whose distances agree to ~1e-7 can swap places, and the logits then move
@@ -34,11 +35,13 @@ from .common.files import atomic_write, atomic_write_text
 from .errors import ConfigError, DCCNeXtError, OutputExistsError
 from .models.config import variant_config
 from .models.dccnext import DCCNeXt
+from .models.hub import hub_config, model_card, push_folder
 from .models.settings import use_operator_settings
 from .models.weights import CheckpointMeta, save_weights
 
 __all__ = [
     "FORMATS",
+    "GRAPH_FORMATS",
     "MIN_EXPORT_SIZE",
     "ONNX_OPSET",
     "ExportError",
@@ -48,8 +51,10 @@ __all__ = [
     "export_model",
 ]
 
-FORMATS = ("safetensors", "timm", "onnx", "torchscript", "exported-program")
-MIN_EXPORT_SIZE = 160  # px: stage 4 then has >= 25 tokens > K = 18, so K is constant in the graph
+FORMATS = ("safetensors", "timm", "hub", "onnx", "torchscript", "exported-program")
+GRAPH_FORMATS = ("onnx", "torchscript", "exported-program")
+FOLDER_FORMATS = ("timm", "hub")
+MIN_EXPORT_SIZE = 160  # px, graph formats: stage 4 then has >= 25 tokens > K = 18, so K is constant in the graph
 ONNX_OPSET = 18
 MAX_EXPORT_SIZE = 8192
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -142,11 +147,11 @@ def _output_names(features: bool) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- parity
-def _check_inputs(resolution: tuple[int, int], in_chans: int) -> list[torch.Tensor]:
-    """Seeded inputs: batch 1 at the export size, batch 2 at a second size (other H and W)."""
+def _check_inputs(resolution: tuple[int, int], in_chans: int, floor: int = MIN_EXPORT_SIZE) -> list[torch.Tensor]:
+    """Seeded inputs: batch 1 at the export size, batch 2 at a second size (other H and W, at least `floor`)."""
     gen = torch.Generator().manual_seed(0)
     height, width = resolution
-    other = (height + 64, max(MIN_EXPORT_SIZE, width - 32))
+    other = (height + 64, max(floor, width - 32))
     return [torch.randn(1, in_chans, height, width, generator=gen), torch.randn(2, in_chans, *other, generator=gen)]
 
 
@@ -251,45 +256,16 @@ def _write_safetensors(model, meta, out: Path, dtype: str, inputs) -> list[Parit
     return checks
 
 
-def timm_config(model: DCCNeXt, meta: CheckpointMeta, resolution: tuple[int, int]) -> dict[str, Any]:
-    """The `config.json` timm's `local-dir:` / `hf-hub:` loaders read: architecture, classes, the full
-    model config as `model_args` (so a changed K or d survives), and the preprocessing."""
-    config = json.loads(meta.config.to_json())
-    architecture = f"dccnext_{meta.variant}" if meta.variant != "custom" else "dccnext_b0"
-    pretrained_cfg = {
-        "num_classes": meta.num_classes,
-        "input_size": [meta.config.in_chans, *resolution],
-        "min_input_size": [meta.config.in_chans, MIN_EXPORT_SIZE, MIN_EXPORT_SIZE],
-        "fixed_input_size": False,
-        "crop_pct": 1.0,
-        "interpolation": "bicubic",
-        "mean": list(model.pretrained_cfg["mean"]) if hasattr(model, "pretrained_cfg") else [0.485, 0.456, 0.406],
-        "std": list(model.pretrained_cfg["std"]) if hasattr(model, "pretrained_cfg") else [0.229, 0.224, 0.225],
-        "first_conv": "stem.conv",
-        "classifier": "head.fc.fc2",
-        "license": "apache-2.0",
-    }
-    out: dict[str, Any] = {
-        "architecture": architecture,
-        "num_classes": meta.num_classes,
-        "num_features": model.num_features,
-        "global_pool": "avg",
-        "model_args": config,
-        "pretrained_cfg": pretrained_cfg,
-    }
-    if meta.class_names is not None:
-        out["label_names"] = list(meta.class_names)
-    out["dccnext"] = meta.to_metadata()
-    return out
-
-
-def _write_timm_folder(model, meta, out: Path, dtype: str, inputs, resolution) -> list[ParityCheck]:
+def _write_folder(model, meta, out: Path, dtype: str, inputs, resolution, card_name: str | None,
+                  repo_id: str | None = None) -> list[ParityCheck]:
+    """timm's `save_for_hf` layout (config.json + model.safetensors), and with `card_name` the model card."""
     import timm
 
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out / "model.safetensors", _cast(model, dtype), meta)
-    text = json.dumps(timm_config(model, meta, resolution), indent=2) + "\n"
-    atomic_write_text(out / "config.json", text)
+    atomic_write_text(out / "config.json", json.dumps(hub_config(model, meta, resolution), indent=2) + "\n")
+    if card_name is not None:
+        atomic_write_text(out / "README.md", model_card(meta, card_name, resolution, repo_id))
     checks = _reload_checks(lambda: timm.create_model(f"local-dir:{out}", pretrained=True), model, inputs, dtype)
     checks += _reload_checks(lambda: DCCNeXt.from_checkpoint(out / "model.safetensors")[0], model, inputs[:1], dtype)
     return checks
@@ -372,6 +348,54 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
             raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another -o")
 
 
+def _check_request(fmt: str, out: Path, features: bool, dtype: str, resolution: tuple[int, int],
+                   overwrite: bool, push: str | None) -> None:
+    """Refuse what cannot be exported before anything is written: one clear error each."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if fmt in GRAPH_FORMATS and min(resolution) < MIN_EXPORT_SIZE:
+        raise ConfigError(
+            f"--res {resolution[0]}x{resolution[1]} is below the {fmt} export minimum of {MIN_EXPORT_SIZE} px "
+            f"(from there stage 4 has more tokens than K, so K is a graph constant); pass --res {MIN_EXPORT_SIZE} or "
+            "more (weights formats keep any size)"
+        )
+    if features and fmt not in GRAPH_FORMATS:
+        raise ConfigError(f"--features applies to graph formats ({', '.join(GRAPH_FORMATS)}), not {fmt}")
+    if push is not None and fmt != "hub":
+        raise ConfigError(f"--push uploads a Hub folder; use it with --format hub, not {fmt}")
+    if push is not None:
+        _check_repo_id(push)
+    if fmt == "onnx" and dtype != "float32":
+        raise ConfigError("ONNX export is float32 only; convert the file afterwards (onnxconverter-common) for fp16")
+    if fmt in FOLDER_FORMATS and out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file; the {fmt} format writes a folder, choose a folder path for -o")
+    if fmt not in FOLDER_FORMATS and out.is_dir():
+        raise OutputExistsError(f"{out} is a folder; the {fmt} format writes one file, choose a file path for -o")
+    names = {"timm": ("config.json", "model.safetensors"), "hub": ("config.json", "model.safetensors", "README.md")}
+    _refuse_existing([out / n for n in names[fmt]] if fmt in FOLDER_FORMATS else [out], overwrite)
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ConfigError(f"--push {repo_id!r} is not a Hub repo id; write it as NAME or OWNER/NAME") from None
+
+
+def _push(out: Path, repo_id: str) -> str:
+    """Upload a written and checked Hub folder; a failed upload is one clear error (the folder stays)."""
+    try:
+        return push_folder(out, repo_id)
+    except Exception as e:  # noqa: BLE001 - offline, refused token, no network: the same user-facing failure
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{out} was written and checked, but the upload to {repo_id} failed ({reason}); "
+                          f"log in with `hf auth login` and run again, or upload the folder yourself") from None
+
+
 def export_model(
         model: DCCNeXt,
         meta: CheckpointMeta,
@@ -381,40 +405,28 @@ def export_model(
         dtype: str = "float32",
         resolution: tuple[int, int] | None = None,
         overwrite: bool = False,
+        push: str | None = None,
 ) -> ExportResult:
-    """Write `model` in `fmt` to `output` and check the written artefact against the eager model."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    """Write `model` in `fmt` to `output` and check the written artefact against the eager model.
+
+    Weights formats keep the size the model was trained at (the default `resolution`); graph formats need at
+    least `MIN_EXPORT_SIZE`. `push` (format "hub") uploads the checked folder to that Hub repo.
+    """
     out = Path(output)
     if resolution is None:
         resolution = meta.input_size or (224, 224)
-    if min(resolution) < MIN_EXPORT_SIZE:
-        raise ConfigError(
-            f"--res {resolution[0]}x{resolution[1]} is below the export minimum of {MIN_EXPORT_SIZE} px "
-            "(from there stage 4 has more tokens than K, so K is a graph constant)"
-        )
-    if features and fmt in ("safetensors", "timm"):
-        raise ConfigError(f"--features applies to graph formats (onnx, torchscript, exported-program), not {fmt}")
-    if fmt == "onnx" and dtype != "float32":
-        raise ConfigError("ONNX export is float32 only; convert the file afterwards (onnxconverter-common) for fp16")
-    targets = [out / "config.json", out / "model.safetensors"] if fmt == "timm" else [out]
-    if fmt == "timm" and out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} is a file; the timm format writes a folder, choose a folder path for -o")
-    if fmt != "timm" and out.is_dir():
-        raise OutputExistsError(f"{out} is a folder; the {fmt} format writes one file, choose a file path for -o")
-    _refuse_existing(targets, overwrite)
+    _check_request(fmt, out, features, dtype, resolution, overwrite, push)
 
     model = model.eval()
     meta = _meta_for_export(meta, resolution)
-    inputs = _check_inputs(resolution, model.in_chans)
+    inputs = _check_inputs(resolution, model.in_chans, MIN_EXPORT_SIZE if fmt in GRAPH_FORMATS else 32)
     result = ExportResult(fmt, out, dtype, features)
     reference: nn.Module = _Features(model) if features else model
     if fmt == "safetensors":
         result.checks = _write_safetensors(model, meta, out, dtype, inputs)
-    elif fmt == "timm":
-        result.checks = _write_timm_folder(model, meta, out, dtype, inputs, resolution)
+    elif fmt in FOLDER_FORMATS:
+        card = None if fmt == "timm" else (push.split("/")[-1] if push else out.resolve().name)
+        result.checks = _write_folder(model, meta, out, dtype, inputs, resolution, card, push)
     else:
         module = _Exportable(_cast(model, dtype), features).eval()
         if fmt == "onnx":
@@ -432,4 +444,6 @@ def export_model(
             f"{out} was written but does not match the eager model (max abs diff {worst.max_abs_diff:.3g} at "
             f"{worst.shape}, tolerance {worst.tolerance:g}); please report this as a bug"
         )
+    if push is not None and result.ok:
+        result.notes.append(f"uploaded to https://huggingface.co/{push}: {_push(out, push)}")
     return result

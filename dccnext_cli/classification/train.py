@@ -35,7 +35,7 @@ from ..data.sources import ImageSplit, open_split, parse_data
 from ..errors import CheckpointError, ConfigError, DataError, DCCNeXtError, OutputExistsError
 from ..models.config import DCCNeXtConfig, variant_config
 from ..models.dccnext import DCCNeXt
-from ..models.pretrained import load_backbone_weights
+from ..models.pretrained import WarmStartReport, load_backbone_weights
 from ..models.weights import CheckpointMeta, save_weights
 from .callbacks import TrainCallback
 from .evaluate import EvalResult, evaluate_batches
@@ -267,6 +267,7 @@ class _Trainables:
     criterion: torch.nn.Module
     total_steps: int
     loaded: str | None  # what --weights loaded, for the log
+    warm_start: WarmStartReport | None = None  # a ConvFormer warm start: what it loaded and left at init
 
 
 def _criterion(recipe: TrainRecipe):
@@ -289,7 +290,8 @@ def _build_trainables(run: _Run, data: _Data) -> _Trainables:
     set_seed(recipe.seed, device_specific=True)
     config = variant_config(recipe.variant).replace(num_classes=data.num_classes, drop_path_rate=recipe.drop_path)
     model = DCCNeXt(config)
-    loaded = load_backbone_weights(model, recipe.pretrained, recipe.variant) if recipe.pretrained else None
+    loaded, warm_start = load_backbone_weights(model, recipe.pretrained, recipe.variant) if recipe.pretrained \
+        else (None, None)
     if recipe.grad_checkpointing:
         model.set_grad_checkpointing(True)
     peak = recipe.peak_lr()
@@ -305,7 +307,8 @@ def _build_trainables(run: _Run, data: _Data) -> _Trainables:
     mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
                   switch_prob=recipe.mixup_switch_prob, label_smoothing=recipe.smoothing,
                   num_classes=data.num_classes) if recipe.uses_mixup else None
-    return _Trainables(config, model, optimizer, scheduler, mixup, _criterion(recipe), total_steps, loaded)
+    return _Trainables(config, model, optimizer, scheduler, mixup, _criterion(recipe), total_steps, loaded,
+                       warm_start)
 
 
 def _plain_model(run: _Run, parts: _Trainables) -> torch.nn.Module:
@@ -509,7 +512,10 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
               steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,
               resumed_from=str(run.checkpoint) if run.checkpoint else None, data=data.uri,
               num_classes=data.num_classes, device=str(run.accelerator.device),
-              mixed_precision=run.accelerator.mixed_precision, pretrained=parts.loaded)
+              mixed_precision=run.accelerator.mixed_precision, pretrained=parts.loaded,
+              warm_start=parts.warm_start.to_dict() if parts.warm_start else None)
+    if reporter is not None and run.main and parts.warm_start is not None:
+        reporter.message(parts.warm_start.table())
     parts.scheduler.step_update(state.step)
     if reporter is not None and run.main:
         reporter.start(parts.total_steps, state.step, f"training {recipe.variant} on {data.uri}")

@@ -1,4 +1,4 @@
-"""`dccnext export`: safetensors, a timm folder, ONNX, TorchScript or torch.export, each checked against eager."""
+"""`dccnext export`: safetensors, a timm / Hub folder, ONNX, TorchScript or torch.export, each checked against eager."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..export import FORMATS, MIN_EXPORT_SIZE, ExportResult, export_model, load_source
+from ..export import FORMATS, GRAPH_FORMATS, MIN_EXPORT_SIZE, ExportResult, export_model, load_source
 from .options import (
     CheckpointOpt,
     JsonOpt,
@@ -41,7 +41,7 @@ def _render(result: ExportResult) -> None:
 
 
 def export(
-        output: Annotated[Path, typer.Option("-o", "--output", help="File to write (a folder for --format timm).")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="File to write (a folder for timm and hub).")],
         fmt: Annotated[Format, typer.Option("--format", help="What to write.", case_sensitive=False)],
         checkpoint: CheckpointOpt = None,
         variant: VariantOpt = None,
@@ -52,7 +52,13 @@ def export(
         bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 weights (not ONNX).")] = False,
         res: Annotated[
             Optional[str],
-            typer.Option("--res", help=f"Check (and trace) size: 224 or HEIGHTxWIDTH; at least {MIN_EXPORT_SIZE} px."),
+            typer.Option("--res", help="Check (and trace) size: 224 or HEIGHTxWIDTH; graph formats at least "
+                                       f"{MIN_EXPORT_SIZE} px. Default: the size the checkpoint was trained at."),
+        ] = None,
+        push: Annotated[
+            Optional[str],
+            typer.Option("--push", metavar="REPO_ID", help="--format hub: upload the checked folder to this Hugging "
+                                                           "Face Hub repo (needs `hf auth login`)."),
         ] = None,
         overwrite: OverwriteOpt = False,
         json_out: JsonOpt = False,
@@ -60,24 +66,26 @@ def export(
     """Export a checkpoint (or a freshly initialised --variant) and prove it equal to the eager model.
 
     Formats: safetensors (the dccnext weights file; timm loads it by name), timm (a folder with config.json
-    and model.safetensors for timm.create_model("local-dir:FOLDER", pretrained=True) and the Hugging Face Hub),
-    onnx (opset 18, dynamo exporter), torchscript (traced), exported-program (torch.export, .pt2).
+    and model.safetensors for timm.create_model("local-dir:FOLDER", pretrained=True)), hub (the timm folder
+    plus a model card README.md for the Hugging Face Hub; --push REPO_ID uploads it), onnx (opset 18, dynamo
+    exporter), torchscript (traced), exported-program (torch.export, .pt2).
     Graph formats have a dynamic batch and dynamic height/width of at least 160 px (from there K is a
-    constant of the graph). After writing, the file is loaded back and compared with the eager model;
-    --res sets the check size (default: the checkpoint's input_size, else 224).
+    constant of the graph); weights formats keep the size the model was trained at. After writing, the file
+    is loaded back and compared with the eager model; --res sets the check size (default: the checkpoint's
+    input_size, else 224).
     """
     if half and bf16:
         raise typer.BadParameter("choose one of --half and --bf16", param_hint="--half/--bf16")
     resolution = parse_resolution(res)
-    if resolution is not None and min(resolution) < MIN_EXPORT_SIZE:
-        raise typer.BadParameter(f"exports need at least {MIN_EXPORT_SIZE} px (stage 4 must hold K tokens)",
-                                 param_hint="--res")
+    if resolution is not None and min(resolution) < MIN_EXPORT_SIZE and fmt.value in GRAPH_FORMATS:
+        raise typer.BadParameter(f"{fmt.value} exports need at least {MIN_EXPORT_SIZE} px (stage 4 must hold K "
+                                 "tokens); weights formats take any size", param_hint="--res")
     model, meta = load_source(checkpoint, variant.value if variant else None)
     dtype = "float16" if half else "bfloat16" if bf16 else "float32"
     status = console.status(f"exporting to {fmt.value} and checking it against the eager model", spinner="dots")
     with contextlib.nullcontext() if json_out else status:
         result = export_model(model, meta, fmt.value, output, features=features, dtype=dtype,
-                              resolution=resolution, overwrite=overwrite)
+                              resolution=resolution, overwrite=overwrite, push=push)
     if json_out:
         print_json(result.to_dict())
     else:

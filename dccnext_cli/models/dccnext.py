@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, register_notrace_module, trunc_normal_
 from timm.models._builder import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
@@ -33,22 +33,39 @@ from .weights import CheckpointMeta, load_weights
 
 __all__ = [
     "DCCNeXt", "DCCNeXtBlock", "DCCNeXtStage", "ConvFFN", "SepMixer", "DepthwiseConv2dNHWC", "PointwiseLinear",
-    "activate",
+    "activate", "pointwise_linear", "GLOBAL_POOLS",
 ]
 
+GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptivePool2d types
+
+
+def pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear` over the last axis; a (B, H, W, C) map on CPU goes through oneDNN as a 1x1 convolution.
+
+    The choice depends on the tensor (rank, device), so FX keeps this function as one leaf call
+    (`torch.fx.wrap` below) instead of tracing into it.
+    """
+    if x.ndim == 4 and operator_settings().pointwise_as_conv_on_cpu and x.device.type == "cpu":
+        return F.conv2d(x.permute(0, 3, 1, 2), weight[:, :, None, None], bias).permute(0, 2, 3, 1)
+    return F.linear(x, weight, bias)
+
+
+torch.fx.wrap("pointwise_linear")
+
+
+@register_notrace_module
 class PointwiseLinear(nn.Linear):
     """nn.Linear over the channels of a channels-last (B, H, W, C) map.
 
     On CPU it runs as a 1x1 convolution on the NCHW view of the same memory (no copy in or out), see
-    `OperatorSettings.pointwise_as_conv_on_cpu`; elsewhere (CUDA, the meta device of the FLOP counter) as the
-    plain linear.
+    `OperatorSettings.pointwise_as_conv_on_cpu`; elsewhere (CUDA, the meta device of the FLOP counter) and
+    under TorchScript as the plain linear.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4 and operator_settings().pointwise_as_conv_on_cpu and x.device.type == "cpu":
-            weight = self.weight[:, :, None, None]
-            return F.conv2d(x.permute(0, 3, 1, 2), weight, self.bias).permute(0, 2, 3, 1)
-        return F.linear(x, self.weight, self.bias)
+        if torch.jit.is_scripting():
+            return F.linear(x, self.weight, self.bias)
+        return pointwise_linear(x, self.weight, self.bias)
 
 
 def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +98,7 @@ class DepthwiseConv2dNHWC(nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self._conv_forward(x.permute(0, 3, 1, 2), self.weight, self.bias).permute(0, 2, 3, 1)
 
 
 class SepMixer(nn.Module):
@@ -97,6 +114,8 @@ class SepMixer(nn.Module):
         self.pwconv2 = PointwiseLinear(hidden, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.pwconv2(self.spatial(self.act1(self.pwconv1(x))))
         return self.pwconv2(self.spatial(activate(self.act1, self.pwconv1(x))))
 
 
@@ -113,6 +132,8 @@ class ConvFFN(nn.Module):
         self.fc2 = PointwiseLinear(hidden, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.fc2(self.act(self.dwconv(self.fc1(x))))
         per_slice = self._images_per_slice(x)
         if per_slice is None:
             return self._ffn(x)
@@ -227,16 +248,18 @@ class DCCNeXt(nn.Module):
     def __init__(self, config: DCCNeXtConfig | None = None, device=None, dtype=None, **kwargs: Any):
         super().__init__()
         kwargs.pop("pretrained_cfg", None)
-        if "global_pool" in kwargs and kwargs.pop("global_pool") not in ("avg", None):
-            raise ConfigError("DCCNeXt supports only global_pool='avg'")
+        global_pool = kwargs.pop("global_pool", None)
+        global_pool = "avg" if global_pool is None else global_pool
         cfg = (config or DCCNeXtConfig()).replace(**kwargs) if kwargs else (config or DCCNeXtConfig())
+        _check_pool(global_pool, cfg.num_classes)
         self.config = cfg
         dd = {"device": device, "dtype": dtype}
         dims = cfg.dims
         self.num_classes = cfg.num_classes
         self.in_chans = cfg.in_chans
         self.num_features = dims[-1]
-        self.head_hidden_size = dims[-1]
+        self.global_pool = global_pool
+        self.head_hidden_size = dims[-1] * _pool_mult(global_pool)
         self.drop_rate = cfg.drop_rate
         self.num_stages = len(dims)
         self.grad_checkpointing = False
@@ -256,9 +279,9 @@ class DCCNeXt(nn.Module):
         self.stages = nn.Sequential(*stages)
 
         self.head = nn.Sequential(OrderedDict([
-            ("global_pool", SelectAdaptivePool2d(pool_type="avg")),
+            ("global_pool", SelectAdaptivePool2d(pool_type=global_pool)),
             ("norm", LayerNorm2d(self.num_features, eps=1e-6, **dd)),
-            ("flatten", nn.Flatten(1)),
+            ("flatten", nn.Flatten(1) if global_pool else nn.Identity()),
             ("drop", nn.Dropout(cfg.drop_rate)),
             ("fc", self._make_classifier(cfg.num_classes, **dd)),
         ]))
@@ -295,7 +318,9 @@ class DCCNeXt(nn.Module):
     def _make_classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
-        return MlpHead(self.num_features, num_classes, mlp_ratio=self.config.head_mlp_ratio, device=device, dtype=dtype)
+        # The MLP's hidden width stays head_mlp_ratio * C also when catavgmax doubles its input.
+        ratio = self.config.head_mlp_ratio * self.num_features / self.head_hidden_size
+        return MlpHead(self.head_hidden_size, num_classes, mlp_ratio=ratio, device=device, dtype=dtype)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -333,13 +358,25 @@ class DCCNeXt(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ConfigError("DCCNeXt supports only global_pool='avg'")
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
+        """A new classifier for `num_classes` (0: none), optionally a new pooling; as timm's MetaFormer.
+
+        `global_pool=""` with `num_classes=0` makes `forward` return the head-normed NCHW map.
+        `reset_other` also drops the head norm (timm's feature pruning).
+        """
+        _check_pool(self.global_pool if global_pool is None else global_pool, num_classes)
+        training = self.head.training
+        if global_pool is not None:
+            self.global_pool = global_pool
+            self.head_hidden_size = self.num_features * _pool_mult(global_pool)
+            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool).train(training)
+            self.head.flatten = (nn.Flatten(1) if global_pool else nn.Identity()).train(training)
+        if reset_other:
+            self.head.norm = nn.Identity()
         self.num_classes = num_classes
         self.config = self.config.replace(num_classes=num_classes)
         ref = next(self.parameters())
-        self.head.fc = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype)
+        self.head.fc = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype).train(training)
         self.head.fc.apply(self._init_weights)
 
     def dcconv_layers(self) -> Iterator[tuple[int, DCConv]]:
@@ -396,9 +433,7 @@ class DCCNeXt(nn.Module):
         if max_index < len(self.feature_info) - 1:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         if prune_head or max_index < len(self.feature_info) - 1:
-            self.head.norm = nn.Identity()
-            self.head.fc = nn.Identity()
-            self.num_classes = 0
+            self.reset_classifier(0, "", reset_other=True)
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -409,13 +444,30 @@ class DCCNeXt(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head.global_pool(x)
-        x = self.head.norm(x)
+        if self.head_hidden_size != self.num_features:  # catavgmax: the head norm on each C-wide half
+            avg, top = x.chunk(2, dim=1)
+            x = torch.cat([self.head.norm(avg), self.head.norm(top)], dim=1)
+        else:
+            x = self.head.norm(x)
         x = self.head.flatten(x)
         x = self.head.drop(x)
         return x if pre_logits else self.head.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _pool_mult(global_pool: str) -> int:
+    """How many C-wide vectors the pooling yields (2 for catavgmax)."""
+    return 2 if global_pool == "catavgmax" else 1
+
+
+def _check_pool(global_pool: str, num_classes: int) -> None:
+    if global_pool not in GLOBAL_POOLS:
+        raise ConfigError(f"unknown global_pool {global_pool!r}; choose one of {', '.join(map(repr, GLOBAL_POOLS))}")
+    if global_pool == "" and num_classes > 0:
+        raise ConfigError("global_pool='' returns the unpooled NCHW map and needs num_classes=0; "
+                          "pass num_classes=0 or pick a pooling such as 'avg'")
 
 
 # --------------------------------------------------------------------- timm registration
@@ -442,7 +494,7 @@ default_cfgs = generate_default_cfgs({f"dccnext_{v}": _cfg() for v in ("b0", "b1
 
 def _create_dccnext(variant: str, pretrained: bool = False, **kwargs: Any) -> DCCNeXt:
     if pretrained:
-        kwargs = prepare_pretrained_kwargs(variant, kwargs)
+        kwargs, pretrained = prepare_pretrained_kwargs(variant, kwargs)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     config = variant_config(variant)
     return build_model_with_cfg(

@@ -30,7 +30,7 @@ import contextlib
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 
 from .settings import operator_settings
 
@@ -38,12 +38,14 @@ __all__ = [
     "DCConv",
     "cluster_indices",
     "cluster_indices_topk",
+    "cluster_indices_sorted",
     "cluster_conv",
     "cluster_conv_plain",
     "cluster_conv_reference",
     "pairwise_sq_distances",
     "effective_cluster_size",
     "exporting",
+    "watched_by_dispatch_mode",
 ]
 
 def effective_cluster_size(cluster_size: int, num_tokens: int) -> int:
@@ -52,8 +54,8 @@ def effective_cluster_size(cluster_size: int, num_tokens: int) -> int:
 
 
 def exporting() -> bool:
-    """True while exporting, tracing or scripting: then only plain aten ops (sort, index_select) are used."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+    """True while exporting, tracing (torch.jit or FX) or scripting: then only plain aten ops are used."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
         return True
     if torch.onnx.is_in_onnx_export():
         return True
@@ -147,6 +149,16 @@ def _nearest_topk(dist: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def watched_by_dispatch_mode() -> bool:
+    """True while a TorchDispatchMode (a user's `FlopCounterMode`, a profiler's) sees every op.
+
+    DCConv then runs its two custom ops (`dccnext::cluster_indices`, `dccnext::cluster_conv`; the same
+    kernels), which such a mode sees as one op each, with the FLOP formulas `models/flops.py` registers,
+    instead of the fast path's many small aten ops.
+    """
+    return torch._C._len_torch_dispatch_stack() > 0
+
+
 def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements: int) -> torch.Tensor:
     """(B, N, k) nearest-token indices of float32 sub-vectors (B, N, S), query rows in chunks."""
     batch, num_tokens, _ = sub.shape
@@ -205,7 +217,7 @@ def cluster_indices(
         sub = tokens[..., ::subvector_interval].float().contiguous()
         if exporting() or sub.device.type == "meta":
             return _indices_chunked(sub, k, exact_sort=True, chunk_elements=chunk)
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or watched_by_dispatch_mode():
             return _cluster_indices_op(sub, k, chunk)
         return _indices_chunked(sub, k, exact_sort=False, chunk_elements=chunk)
 
@@ -414,7 +426,7 @@ def cluster_conv(
         out = TritonClusterConv.apply(flat, slots, weight, bias, kernels == "triton-deterministic")
         return out.view(batch, num_tokens, channels)
     weight = weight[:k].to(tokens.dtype)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or watched_by_dispatch_mode():
         out = _cluster_conv_op(flat, slots, weight)
         out = out if bias is None else out + bias
     else:
@@ -426,6 +438,25 @@ def cluster_conv(
     return out.view(batch, num_tokens, channels)
 
 
+# FX: the clustering depends on the values, so symbolic tracing (torch.fx, torchvision's feature extraction,
+# timm's feature_cls="fx") keeps these two as leaf calls and DCConv as a leaf module, run eagerly in the graph.
+torch.fx.wrap("cluster_indices")
+torch.fx.wrap("cluster_conv")
+
+
+def cluster_indices_sorted(x: torch.Tensor, cluster_size: int, subvector_interval: int) -> torch.Tensor:
+    """`cluster_indices` of a (B, H, W, E) map by the definition, in plain ops: one block of distances and a
+    stable sort. What TorchScript runs (it cannot script the chunked fast path)."""
+    batch, height, width, channels = x.shape
+    k = min(cluster_size, height * width)
+    with torch.no_grad():
+        sub = x.reshape(batch, height * width, channels)[:, :, ::subvector_interval].float()
+        dist = pairwise_sq_distances(sub, sub)
+        dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+        return _nearest_sorted(dist, k)
+
+
+@register_notrace_module
 class DCConv(nn.Module):
     """Dynamic clustering convolution on channels-last (B, H, W, dim) tensors.
 
@@ -473,6 +504,10 @@ class DCConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
+        if torch.jit.is_scripting():  # the plain formulation, as exported graphs run it
+            idx = cluster_indices_sorted(x, self.cluster_size, self.subvector_interval)
+            out = cluster_conv_plain(x.reshape(batch, height * width, channels), idx, self.weight, self.bias)
+            return out.view(batch, height, width, channels)
         idx = cluster_indices(x, self.cluster_size, self.subvector_interval)
         if self.keep_indices:
             self.last_indices = idx

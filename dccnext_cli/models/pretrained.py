@@ -32,17 +32,55 @@ __all__ = [
 
 @dataclass
 class WarmStartReport:
-    """What a warm start did: keys mapped, source keys with no place, target keys left at init."""
+    """What a warm start did, by tensor name: loaded (some under a new name), left at init, and unused.
 
-    mapped: list[str] = field(default_factory=list)
+    `sizes` holds the element count of every tensor of the target model, so that `rows()` and `table()` can
+    say which share of the model each group is (a ConvFormer start leaves the DCConv kernels and the
+    ConvFFN depthwise convs at their init: the user should see how much that is before training).
+    """
+
+    mapped: list[str] = field(default_factory=list)  # every target tensor loaded, renamed ones included
+    renamed: dict[str, str] = field(default_factory=dict)  # target name -> the source name it came from
     unused_source: list[str] = field(default_factory=list)
     left_at_init: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # target tensor name -> element count
+    unused_elements: int = 0
 
     def summary(self) -> str:
         return (
-            f"mapped {len(self.mapped)} tensors; {len(self.left_at_init)} left at init "
-            f"(DCConv, ConvFFN depthwise convs, ...); {len(self.unused_source)} ConvFormer tensors unused"
+            f"mapped {len(self.mapped)} tensors ({len(self.renamed)} renamed); {len(self.left_at_init)} left at "
+            f"init (DCConv, ConvFFN depthwise convs, ...); {len(self.unused_source)} ConvFormer tensors unused"
         )
+
+    def rows(self) -> list[tuple[str, int, int, float]]:
+        """(what, tensors, elements, share of the model's elements) per group; the first three sum to the model."""
+        total = sum(self.sizes.values()) or 1
+        same = [k for k in self.mapped if k not in self.renamed]
+        groups = [("loaded", same), ("loaded, renamed", list(self.renamed)), ("left at init", self.left_at_init)]
+        out = [(what, len(keys), sum(self.sizes.get(k, 0) for k in keys)) for what, keys in groups]
+        out.append(("source tensors unused", len(self.unused_source), self.unused_elements))
+        return [(what, n, elements, elements / total) for what, n, elements in out]
+
+    def left_at_init_kinds(self) -> dict[str, int]:
+        """Tensors left at init by name pattern (block and stage numbers as *), e.g. the ConvFFN dwconv."""
+        kinds: dict[str, int] = {}
+        for key in self.left_at_init:
+            pattern = re.sub(r"\.\d+\.", ".*.", re.sub(r"\.\d+\.", ".*.", key))
+            kinds[pattern] = kinds.get(pattern, 0) + 1
+        return kinds
+
+    def table(self) -> str:
+        """The report as a plain-text table (what `dccnext train --weights` prints)."""
+        lines = [f"{'ConvFormer warm start':<24}{'tensors':>9}{'parameters':>14}{'share':>9}"]
+        for what, n, elements, share in self.rows():
+            share_text = f"{100 * share:.1f} %" if what != "source tensors unused" else ""
+            lines.append(f"{what:<24}{n:>9}{elements:>14,}{share_text:>9}")
+        lines += [f"  at init: {pattern} ({n})" for pattern, n in self.left_at_init_kinds().items()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {what: {"tensors": n, "parameters": elements, "share": round(share, 6)}
+                for what, n, elements, share in self.rows()}
 
 
 def _is_convformer(state_dict: dict[str, torch.Tensor]) -> bool:
@@ -63,16 +101,19 @@ def convformer_to_dccnext(
     A tensor is taken only where the name and element count fit; the rest is reported.
     """
     target = model.state_dict()
-    report = WarmStartReport()
+    report = WarmStartReport(sizes={k: v.numel() for k, v in target.items()})
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         name = _rename(key)
         dest = target.get(name)
         if dest is None or dest.numel() != value.numel() or (dest.ndim == 4 and dest.shape != value.shape):
             report.unused_source.append(key)
+            report.unused_elements += value.numel()
             continue
         out[name] = value.reshape(dest.shape).to(dest.dtype)
         report.mapped.append(name)
+        if name != key:
+            report.renamed[name] = key
     report.left_at_init = sorted(set(target) - set(out))
     return out, report
 
@@ -105,22 +146,25 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     return {**{k: own[k] for k in report.left_at_init}, **mapped}
 
 
-def prepare_pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Check that pretrained=True has a local file, and take num_classes/config from a dccnext file.
+def prepare_pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The kwargs for pretrained=True, and whether there are weights to load.
 
-    timm would silently fall back to random weights; we say plainly that none are published.
+    With no weights to load (none are published, no file given) it warns and the model keeps its random
+    init, as timm does for such a model, so generic pipelines that always pass pretrained=True still run.
+    A dccnext file gives num_classes and the architecture options.
     """
     cfg = kwargs.get("pretrained_cfg")
     if isinstance(cfg, dict) and cfg.get("source") in ("local-dir", "hf-hub"):
-        return kwargs  # a timm folder / Hub repo: its config.json carries num_classes and model_args
+        return kwargs, True  # a timm folder / Hub repo: its config.json carries num_classes and model_args
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    if overlay.get("state_dict") is not None:
+        return kwargs, True
     file = overlay.get("file")
     if not file:
-        raise CheckpointError(
-            f"no public {variant} weights exist yet; pass a local file: timm.create_model('{variant}', "
-            "pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors')), or warm-start b2/b3 "
-            "from ConvFormer weights with dccnext_cli.warm_start_from_convformer"
-        )
+        logging.getLogger(__name__).warning(
+            "No pretrained weights exist for %s. Using random initialization. (No DCCNeXt weights are published "
+            "yet; load a file with pretrained_cfg_overlay=dict(file='model.safetensors').)", variant)
+        return kwargs, False
     if str(file).endswith(".safetensors"):
         try:
             meta = read_meta(file)
@@ -138,7 +182,7 @@ def prepare_pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str,
             for name, value in meta.config.architecture_options().items():
                 kwargs.setdefault(name, value)
             kwargs.setdefault("num_classes", meta.num_classes)
-    return kwargs
+    return kwargs, True
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -155,9 +199,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path, variant: str) -> str:
+def load_backbone_weights(model: nn.Module, path: str | Path, variant: str) -> tuple[str, WarmStartReport | None]:
     """Load ImageNet weights into a DCCNeXt's backbone: a dccnext checkpoint (strict outside the head) or
-    ConvFormer weights (warm start). Returns a one-line summary of what was loaded."""
+    ConvFormer weights (warm start). Returns a one-line summary, and the warm start's report if it was one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"backbone weights {path} do not exist; pass a dccnext checkpoint or ConvFormer file")
@@ -167,7 +211,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path, variant: str) -> s
         meta = None
     if meta is None:
         report = warm_start_from_convformer(model, read_state_dict(path))
-        return f"ConvFormer warm start from {path}: {report.summary()}"
+        return f"ConvFormer warm start from {path}: {report.summary()}", report
     name = variant.removeprefix("dccnext_")
     if meta.variant.removeprefix("dccnext_") != name:
         raise CheckpointError(f"{path} holds dccnext_{meta.variant} weights, not dccnext_{name}; pick that variant")
@@ -180,4 +224,4 @@ def load_backbone_weights(model: nn.Module, path: str | Path, variant: str) -> s
             f"{path}: backbone tensors do not fit (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "the file belongs to another model config"
         )
-    return f"ImageNet weights from {path} (epoch {meta.epoch})"
+    return f"ImageNet weights from {path} (epoch {meta.epoch})", None

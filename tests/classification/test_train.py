@@ -187,3 +187,27 @@ def test_fine_tune_from_a_checkpoint_with_another_head(run_cli, imagefolder, tmp
     assert torch.allclose(tuned["stem.conv.weight"], before["stem.conv.weight"], atol=1e-6)
     start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert "ImageNet weights from" in start["pretrained"]
+
+
+def test_warm_start_from_convformer_prints_what_was_loaded(run_cli, imagefolder, tmp_path):
+    """`--weights` with ConvFormer weights: a table of loaded / renamed / left-at-init tensors and their shares."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    source = {k: torch.randn_like(v) for k, v in timm.create_model("convformer_s18").state_dict().items()}
+    weights = tmp_path / "convformer_s18.safetensors"
+    save_file(source, str(weights))
+    out = tmp_path / "warm"
+    r = run_cli("train", "--data", f"imagefolder:{imagefolder}", *TINY, "--variant", "b2", "--lr", "1e-12",
+                "--set", "eval_split=null", "--weights", weights, "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    table = r.stderr[r.stderr.index("ConvFormer warm start"):]
+    for row in ("loaded ", "loaded, renamed", "left at init", "source tensors unused", "mlp.dwconv.weight"):
+        assert row in table, row
+    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    report = start["warm_start"]
+    assert report["loaded, renamed"]["tensors"] == 6  # the 7x7 token-mixer convs of stages 1-2 (3 + 3 blocks)
+    shares = [report[k]["share"] for k in ("loaded", "loaded, renamed", "left at init")]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5) and 0 < report["left at init"]["share"] < 0.2
+    json.loads(r.stdout)  # stdout stays one JSON document

@@ -206,9 +206,15 @@ def test_keeping_indices_does_not_change_outputs():
     assert all(layer.last_indices is None for _, layer in model.dcconv_layers())
 
 
-def test_pretrained_without_a_file_says_no_weights_exist():
-    with pytest.raises(CheckpointError, match="no public dccnext_b0 weights"):
-        timm.create_model("dccnext_b0", pretrained=True)
+def test_pretrained_without_a_file_warns_and_keeps_the_random_init(caplog):
+    """As timm does for a model without published weights: a warning, and the model."""
+    with caplog.at_level("WARNING"):
+        torch.manual_seed(0)
+        model = timm.create_model("dccnext_b0", pretrained=True)
+    assert "No pretrained weights exist for dccnext_b0. Using random initialization." in caplog.text
+    torch.manual_seed(0)
+    fresh = timm.create_model("dccnext_b0", pretrained=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
 
 
 def test_pretrained_loads_a_local_dccnext_file(tmp_path):
@@ -237,6 +243,13 @@ def test_warm_start_from_convformer(variant, convformer):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = warm_start_from_convformer(model, source)
     after = model.state_dict()
+    rows = {what: (n, elements, share) for what, n, elements, share in report.rows()}
+    assert rows["loaded, renamed"][0] == len(report.renamed) > 0  # the 7x7 dwconvs of stages 1-2
+    assert all(k.endswith("token_mixer.spatial.weight") for k in report.renamed)
+    assert sum(rows[w][1] for w in ("loaded", "loaded, renamed", "left at init")) == sum(
+        v.numel() for v in after.values())
+    assert sum(rows[w][2] for w in ("loaded", "loaded, renamed", "left at init")) == pytest.approx(1.0)
+    assert "mlp.dwconv.weight" in report.table() and "left at init" in report.table()
     # 1x1 convs became linears, the head and norms came across unchanged
     torch.testing.assert_close(after["stages.1.blocks.0.token_mixer.pwconv1.weight"],
                                source["stages.1.blocks.0.token_mixer.pwconv1.weight"].flatten(1))

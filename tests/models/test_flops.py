@@ -6,8 +6,11 @@ import json
 import math
 
 import pytest
+import timm
+import torch
 
 from dccnext_cli.models.config import PAPER_TABLE1, variant_config
+from dccnext_cli.models.dcconv import DCConv
 from dccnext_cli.models.flops import count_variant, dcconv_macs
 
 
@@ -111,3 +114,31 @@ def test_bad_input_exits_2_with_a_clear_message(run_cli, args, message):
     assert result.exit_code == 2
     assert message in result.text
     assert "Traceback" not in result.output
+
+
+def test_a_users_flop_counter_mode_counts_dcconv_by_the_papers_rule():
+    """torch's FlopCounterMode (2 FLOPs per MAC) on the eager CPU model: twice `dccnext flops`' figure."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = timm.create_model("dccnext_b1").eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        want = model(x)
+        with FlopCounterMode(display=False) as counter:
+            out = model(x)
+    assert counter.get_total_flops() == 2 * count_variant("b1").flops
+    assert torch.equal(out, want), "the custom ops the counter sees compute the same numbers"
+    ops = {str(op) for counts in counter.get_flop_counts().values() for op in counts}
+    assert {"dccnext.cluster_indices", "dccnext.cluster_conv"} <= ops
+
+
+def test_flop_counter_mode_counts_the_cluster_convolutions_backward():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = DCConv(64, cluster_size=5, subvector_interval=4)
+    x = torch.randn(2, 6, 7, 64, requires_grad=True)
+    distances, cluster = dcconv_macs(42, 64, 5, 4)
+    with FlopCounterMode(display=False) as counter:
+        layer(x).sum().backward()
+    assert counter.get_total_flops() == 2 * 2 * (distances + cluster) + 2 * 2 * 2 * cluster
+    assert x.grad is not None and layer.weight.grad is not None
