@@ -101,7 +101,8 @@ def parse_blocks(spec: str | None, model: DCCNeXt) -> list[int]:
     """'7,16' / 'all-dcc' / None (the paper's default) -> sorted DCC block numbers, or a ConfigError."""
     valid = sorted(dcconv_blocks(model))
     if not valid:
-        raise ConfigError("this model has no DCC blocks (global_op='conv'); there are no clusters or kernels to show")
+        raise ConfigError(f"this model has no DCConv layers (global_op={model.config.global_op!r}); "
+                          "there are no clusters or kernels to show")
     if spec is None:
         return default_blocks(model)
     if spec.strip().lower() in ("all-dcc", "all"):
