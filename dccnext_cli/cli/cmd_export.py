@@ -13,10 +13,12 @@ from ..export import FORMATS, MIN_EXPORT_SIZE, ExportResult, export_model, load_
 from .options import (
     CheckpointOpt,
     JsonOpt,
+    ModelSetOpt,
     OverwriteOpt,
     VariantOpt,
     choices,
     console,
+    parse_model_sets,
     parse_resolution,
     print_json,
 )
@@ -55,6 +57,7 @@ def export(
             typer.Option("--res", help=f"Check (and trace) size: 224 or HEIGHTxWIDTH; at least {MIN_EXPORT_SIZE} px."),
         ] = None,
         overwrite: OverwriteOpt = False,
+        set_: ModelSetOpt = None,
         json_out: JsonOpt = False,
 ) -> None:
     """Export a checkpoint (or a freshly initialised --variant) and prove it equal to the eager model.
@@ -72,7 +75,7 @@ def export(
     if resolution is not None and min(resolution) < MIN_EXPORT_SIZE:
         raise typer.BadParameter(f"exports need at least {MIN_EXPORT_SIZE} px (stage 4 must hold K tokens)",
                                  param_hint="--res")
-    model, meta = load_source(checkpoint, variant.value if variant else None)
+    model, meta = load_source(checkpoint, variant.value if variant else None, parse_model_sets(set_))
     dtype = "float16" if half else "bfloat16" if bf16 else "float32"
     status = console.status(f"exporting to {fmt.value} and checking it against the eager model", spinner="dots")
     with contextlib.nullcontext() if json_out else status:

@@ -22,8 +22,8 @@ subtracted: the same distances, without the cancellation a shared offset causes)
 augmented rows per image, computed in chunks of `operator_settings().distance_chunk_elements // N` query
 rows (memory O(chunk x N), not O(N^2); independent of the batch, so an image's indices never depend on
 what else is in the batch), and selected with `topk` plus an exact fix-up that reproduces a stable sort's
-tie rule (equal distances -> lower token index first). Exported graphs select with a stable sort, or for ONNX (which has no Sort) with
-`cluster_indices_topk`; the switches live in `models/settings.py`.
+tie rule (equal distances -> lower token index first). Exported graphs select with a stable sort, or for
+ONNX (which has no Sort) with `cluster_indices_topk`; the switches live in `models/settings.py`.
 """
 
 from __future__ import annotations
