@@ -170,9 +170,10 @@ def _centred_subvectors(tokens: torch.Tensor, subvector_interval: int) -> torch.
 def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements: int) -> torch.Tensor:
     """(B, N, k) nearest-token indices of float32 sub-vectors (B, N, S), query rows in chunks.
 
-    Each image's distances come from its own matmuls over chunks of `chunk_elements // N` query rows, a count
-    that depends on N alone: a matmul's rounding can depend on its shape, so an image gets the same indices
-    alone and inside any batch. Images are grouped only for the selection, which is exact.
+    Chunks hold `chunk_elements // N` query rows, a count that depends on N alone, for as many images as fit:
+    a matmul's rounding can depend on its shape (one row takes a matrix-vector path), so every image's
+    product keeps one shape and an image gets the same indices alone and inside any batch (tested on near
+    ties). The selection is exact, whatever the grouping.
     """
     batch, num_tokens, _ = sub.shape
     select = _nearest_sorted if exact_sort else _nearest_topk
@@ -181,16 +182,14 @@ def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements
         dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
         return select(dist, k)
     rows = min(num_tokens, max(1, chunk_elements // max(1, num_tokens)))
-    group = max(1, chunk_elements // (rows * num_tokens))  # images per selection call
+    group = max(1, chunk_elements // (rows * num_tokens))  # images per chunk
     queries, keys = _augmented_queries(sub), _augmented_keys(sub).transpose(1, 2)  # once, for every chunk
     out = torch.empty((batch, num_tokens, k), dtype=torch.int64, device=sub.device)
     for first in range(0, batch, group):
         images = range(first, min(batch, first + group))
         for start in range(0, num_tokens, rows):
             stop = min(num_tokens, start + rows)
-            dist = sub.new_empty((len(images), stop - start, num_tokens))
-            for slot, image in enumerate(images):
-                torch.mm(queries[image, start:stop], keys[image], out=dist[slot])
+            dist = torch.bmm(queries[images.start:images.stop, start:stop], keys[images.start:images.stop])
             # The centre is always a member and always first, whatever rounding does to its distance.
             dist.diagonal(offset=start, dim1=1, dim2=2).fill_(float("-inf"))
             out[images.start:images.stop, start:stop] = select(dist, k)
