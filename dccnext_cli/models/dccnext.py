@@ -24,6 +24,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models._registry import generate_default_cfgs, register_model
 from timm.models.metaformer import LayerNorm2dNoBias, LayerNormNoBias, MlpHead, Scale, StarReLU
+from torch.nn.modules import module as torch_module
 
 from ..errors import CheckpointError, ConfigError
 from .config import DCCNeXtConfig, variant_config
@@ -75,8 +76,6 @@ def activate(act: nn.Module, x: torch.Tensor, *producers: nn.Module) -> torch.Te
 
 def _hooked(*modules: nn.Module) -> bool:
     """True when a forward hook (on one of `modules`, or registered for every module) could see a tensor."""
-    from torch.nn.modules import module as torch_module
-
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
