@@ -26,7 +26,7 @@ def test_each_paper_row_has_a_recipe_that_builds_it(row):
 
 
 def test_dotted_overrides_add_to_the_recipe_model_mapping(tmp_path):
-    assert parse_overrides(["model.global_op=none", "lr=1e-3", "model.cluster_sizes=[4,4]"]) == {
+    assert parse_overrides(["model.global_op=none", "lr=0.001", "model.cluster_sizes=[4,4]"]) == {
         "model": {"global_op": "none", "cluster_sizes": [4, 4]}, "lr": 1e-3}
     recipe = load_recipe("ablation/table6-dcconv", ["model.cluster_sizes=[8,8]"])
     assert recipe.model == {"conv_ffn": False, "subvector_intervals": [1, 1], "cluster_sizes": [8, 8]}
@@ -61,7 +61,7 @@ def test_a_model_without_dcconv_trains_evaluates_and_exports(run_cli, imagefolde
     assert r.text == ("error: this model has no DCConv layers (global_op='none'); "
                       "there are no clusters or kernels to show")
     r = run_cli("export", "--checkpoint", weights, "--format", "safetensors", "-o", tmp_path / "x.safetensors",
-                "--json")
+                "--res", "224", "--json")  # trained at 32 px, below the export check's minimum
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["ok"] and read_meta(tmp_path / "x.safetensors").config == meta.config
     r = run_cli("export", "--checkpoint", weights, "--set", "model.global_op=conv", "--format", "safetensors",
