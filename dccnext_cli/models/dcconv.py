@@ -157,10 +157,10 @@ def _centred_subvectors(tokens: torch.Tensor, subvector_interval: int) -> torch.
     tokens relu(x)^2 + 100, float32 reordered a third of the clusters. The shift is the mean rounded to a
     power of two at or below the channel's spread: it removes the offset as well, and it keeps data on a
     coarse grid (integers) exactly representable, so exact ties stay ties. Mean and spread are accumulated
-    in float64, so the shift is the same whatever else is in the batch.
+    in float64 (float32 in exported graphs), so the shift is the same whatever else is in the batch.
     """
     sub = tokens[..., ::subvector_interval].float()
-    wide = sub.double()
+    wide = sub if exporting() else sub.double()  # exported graphs stay float32 (ONNX Runtime refused the mix)
     std, mean = torch.std_mean(wide, dim=1, keepdim=True, correction=0)
     step = torch.exp2(torch.floor(torch.log2(std.clamp_min(2.0 ** -100))))
     shift = torch.nan_to_num(torch.round(mean / step) * step, nan=0.0, posinf=0.0, neginf=0.0)  # NaN/inf tokens
