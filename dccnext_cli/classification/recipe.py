@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..common.recipe_files import RECIPE_ROOT, build_recipe, parse_overrides, read_recipe
+from ..common.recipe_files import RECIPE_ROOT, build_recipe, merge_overrides, parse_overrides, read_recipe
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
-from ..models.config import VARIANT_DROP_PATH, VARIANTS
+from ..models.config import VARIANT_DROP_PATH, VARIANTS, DCCNeXtConfig, variant_config
 
 __all__ = ["TrainRecipe", "load_recipe", "RECIPE_ROOT", "default_recipe_name"]
 
@@ -33,6 +33,8 @@ class TrainRecipe:
     drop_path_rate: float | None = None  # None: the variant's rate (b0 0, b1 .1, b2 .2, b3 .4, b4 .5)
     num_classes: int | None = None  # for data that does not name its classes (a label feature wins)
     pretrained: str | None = None  # start from these weights: a dccnext checkpoint (head excluded) or ConvFormer's
+    # model options (DCCNeXtConfig fields) over the variant's: e.g. {global_op: none} (--set model.global_op=none)
+    model: dict[str, Any] | None = None
     # data: a --data value; splits; columns (None: detected); streams
     data: str = "hf:timm/imagenet-1k-wds"
     train_split: str = "train"
@@ -89,6 +91,7 @@ class TrainRecipe:
         if self.variant.removeprefix("dccnext_") not in VARIANTS:
             raise ConfigError(f"unknown variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
         object.__setattr__(self, "variant", self.variant.removeprefix("dccnext_"))
+        self.model_config()  # refuses an unknown model option or a bad value now, not after loading the data
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "lr_base_size": self.lr_base_size, "shuffle_buffer": self.shuffle_buffer,
                     "keep_last": self.keep_last, "log_every": self.log_every}
@@ -106,6 +109,14 @@ class TrainRecipe:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {list(self.scale)}")
+
+    def model_config(self) -> DCCNeXtConfig:
+        """The variant's config with this recipe's `model:` options and drop-path rate (classes come from the data)."""
+        for key, recipe_key in (("num_classes", "num_classes"), ("drop_path_rate", "drop_path_rate")):
+            if key in (self.model or {}):
+                raise ConfigError(f"model.{key} is set by the recipe key {recipe_key} (--set {recipe_key}=...)")
+        config = variant_config(self.variant).override(self.model, "model")
+        return config.replace(drop_path_rate=self.drop_path)
 
     @property
     def drop_path(self) -> float:
@@ -132,5 +143,5 @@ def load_recipe(name: str | Path, overrides: dict[str, Any] | list[str] | None =
     data, path = read_recipe(name, RECIPE_ROOT, what="recipe")
     if "task" in data:  # a dense recipe given to the classification trainer
         raise ConfigError(f"{path.name} is a dense-task recipe; use it with --task {data['task']}")
-    data.update(parse_overrides(overrides))
+    merge_overrides(data, parse_overrides(overrides))
     return build_recipe(TrainRecipe, data, path.name)

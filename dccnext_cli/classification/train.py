@@ -33,7 +33,7 @@ from ..data.images import eval_transform
 from ..data.loading import Batches, build_loader, train_transform
 from ..data.sources import ImageSplit, open_split, parse_data
 from ..errors import CheckpointError, ConfigError, DataError, DCCNeXtError, OutputExistsError
-from ..models.config import DCCNeXtConfig, variant_config
+from ..models.config import DCCNeXtConfig
 from ..models.dccnext import DCCNeXt
 from ..models.pretrained import WarmStartReport, load_backbone_weights
 from ..models.weights import CheckpointMeta, save_weights
@@ -288,7 +288,7 @@ def _build_trainables(run: _Run, data: _Data) -> _Trainables:
 
     recipe = run.recipe
     set_seed(recipe.seed, device_specific=True)
-    config = variant_config(recipe.variant).replace(num_classes=data.num_classes, drop_path_rate=recipe.drop_path)
+    config = recipe.model_config().replace(num_classes=data.num_classes)
     model = DCCNeXt(config)
     loaded, warm_start = load_backbone_weights(model, recipe.pretrained, recipe.variant) if recipe.pretrained \
         else (None, None)

@@ -13,10 +13,12 @@ from ..export import FORMATS, GRAPH_FORMATS, MIN_EXPORT_SIZE, ExportResult, expo
 from .options import (
     CheckpointOpt,
     JsonOpt,
+    ModelSetOpt,
     OverwriteOpt,
     VariantOpt,
     choices,
     console,
+    parse_model_sets,
     parse_resolution,
     print_json,
 )
@@ -61,6 +63,7 @@ def export(
                                                            "Face Hub repo (needs `hf auth login`)."),
         ] = None,
         overwrite: OverwriteOpt = False,
+        set_: ModelSetOpt = None,
         json_out: JsonOpt = False,
 ) -> None:
     """Export a checkpoint (or a freshly initialised --variant) and prove it equal to the eager model.
@@ -80,7 +83,7 @@ def export(
     if resolution is not None and min(resolution) < MIN_EXPORT_SIZE and fmt.value in GRAPH_FORMATS:
         raise typer.BadParameter(f"{fmt.value} exports need at least {MIN_EXPORT_SIZE} px (stage 4 must hold K "
                                  "tokens); weights formats take any size", param_hint="--res")
-    model, meta = load_source(checkpoint, variant.value if variant else None)
+    model, meta = load_source(checkpoint, variant.value if variant else None, parse_model_sets(set_))
     dtype = "float16" if half else "bfloat16" if bf16 else "float32"
     status = console.status(f"exporting to {fmt.value} and checking it against the eager model", spinner="dots")
     with contextlib.nullcontext() if json_out else status:

@@ -9,15 +9,18 @@ from rich.table import Table
 
 from ..models.config import PAPER_TABLE1, VARIANTS
 from ..models.flops import FlopReport, count_variant
+from ..models.paper_tables import TABLE5, TABLE6, CountedRow, count_paper_table
 from ..tasks import DenseTask, get_task, is_dense
 from .options import (
     DEFAULT_TASK,
     JsonOpt,
+    ModelSetOpt,
     ResOpt,
     Task,
     VariantOpt,
     console,
     parse_int_pair,
+    parse_model_sets,
     parse_resolution,
     print_json,
 )
@@ -87,6 +90,10 @@ def flops(
                 "--subvector-interval", help="Sub-vector interval d per DCC stage, e.g. 8,8; 1 = all channels."
             ),
         ] = None,
+        set_: ModelSetOpt = None,
+        paper_tables: Annotated[bool, typer.Option(
+            "--paper-tables", help="Tables 1, 5 and 6 of the paper beside our counts, every row built from its "
+                                   "model options (B1 for the ablations).")] = False,
         json_out: JsonOpt = False,
 ) -> None:
     """Parameters and FLOPs per image (1 multiply-accumulate = 1 FLOP, as in the paper).
@@ -96,9 +103,12 @@ def flops(
     torch's FlopCounterMode on a meta-device model (no memory, any resolution). Dense tasks count every
     layer with weights up to the data-dependent post-processing, as MMDetection's FLOP counter does.
     """
+    if paper_tables:
+        _paper_tables(json_out)
+        return
     spec = get_task(task.value)
     resolution = parse_resolution(res) or spec.default_resolution
-    changes = {}
+    changes = parse_model_sets(set_)
     if (sizes := parse_int_pair("--cluster-size")(cluster_size)) is not None:
         changes["cluster_sizes"] = sizes
     if (intervals := parse_int_pair("--subvector-interval")(subvector_interval)) is not None:
@@ -120,6 +130,44 @@ def flops(
         for r in reports:
             console.print(f"dccnext_{r.variant}: batch {batch_size} -> {r.flops / 1e9:.2f} GFLOPs in total")
     console.print(f"[dim]{reports[0].note}[/]", highlight=False)
+
+
+def _paper_tables(json_out: bool) -> None:
+    """Tables 1, 5 and 6 beside the paper (--paper-tables)."""
+    table1 = [count_variant(name) for name in VARIANTS]
+    table5 = count_paper_table(TABLE5)
+    table6 = count_paper_table(TABLE6, high_res=True)
+    if json_out:
+        print_json({"table1": [r.to_dict() for r in table1], "table5": [r.to_dict() for r in table5],
+                    "table6": [r.to_dict() for r in table6]})
+        return
+    console.print(_summary(table1))
+    console.print(_ablation_table("Table 5: cluster size K, B1 at 224x224", table5))
+    console.print(_ablation_table("Table 6: from a mixer without spatial op to DCCNeXt, B1", table6))
+    console.print("[dim]paper '-': a figure we do not have. Each row is B1 with model options (--json lists them; "
+                  "recipes/ablation/ trains each row); for top-1 see the paper's Tables 5 and 6.[/]", highlight=False)
+    console.print(f"[dim]{table1[0].note}[/]", highlight=False)
+
+
+def _ablation_table(title: str, rows: list[CountedRow]) -> Table:
+    table = Table(title=title, title_justify="left")
+    high_res = rows[0].high_res is not None
+    columns = ["row", "params (M)", "paper", "GFLOPs 224", "paper"]
+    columns += ["GFLOPs 1280x800", "paper"] if high_res else []
+    for column in columns:
+        table.add_column(column, justify="left" if column == "row" else "right")
+    for counted in rows:
+        row = counted.row
+        cells = [row.label, _m(counted.report.params), _paper(row.paper_params_m, 1),
+                 f"{counted.report.flops_per_image / 1e9:.3f}", _paper(row.paper_gflops, 2)]
+        if high_res:
+            cells += [_g(counted.high_res.flops_per_image), _paper(row.paper_gflops_high_res, 1)]
+        table.add_row(*cells)
+    return table
+
+
+def _paper(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _dense(task: DenseTask, variant: str, resolution: tuple[int, int], batch_size: int, changes: dict,

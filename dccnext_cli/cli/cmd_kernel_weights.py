@@ -14,7 +14,7 @@ from ..viz.figure import check_output, save_figure
 from ..viz.kernel_weights import kernel_csv, kernel_figure, kernel_weights
 from ..viz.model_source import load_model, parse_blocks
 from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
-from .options import CheckpointOpt, JsonOpt, OverwriteOpt, VariantOpt, print_json
+from .options import CheckpointOpt, JsonOpt, ModelSetOpt, OverwriteOpt, VariantOpt, parse_model_sets, print_json
 
 
 def kernel_weights_cmd(
@@ -28,6 +28,7 @@ def kernel_weights_cmd(
             bool, typer.Option("--csv", help="Print block,stage,slot,mean_abs_weight,trained as CSV on stdout.")
         ] = False,
         overwrite: OverwriteOpt = False,
+        set_: ModelSetOpt = None,
 ) -> None:
     """Plot |W| of each chosen DCConv averaged over channels against the slot k = 0..K-1 (the paper's
     Figure 4): a heat map across blocks and one curve per block. Slot 0 weighs the centre, slot k its
@@ -43,7 +44,7 @@ def kernel_weights_cmd(
         output = Path("kernel_weights.png")
     if output is not None:
         output = check_output(output, overwrite)
-    source = load_model(checkpoint, variant.value if variant else None)
+    source = load_model(checkpoint, variant.value if variant else None, parse_model_sets(set_))
     warn_random(source)
     kernels = kernel_weights(source, parse_blocks(blocks, source.model))
     if json_out:

@@ -15,7 +15,17 @@ from ..viz.explorer import check_explorer_inputs, check_html_output, write_explo
 from ..viz.figure import check_output, save_figure
 from ..viz.model_source import load_model, parse_blocks
 from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
-from .options import CheckpointOpt, JsonOpt, OverwriteOpt, ResOpt, VariantOpt, parse_resolution, print_json
+from .options import (
+    CheckpointOpt,
+    JsonOpt,
+    ModelSetOpt,
+    OverwriteOpt,
+    ResOpt,
+    VariantOpt,
+    parse_model_sets,
+    parse_resolution,
+    print_json,
+)
 
 ImagesArg = Annotated[
     list[Path], typer.Argument(metavar="IMAGE", help="Image files (JPEG, PNG, WebP, ...).", show_default=False)
@@ -45,6 +55,7 @@ def visualize_clusters(
         json_out: JsonOpt = False,
         html: HtmlOpt = None,
         overwrite: OverwriteOpt = False,
+        set_: ModelSetOpt = None,
 ) -> None:
     """Draw the clusters DCConv computed (the paper's Figure 3): for each image and chosen block, the
     image as the model saw it, the stage's patch grid, a centre cell in red and its K-1 nearest
@@ -70,7 +81,7 @@ def visualize_clusters(
         html = check_html_output(html, overwrite)
         check_explorer_inputs(images)
 
-    source = load_model(checkpoint, variant.value if variant else None)
+    source = load_model(checkpoint, variant.value if variant else None, parse_model_sets(set_))
     warn_random(source)
     chosen = parse_blocks(blocks if blocks or html is None else "all-dcc", source.model)
     resolution = resolution or source.train_size or (224, 224)

@@ -14,7 +14,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from ..models.config import VARIANTS
+from ..common.recipe_files import parse_overrides
+from ..errors import ConfigError
+from ..models.config import VARIANTS, checked_model_changes
 from ..tasks import CLASSIFICATION_TASK, TASKS, is_dense
 
 MIN_SIZE = 32  # px: the stem (stride 4) and three stride-2 downsamplings leave at least one token
@@ -68,6 +70,21 @@ def parse_int_pair(name: str, minimum: int = 1):
     return parse
 
 
+def parse_model_sets(items: list[str] | None) -> dict[str, Any]:
+    """`--set model.FIELD=VALUE` items -> checked model options (the commands that build a model from --variant)."""
+    parsed = parse_overrides(items)
+    other = sorted(set(parsed) - {"model"})
+    if other:
+        raise ConfigError(f"--set {other[0]}=...: this command takes model options, written --set model.FIELD=VALUE "
+                          "(e.g. --set model.global_op=none)")
+    return checked_model_changes(parsed.get("model", {}), "--set model")
+
+
+ModelSetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="model.FIELD=VALUE",
+    help="A model option over the variant's (a DCCNeXtConfig field; YAML value; repeatable), e.g. "
+         "--set model.global_op=none --set model.cluster_sizes=[8,8]. Only with --variant: a checkpoint carries "
+         "its config.")]
 VariantOpt = Annotated[Optional[Variant], typer.Option("--variant", help="Model variant: b0, b1, b2, b3 or b4.")]
 ResOpt = Annotated[
     Optional[str],

@@ -17,27 +17,44 @@ import yaml
 
 from ..errors import ConfigError
 
-__all__ = ["RECIPE_ROOT", "parse_overrides", "read_recipe", "build_recipe", "recipe_names"]
+__all__ = ["RECIPE_ROOT", "parse_overrides", "read_recipe", "build_recipe", "check_fields", "merge_overrides",
+           "recipe_names"]
 
 RECIPE_ROOT = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
-    """`["lr=2e-4", "input_size=[256,256]"]` -> {"lr": 0.0002, ...}; values are parsed as YAML."""
+    """`["lr=2e-4", "model.global_op=none"]` -> {"lr": 0.0002, "model": {"global_op": "none"}}.
+
+    Values are parsed as YAML; a dotted key names an entry of a mapping key (a recipe's `model:`).
+    """
     if not overrides:
         return {}
     if isinstance(overrides, dict):
         return dict(overrides)
-    out = {}
+    out: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key or key.startswith(".") or key.endswith("."):
             raise ConfigError(f"--set {item!r} is not key=value (for example --set lr=1e-3)")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: {value!r} is not a valid value") from None
+        outer, dot, inner = key.partition(".")
+        merge_overrides(out, {outer: {inner: parsed}} if dot else {key: parsed})
     return out
+
+
+def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`data` updated in place by `overrides`; a mapping given to a mapping key adds to it, entry by entry."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
 
 
 def recipe_names(folder: Path) -> list[str]:
@@ -73,7 +90,7 @@ def read_recipe(name: str | Path, folder: Path, aliases: dict[str, str] | None =
         return data, path
     relative = path.parent / str(base)
     merged, _ = read_recipe(relative if relative.is_file() else base, folder, aliases, what)
-    return {**merged, **data}, path
+    return merge_overrides(merged, data), path
 
 
 def _describe(hint: Any) -> str:
@@ -126,19 +143,25 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     return True, value
 
 
-def build_recipe(cls: type, data: dict[str, Any], source: str):
-    """`cls(**data)` after checking every key exists and every value has its annotated type."""
+def check_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` with every value converted to its field's annotated type, after checking every key is a field."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"recipe {source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
     values = {}
     for key, value in data.items():
         ok, converted = _coerce(value, hints[key])
         if not ok:
-            raise ConfigError(f"recipe {source}: {key} must be {_describe(hints[key])}, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be {_describe(hints[key])}, got {value!r}")
         values[key] = converted
+    return values
+
+
+def build_recipe(cls: type, data: dict[str, Any], source: str):
+    """`cls(**data)` after checking every key exists and every value has its annotated type."""
+    values = check_fields(cls, data, f"recipe {source}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..common.recipe_files import check_fields
 from ..errors import ConfigError
 
-__all__ = ["DCCNeXtConfig", "VARIANTS", "VARIANT_DROP_PATH", "PAPER_TABLE1", "ARCHITECTURE_OPTIONS", "variant_config"]
+__all__ = ["DCCNeXtConfig", "VARIANTS", "VARIANT_DROP_PATH", "PAPER_TABLE1", "ARCHITECTURE_OPTIONS", "SPATIAL_OPS",
+           "checked_model_changes", "model_fields", "variant_config"]
 
 # The fields a variant name does not imply but a trained model's weights depend on: every loader that builds a
 # model from a variant name plus a checkpoint (timm's pretrained path, dense backbones, dense checkpoints) takes
 # these from the checkpoint's config.
-ARCHITECTURE_OPTIONS = ("cluster_sizes", "subvector_intervals", "global_op", "res_scale", "ffn_act")
+ARCHITECTURE_OPTIONS = ("cluster_sizes", "subvector_intervals", "global_op", "res_scale", "ffn_act", "conv_ffn")
 
-SpatialOp = Literal["dcc", "conv"]
+SpatialOp = Literal["dcc", "conv", "none"]
+SPATIAL_OPS = ("dcc", "conv", "none")
 FfnAct = Literal["gelu", "starrelu"]
 
 
@@ -29,8 +33,10 @@ class DCCNeXtConfig:
     """Architecture of one DCCNeXt network.
 
     Stages 1-2 always mix tokens with a 7x7 depthwise conv; `global_op` picks the spatial op of
-    stages 3-4: `dcc` (the paper) or `conv` (the 7x7 of stages 1-2, a ConvFormer-like control).
+    stages 3-4: `dcc` (the paper), `conv` (the 7x7 of stages 1-2, a ConvFormer-like control) or `none`
+    (the mixer without a spatial op: Linear, StarReLU, Linear; Table 6's "DCCConv -> None").
     `cluster_sizes` and `subvector_intervals` hold one value per DCC stage (stage 3, stage 4).
+    `conv_ffn=False` drops the FFN's depthwise conv (the plain FFN of Table 6's first two rows).
     """
 
     dims: tuple[int, ...] = (64, 128, 320, 512)
@@ -42,6 +48,7 @@ class DCCNeXtConfig:
     subvector_intervals: tuple[int, ...] = (8, 8)  # [P] d per DCC stage; 1 = no sub-sampling
     res_scale: bool = True  # [R] learnable residual scales in stages 3-4 (ConvFormer's res-scale)
     ffn_act: FfnAct = "gelu"  # [D] ConvFFN activation: exact GELU (eq. 8) or StarReLU (ConvFormer)
+    conv_ffn: bool = True  # [P] the FFN's 3x3 depthwise conv; False: Linear -> act -> Linear (Table 6)
     mixer_expansion: int = 2  # [R] SepConv expansion: spatial op on 2C channels
     mlp_ratio: int = 4  # [P] ConvFFN hidden width 4C
     mixer_kernel_size: int = 7  # [P] depthwise kernel of the local stages
@@ -62,8 +69,11 @@ class DCCNeXtConfig:
             raise ConfigError(f"dims and depths need 4 stages each, got dims={self.dims} depths={self.depths}")
         if any(d < 1 for d in self.dims) or any(d < 1 for d in self.depths):
             raise ConfigError(f"dims and depths must be positive, got dims={self.dims} depths={self.depths}")
-        if self.global_op not in ("dcc", "conv"):
-            raise ConfigError(f"global_op must be 'dcc' or 'conv', got {self.global_op!r}")
+        if self.global_op not in SPATIAL_OPS:
+            raise ConfigError(f"global_op must be one of {', '.join(SPATIAL_OPS)}, got {self.global_op!r}")
+        for name in ("conv_ffn", "res_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.ffn_act not in ("gelu", "starrelu"):
             raise ConfigError(f"ffn_act must be 'gelu' or 'starrelu', got {self.ffn_act!r}")
         for name in ("cluster_sizes", "subvector_intervals"):
@@ -88,10 +98,19 @@ class DCCNeXtConfig:
         return {name: getattr(self, name) for name in ARCHITECTURE_OPTIONS}
 
     def replace(self, **changes: Any) -> DCCNeXtConfig:
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+        _refuse_unknown(changes, "")
         return dataclasses.replace(self, **changes)
+
+    def override(self, changes: Mapping[str, Any] | None, source: str) -> DCCNeXtConfig:
+        """This config with `changes` from a user (a recipe's `model:` mapping, `--set model.FIELD=VALUE`),
+        checked by `checked_model_changes`."""
+        if not changes:
+            return self
+        values = checked_model_changes(changes, source)
+        try:
+            return dataclasses.replace(self, **values)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -104,11 +123,39 @@ class DCCNeXtConfig:
             raise ConfigError(f"model config is not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError("model config must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown model option(s) in config: {', '.join(sorted(unknown))}")
+        _refuse_unknown(data, "config: ")
         return cls(**data)
+
+
+def model_fields() -> list[str]:
+    """The names a model option may have (`DCCNeXtConfig`'s fields), in declaration order."""
+    return [f.name for f in dataclasses.fields(DCCNeXtConfig)]
+
+
+def checked_model_changes(changes: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Model options from a user, each converted to its field's type (YAML lists become tuples).
+
+    Every key must be a field and every value valid, so a typo is one line that names `source` and lists
+    the fields, never a silently ignored option.
+    """
+    if not isinstance(changes, Mapping):
+        raise ConfigError(f"{source} must be a mapping of model options (FIELD: VALUE), got {changes!r}")
+    _refuse_unknown(changes, f"{source}: ")
+    values = check_fields(DCCNeXtConfig, dict(changes), source)
+    try:
+        DCCNeXtConfig().replace(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except (TypeError, ValueError) as e:  # e.g. int("x") in __post_init__
+        raise ConfigError(f"{source}: {e}") from None
+    return values
+
+
+def _refuse_unknown(changes: Mapping[str, Any], prefix: str) -> None:
+    unknown = sorted(set(changes) - set(model_fields()))
+    if unknown:
+        raise ConfigError(f"{prefix}unknown model option(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(model_fields())}")
 
 
 VARIANTS: dict[str, DCCNeXtConfig] = {

@@ -11,18 +11,27 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, register_notrace_module, trunc_normal_
+from timm.layers import (
+    DropPath,
+    LayerNorm,
+    LayerNorm2d,
+    SelectAdaptivePool2d,
+    register_notrace_module,
+    trunc_normal_,
+)
 from timm.models._builder import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models._registry import generate_default_cfgs, register_model
 from timm.models.metaformer import LayerNorm2dNoBias, LayerNormNoBias, MlpHead, Scale, StarReLU
+from torch.nn.modules import module as torch_module
 
 from ..errors import CheckpointError, ConfigError
 from .config import DCCNeXtConfig, variant_config
@@ -68,24 +77,32 @@ class PointwiseLinear(nn.Linear):
         return pointwise_linear(x, self.weight, self.bias)
 
 
-def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`act(x)`, computed in place on `x` in eager inference, where nothing can need `x` again.
+def activate(act: nn.Module, x: torch.Tensor, *producers: nn.Module) -> torch.Tensor:
+    """`act(x)`, computed in place on `x` in eager inference when no one else can hold `x`.
 
     The mixer's StarReLU and the FFN's GELU run on the widest tensors of a block (2C and 4C channels).
     Out of place, each costs a fresh allocation (page-zeroing) and a full extra pass over memory: B2's
-    batch-32 eager inference ran 1.2x faster in place (benchmarks/). Callers pass the fresh output of
-    the layer before, so no one else holds `x`; with autograd on (its backward needs `x`), under
-    torch.compile (Inductor fuses the activation by itself), while exporting (plain graphs) or when
-    hooks watch `act`, the module is called as usual. The numbers are the same bit for bit.
+    batch-32 eager inference ran 1.2x faster in place (benchmarks/). `producers` are the modules whose
+    output `x` is (the layer before, and any identity in between): a forward hook on one of them (or a
+    global one) may keep `x`, so then, as with autograd on (its backward needs `x`), under torch.compile
+    (Inductor fuses the activation by itself), while exporting (plain graphs) or when hooks watch `act`,
+    the module is called as usual. The numbers are the same bit for bit.
     """
-    if (torch.is_grad_enabled() or act._forward_hooks or act._forward_pre_hooks
-            or torch.compiler.is_compiling() or exporting()):
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or exporting()
+            or _hooked(act, *producers)):
         return act(x)
     if isinstance(act, StarReLU):  # scale * relu(x) ** 2 + bias
         return x.relu_().square_().mul_(act.scale).add_(act.bias)
     if isinstance(act, nn.GELU):
         return torch.ops.aten.gelu_(x, approximate=act.approximate)
     return act(x)
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """True when a forward hook (on one of `modules`, or registered for every module) could see a tensor."""
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class DepthwiseConv2dNHWC(nn.Conv2d):
@@ -102,7 +119,10 @@ class DepthwiseConv2dNHWC(nn.Conv2d):
 
 
 class SepMixer(nn.Module):
-    """ConvFormer's SepConv token mixer, channels-last: Linear C->2C, StarReLU, spatial op, Linear 2C->C."""
+    """ConvFormer's SepConv token mixer, channels-last: Linear C->2C, StarReLU, spatial op, Linear 2C->C.
+
+    The spatial op may be `nn.Identity` (`global_op="none"`): the mixer then mixes channels only.
+    """
 
     def __init__(self, dim: int, spatial: nn.Module, expansion: int = 2, device=None, dtype=None):
         super().__init__()
@@ -116,18 +136,22 @@ class SepMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self.pwconv2(self.spatial(self.act1(self.pwconv1(x))))
-        return self.pwconv2(self.spatial(activate(self.act1, self.pwconv1(x))))
+        return self.pwconv2(self.spatial(activate(self.act1, self.pwconv1(x), self.pwconv1)))
 
 
 class ConvFFN(nn.Module):
-    """Linear C->4C, 3x3 depthwise conv (with bias), activation, Linear 4C->C (paper eqs. 7-8)."""
+    """Linear C->4C, 3x3 depthwise conv (with bias), activation, Linear 4C->C (paper eqs. 7-8).
 
-    def __init__(self, dim: int, ratio: int = 4, kernel_size: int = 3, act: str = "gelu", device=None, dtype=None):
+    `conv=False` makes `dwconv` an identity: the plain FFN Linear -> activation -> Linear (Table 6).
+    """
+
+    def __init__(self, dim: int, ratio: int = 4, kernel_size: int = 3, act: str = "gelu", conv: bool = True,
+                 device=None, dtype=None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         hidden = ratio * dim
         self.fc1 = PointwiseLinear(dim, hidden, bias=False, **dd)
-        self.dwconv = DepthwiseConv2dNHWC(hidden, kernel_size, bias=True, **dd)
+        self.dwconv = DepthwiseConv2dNHWC(hidden, kernel_size, bias=True, **dd) if conv else nn.Identity()
         self.act = nn.GELU() if act == "gelu" else StarReLU(**dd)
         self.fc2 = PointwiseLinear(hidden, dim, bias=False, **dd)
 
@@ -140,7 +164,9 @@ class ConvFFN(nn.Module):
         return torch.cat([self._ffn(part) for part in x.split(per_slice)])
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(activate(self.act, self.dwconv(self.fc1(x))))
+        # without its conv, the FFN's `dwconv` is an identity that hands on fc1's own output
+        producers = (self.dwconv,) if isinstance(self.dwconv, nn.Conv2d) else (self.dwconv, self.fc1)
+        return self.fc2(activate(self.act, self.dwconv(self.fc1(x)), *producers))
 
     def _images_per_slice(self, x: torch.Tensor) -> int | None:
         """Images per slice of the batch under `ffn_chunk_bytes` (operator settings), or None for the whole batch.
@@ -176,7 +202,7 @@ class DCCNeXtBlock(nn.Module):
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.res_scale1 = Scale(dim, use_nchw=False, **dd) if res_scale else nn.Identity()
         self.norm2 = LayerNormNoBias(dim, eps=1e-6, **dd)
-        self.mlp = ConvFFN(dim, cfg.mlp_ratio, cfg.ffn_kernel_size, cfg.ffn_act, **dd)
+        self.mlp = ConvFFN(dim, cfg.mlp_ratio, cfg.ffn_kernel_size, cfg.ffn_act, cfg.conv_ffn, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.res_scale2 = Scale(dim, use_nchw=False, **dd) if res_scale else nn.Identity()
 
@@ -222,6 +248,8 @@ class DCCNeXtStage(nn.Module):
             if op == "dcc":
                 k, d = cfg.dcc_params(stage_index)
                 return DCConv(hidden, cluster_size=k, subvector_interval=d, **dd)
+            if op == "none":
+                return nn.Identity()
             return DepthwiseConv2dNHWC(hidden, cfg.mixer_kernel_size, bias=False, **dd)
 
         self.blocks = nn.Sequential(*[
@@ -319,8 +347,10 @@ class DCCNeXt(nn.Module):
         if num_classes <= 0:
             return nn.Identity()
         # The MLP's hidden width stays head_mlp_ratio * C also when catavgmax doubles its input.
+        # [R] the head's own LayerNorm at eps 1e-5 (timm's MlpHead defaults to 1e-6; the names stay head.fc.norm)
         ratio = self.config.head_mlp_ratio * self.num_features / self.head_hidden_size
-        return MlpHead(self.head_hidden_size, num_classes, mlp_ratio=ratio, device=device, dtype=dtype)
+        return MlpHead(self.head_hidden_size, num_classes, mlp_ratio=ratio, norm_layer=partial(LayerNorm, eps=1e-5),
+                       device=device, dtype=dtype)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -17,11 +17,13 @@ The cluster convolution has three formulations that give the same numbers:
   (`operator_settings().compile_impl == "inductor"`); `"custom_op"` uses the same kernels as a
   `torch.library` op instead.
 
-Cluster indices come from float32 distances in one matmul of augmented rows, computed in chunks of
-query rows above `operator_settings().distance_chunk_elements` (memory O(chunk x N), not O(N^2)), and
-selected with `topk` plus an exact fix-up that reproduces a stable sort's tie rule (equal distances -> lower
-token index first). Exported graphs select with a stable sort, or for ONNX (which has no Sort) with
-`cluster_indices_topk`; the switches live in `models/settings.py`.
+Cluster indices come from float32 distances of the centred sub-vectors (their per-image mean
+subtracted: the same distances, without the cancellation a shared offset causes) in one matmul of
+augmented rows per image, computed in chunks of `operator_settings().distance_chunk_elements // N` query
+rows (memory O(chunk x N), not O(N^2); independent of the batch, so an image's indices never depend on
+what else is in the batch), and selected with `topk` plus an exact fix-up that reproduces a stable sort's
+tie rule (equal distances -> lower token index first). Exported graphs select with a stable sort, or for
+ONNX (which has no Sort) with `cluster_indices_topk`; the switches live in `models/settings.py`.
 """
 
 from __future__ import annotations
@@ -159,23 +161,51 @@ def watched_by_dispatch_mode() -> bool:
     return torch._C._len_torch_dispatch_stack() > 0
 
 
+def _centred_subvectors(tokens: torch.Tensor, subvector_interval: int) -> torch.Tensor:
+    """float32 sub-vectors (B, N, S), each channel shifted by its per-image mean over the tokens.
+
+    Distances do not change under a common shift, but the expansion |q|^2 + |k|^2 - 2 q.k loses them to
+    cancellation when the sub-vectors share a large offset (e.g. StarReLU outputs, all >= its bias): with
+    tokens relu(x)^2 + 100, float32 reordered a third of the clusters. The shift is the mean rounded to a
+    power of two at or below the channel's spread: it removes the offset as well, and it keeps data on a
+    coarse grid (integers) exactly representable, so exact ties stay ties. Mean and spread are accumulated
+    in float64 (float32 in exported graphs), so the shift is the same whatever else is in the batch.
+    """
+    sub = tokens[..., ::subvector_interval].float()
+    wide = sub if exporting() else sub.double()  # exported graphs stay float32 (ONNX Runtime refused the mix)
+    std, mean = torch.std_mean(wide, dim=1, keepdim=True, correction=0)
+    step = torch.exp2(torch.floor(torch.log2(std.clamp_min(2.0 ** -100))))
+    shift = torch.nan_to_num(torch.round(mean / step) * step, nan=0.0, posinf=0.0, neginf=0.0)  # NaN/inf tokens
+    return sub - shift.float()
+
+
 def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements: int) -> torch.Tensor:
-    """(B, N, k) nearest-token indices of float32 sub-vectors (B, N, S), query rows in chunks."""
+    """(B, N, k) nearest-token indices of float32 sub-vectors (B, N, S), query rows in chunks.
+
+    Chunks hold `chunk_elements // N` query rows, a count that depends on N alone, for as many images as fit:
+    a matmul's rounding can depend on its shape (one row takes a matrix-vector path), so every image's
+    product keeps one shape and an image gets the same indices alone and inside any batch (tested on near
+    ties). The selection is exact, whatever the grouping.
+    """
     batch, num_tokens, _ = sub.shape
     select = _nearest_sorted if exact_sort else _nearest_topk
     if exporting():  # one block: a chunk count that depends on H and W would pin exported graphs to one size
         dist = pairwise_sq_distances(sub, sub)
         dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
         return select(dist, k)
-    rows = max(1, chunk_elements // max(1, batch * num_tokens))
+    rows = min(num_tokens, max(1, chunk_elements // max(1, num_tokens)))
+    group = max(1, chunk_elements // (rows * num_tokens))  # images per chunk
     queries, keys = _augmented_queries(sub), _augmented_keys(sub).transpose(1, 2)  # once, for every chunk
-    chunks = []
-    for start in range(0, num_tokens, rows):
-        dist = torch.bmm(queries[:, start:start + rows], keys)
-        # The centre is always a member and always first, whatever rounding does to its distance.
-        dist.diagonal(offset=start, dim1=1, dim2=2).fill_(float("-inf"))
-        chunks.append(select(dist, k))
-    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+    out = torch.empty((batch, num_tokens, k), dtype=torch.int64, device=sub.device)
+    for first in range(0, batch, group):
+        images = range(first, min(batch, first + group))
+        for start in range(0, num_tokens, rows):
+            stop = min(num_tokens, start + rows)
+            dist = torch.bmm(queries[images.start:images.stop, start:stop], keys[images.start:images.stop])
+            # The centre is always a member and always first, whatever rounding does to its distance.
+            dist.diagonal(offset=start, dim1=1, dim2=2).fill_(float("-inf"))
+            out[images.start:images.stop, start:stop] = select(dist, k)
+    return out
 
 
 @torch.library.custom_op("dccnext::cluster_indices", mutates_args=())
@@ -198,10 +228,11 @@ def cluster_indices(
 ) -> torch.Tensor:
     """Indices (B, N, K') of each token's cluster, int64: centre in slot 0, then ascending distance.
 
-    Distances use the sub-vector of channels 0, d, 2d, ... (d = `subvector_interval`), are computed in
-    float32 without gradient (also under autocast), and ties go to the lower token index, so that any
-    correct implementation (chunked, exported) returns the same indices. Query rows are processed in
-    chunks of at most `chunk_elements` distances (default: `operator_settings().distance_chunk_elements`).
+    Distances use the sub-vector of channels 0, d, 2d, ... (d = `subvector_interval`), centred per image,
+    are computed in float32 without gradient (also under autocast), and ties of the computed float32
+    distances go to the lower token index, so that any correct implementation (chunked, exported) returns the
+    same indices. Query rows are processed per image in chunks of at most `chunk_elements` distances
+    (default: `operator_settings().distance_chunk_elements`).
     """
     if cluster_size < 1:
         raise ValueError(f"cluster_size must be >= 1, got {cluster_size}")
@@ -213,8 +244,7 @@ def cluster_indices(
     k = effective_cluster_size(cluster_size, tokens.shape[1])
     chunk = chunk_elements or operator_settings().distance_chunk_elements
     with torch.no_grad(), _autocast_disabled(tokens.device):
-        # contiguous: the batched matmul on the strided channel sub-sample is several times slower
-        sub = tokens[..., ::subvector_interval].float().contiguous()
+        sub = _centred_subvectors(tokens, subvector_interval)  # contiguous: matmuls on a strided view are slower
         if exporting() or sub.device.type == "meta":
             return _indices_chunked(sub, k, exact_sort=True, chunk_elements=chunk)
         if torch.compiler.is_compiling() or watched_by_dispatch_mode():
@@ -231,7 +261,7 @@ def cluster_indices_topk(x: torch.Tensor, cluster_size: int, subvector_interval:
     num_tokens = tokens.shape[1]
     k = effective_cluster_size(cluster_size, num_tokens)
     with torch.no_grad():
-        sub = tokens[..., ::subvector_interval].float()
+        sub = _centred_subvectors(tokens, subvector_interval)
         dist = pairwise_sq_distances(sub, sub)
         eye = torch.eye(num_tokens, dtype=torch.bool, device=dist.device)
         dist = dist.masked_fill(eye, float("-inf"))

@@ -201,6 +201,5 @@ def count_variant(
         model = DCCNeXt(config)
     return count_model(
         model, resolution, classifier_parts(), batch_size, variant=variant.removeprefix("dccnext_"),
-        config={"cluster_sizes": list(config.cluster_sizes), "subvector_intervals": list(config.subvector_intervals),
-                "global_op": config.global_op},
+        config={k: list(v) if isinstance(v, tuple) else v for k, v in config.architecture_options().items()},
     )

@@ -34,8 +34,9 @@ class OperatorSettings:
     # Inference runs the ConvFFN over slices of the batch whose 4C-wide hidden tensor takes at most this many
     # bytes (0: never): slices stay in cache (B2 1.2x faster at batch 32). Training keeps the whole batch.
     ffn_chunk_bytes: int = 16 << 20
-    # Distances (batch x query rows x tokens) computed at once; above this, query rows are chunked. 2M floats
-    # (8 MiB) keep a chunk in cache between the matmul that writes it and the top-k that reads it.
+    # Distances (query rows x tokens of one image, images grouped up to this size) computed at once; above
+    # this, query rows are chunked. 2M floats (8 MiB) keep a chunk in cache between the matmul that writes it
+    # and the top-k that reads it. The chunk's rows depend on the token count alone, never on the batch.
     distance_chunk_elements: int = 1 << 21
     # How the cluster convolution runs inside torch.compile: "inductor" (fused gather) or "custom_op".
     compile_impl: Literal["inductor", "custom_op"] = "inductor"

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
-from ..models.dccnext import DCCNeXt, create_dccnext
+from ..models.config import variant_config
+from ..models.dccnext import DCCNeXt
 from ..models.dcconv import DCConv
 
 __all__ = ["ModelSource", "load_model", "parse_blocks", "default_blocks", "block_stage", "stage_grid"]
@@ -46,8 +48,11 @@ class ModelSource:
         }
 
 
-def load_model(checkpoint: str | os.PathLike | None = None, variant: str | None = None) -> ModelSource:
-    """A checkpoint's model, or a freshly initialised variant (default B2) when there is no checkpoint."""
+def load_model(checkpoint: str | os.PathLike | None = None, variant: str | None = None,
+               model_changes: dict[str, Any] | None = None) -> ModelSource:
+    """A checkpoint's model, or a freshly initialised variant (default B2, with `model_changes`) without one."""
+    if checkpoint is not None and model_changes:
+        raise ConfigError("--set model.FIELD=VALUE builds a model from --variant; a checkpoint carries its own config")
     if checkpoint is not None:
         path = Path(checkpoint)
         model, meta = DCCNeXt.from_checkpoint(path)
@@ -58,7 +63,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, variant: str | None 
         source = ModelSource(model, meta.variant.removeprefix("dccnext_"), path, meta.input_size)
     else:
         name = variant or DEFAULT_VARIANT
-        source = ModelSource(create_dccnext(name), name, None, None)
+        source = ModelSource(DCCNeXt(variant_config(name).override(model_changes, "--set model")), name, None, None)
     source.model.eval()
     return source
 
@@ -101,7 +106,8 @@ def parse_blocks(spec: str | None, model: DCCNeXt) -> list[int]:
     """'7,16' / 'all-dcc' / None (the paper's default) -> sorted DCC block numbers, or a ConfigError."""
     valid = sorted(dcconv_blocks(model))
     if not valid:
-        raise ConfigError("this model has no DCC blocks (global_op='conv'); there are no clusters or kernels to show")
+        raise ConfigError(f"this model has no DCConv layers (global_op={model.config.global_op!r}); "
+                          "there are no clusters or kernels to show")
     if spec is None:
         return default_blocks(model)
     if spec.strip().lower() in ("all-dcc", "all"):

@@ -142,3 +142,42 @@ def test_flop_counter_mode_counts_the_cluster_convolutions_backward():
         layer(x).sum().backward()
     assert counter.get_total_flops() == 2 * 2 * (distances + cluster) + 2 * 2 * 2 * cluster
     assert x.grad is not None and layer.weight.grad is not None
+
+
+def test_flops_takes_model_options_and_counts_the_table6_rows(run_cli):
+    result = run_cli("flops", "--variant", "b1", "--set", "model.global_op=none", "--set", "model.conv_ffn=false",
+                     "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["params"] / 1e6 == pytest.approx(11.22, rel=0.01)
+    assert data["flops"] / 1e9 == pytest.approx(1.515, rel=0.01)
+    assert data["config"]["global_op"] == "none" and data["config"]["conv_ffn"] is False
+    result = run_cli("flops", "--variant", "b1", "--res", "1280x800", "--set", "model.conv_ffn=false",
+                     "--set", "model.subvector_intervals=[1,1]", "--json")
+    assert json.loads(result.stdout)["flops"] / 1e9 == pytest.approx(78.67, rel=0.01)
+
+
+@pytest.mark.parametrize("item,message", [
+    ("model.nonsense=1", "error: --set model: unknown model option(s) nonsense; known: dims, depths,"),
+    ("lr=1", "error: --set lr=...: this command takes model options, written --set model.FIELD=VALUE"),
+])
+def test_flops_refuses_unknown_options_in_one_line(run_cli, item, message):
+    result = run_cli("flops", "--variant", "b1", "--set", item)
+    assert result.exit_code == 2 and result.text.startswith(message) and len(result.output.splitlines()) == 1
+
+
+def test_paper_tables_print_every_row_beside_the_paper(run_cli):
+    from dccnext_cli.models.paper_tables import TABLE5, TABLE6
+
+    result = run_cli("flops", "--paper-tables", "--json")
+    data = json.loads(result.stdout)
+    assert [r["label"] for r in data["table5"]] == [row.label for row in TABLE5]
+    assert [r["label"] for r in data["table6"]] == [row.label for row in TABLE6]
+    none, dcconv = data["table6"][:2]
+    assert none["params"] / 1e6 == pytest.approx(none["paper"]["params_m"], rel=0.01)
+    assert none["flops_1280x800"] / 1e9 == pytest.approx(none["paper"]["flops_1280x800_g"], rel=0.01)
+    assert dcconv["flops"] / 1e9 == pytest.approx(dcconv["paper"]["flops_g"], rel=0.01)
+    assert data["table5"][0]["model"] == {"cluster_sizes": [4, 4]}
+    text = run_cli("flops", "--paper-tables").text
+    assert "Table 5: cluster size K" in text and "Table 6: from a mixer" in text and "DCCConv" in text
+    assert "see the paper's Tables 5 and 6" in text

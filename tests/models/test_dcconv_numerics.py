@@ -1,0 +1,54 @@
+"""DCConv's indices where float32 is hard: shared offsets (cancellation) and batch composition (chunking)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dccnext_cli import cluster_indices
+
+
+def direct_float64_indices(tokens: torch.Tensor, k: int, d: int) -> torch.Tensor:
+    """The definition in float64: direct differences (no expansion), centre first, then (distance, index)."""
+    sub = tokens[..., ::d].double()
+    dist = ((sub[:, :, None, :] - sub[:, None, :, :]) ** 2).sum(-1)
+    dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
+
+
+@pytest.mark.parametrize("offset", [0.0, 20.0, 100.0])
+def test_indices_survive_a_large_shared_offset(offset):
+    # relu(x)^2 + c: StarReLU-like activations, all sharing the offset c. Uncentred, the float32 expansion
+    # reordered 2.3 % of the rows at c = 20 and 34 % at c = 100.
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.relu(torch.randn(4, 196, 480, generator=g)) ** 2 + offset
+    expected = direct_float64_indices(tokens, 12, 8)
+    assert torch.equal(cluster_indices(tokens, 12, 8), expected)
+
+
+def near_tie_tokens(batch: int, num_tokens: int = 1000, seed: int = 0) -> torch.Tensor:
+    """Tokens on an integer grid plus tiny noise: many distances within float32 rounding of each other."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.randint(0, 3, (batch, num_tokens, 16), generator=g).float()
+    return grid + 1e-4 * torch.randn(batch, num_tokens, 16, generator=g) + 7.0
+
+
+@pytest.mark.parametrize("chunk_elements", [4000, None])
+def test_an_image_gets_the_same_indices_alone_and_in_a_batch(chunk_elements):
+    # Chunks were batch x rows x tokens: alone, 4 query rows per matmul; among 8 images, 1. The matmul's rounding
+    # depends on its shape, and 640 of 1000 rows of this image changed their indices.
+    tokens = near_tie_tokens(8)
+    alone = cluster_indices(tokens[:1], 12, 1, chunk_elements=chunk_elements)
+    in_batch = cluster_indices(tokens, 12, 1, chunk_elements=chunk_elements)
+    assert torch.equal(alone, in_batch[:1])
+    last = cluster_indices(tokens[-1:], 12, 1, chunk_elements=chunk_elements)
+    assert torch.equal(last, in_batch[-1:])
+
+
+def test_chunked_indices_equal_one_block():
+    # Chunking changes the matmul shapes; on well-separated data the indices must not move.
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randn(3, 300, 64, generator=g)
+    one_block = cluster_indices(tokens, 12, 8, chunk_elements=1 << 30)
+    assert torch.equal(cluster_indices(tokens, 12, 8, chunk_elements=900), one_block)
+    assert torch.equal(one_block, direct_float64_indices(tokens, 12, 8))
