@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from .common.files import atomic_write, atomic_write_text
 from .errors import ConfigError, DCCNeXtError, OutputExistsError
+from .export_formats import FORMATS, MIN_EXPORT_SIZE
 from .models.config import variant_config
 from .models.dccnext import DCCNeXt
 from .models.settings import use_operator_settings
@@ -48,8 +49,6 @@ __all__ = [
     "export_model",
 ]
 
-FORMATS = ("safetensors", "timm", "onnx", "torchscript", "exported-program")
-MIN_EXPORT_SIZE = 160  # px: stage 4 then has >= 25 tokens > K = 18, so K is constant in the graph
 ONNX_OPSET = 18
 MAX_EXPORT_SIZE = 8192
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ..export import FORMATS, MIN_EXPORT_SIZE, ExportResult, export_model, load_source
+from ..export_formats import FORMATS, MIN_EXPORT_SIZE
 from .options import (
     CheckpointOpt,
     JsonOpt,
@@ -20,6 +20,9 @@ from .options import (
     parse_resolution,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from ..export import ExportResult
 
 Format = choices("Format", FORMATS)
 
@@ -72,6 +75,8 @@ def export(
     if resolution is not None and min(resolution) < MIN_EXPORT_SIZE:
         raise typer.BadParameter(f"exports need at least {MIN_EXPORT_SIZE} px (stage 4 must hold K tokens)",
                                  param_hint="--res")
+    from ..export import export_model, load_source
+
     model, meta = load_source(checkpoint, variant.value if variant else None)
     dtype = "float16" if half else "bfloat16" if bf16 else "float32"
     status = console.status(f"exporting to {fmt.value} and checking it against the eager model", spinner="dots")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from ..models.config import PAPER_TABLE1, VARIANTS
-from ..models.flops import FlopReport, count_variant
 from ..tasks import DenseTask, get_task, is_dense
 from .options import (
     DEFAULT_TASK,
@@ -21,6 +20,9 @@ from .options import (
     parse_resolution,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from ..models.flops import FlopReport
 
 
 def _g(value: int) -> str:
@@ -106,6 +108,8 @@ def flops(
     if is_dense(spec):
         _dense(spec, variant.value if variant else "b2", resolution, batch_size, changes, json_out)
         return
+    from ..models.flops import count_variant
+
     names = [variant.value] if variant else list(VARIANTS)
     reports = [count_variant(name, resolution, batch_size, **changes) for name in names]
 

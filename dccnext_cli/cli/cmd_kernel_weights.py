@@ -10,9 +10,6 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
-from ..viz.figure import check_output, save_figure
-from ..viz.kernel_weights import kernel_csv, kernel_figure, kernel_weights
-from ..viz.model_source import load_model, parse_blocks
 from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, OverwriteOpt, VariantOpt, print_json
 
@@ -39,6 +36,10 @@ def kernel_weights_cmd(
     """
     if json_out and csv_out:
         raise ConfigError("choose one of --json and --csv")
+    from ..viz.figure import check_output, save_figure
+    from ..viz.kernel_weights import kernel_csv, kernel_figure, kernel_weights
+    from ..viz.model_source import load_model, parse_blocks
+
     if output is None and not (json_out or csv_out):
         output = Path("kernel_weights.png")
     if output is not None:

@@ -9,11 +9,6 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
-from ..viz.clusters import compute_clusters, parse_center, resolve_centers
-from ..viz.clusters_plot import clusters_figure
-from ..viz.explorer import check_explorer_inputs, check_html_output, write_explorer
-from ..viz.figure import check_output, save_figure
-from ..viz.model_source import load_model, parse_blocks
 from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, OverwriteOpt, ResOpt, VariantOpt, parse_resolution, print_json
 
@@ -60,6 +55,12 @@ def visualize_clusters(
         raise ConfigError("give either --centers auto|all or --center ROW,COL, not both")
     if centers is not None and centers not in ("auto", "all"):
         raise ConfigError(f"--centers {centers!r} is not a mode; use auto or all, or give --center ROW,COL")
+    from ..viz.clusters import compute_clusters, parse_center, resolve_centers
+    from ..viz.clusters_plot import clusters_figure
+    from ..viz.explorer import check_explorer_inputs, check_html_output, write_explorer
+    from ..viz.figure import check_output, save_figure
+    from ..viz.model_source import load_model, parse_blocks
+
     explicit = [parse_center(c) for c in center or []]
     resolution = parse_resolution(res)
     if output is None and not json_out and html is None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from ..viz.model_source import ModelSource
+if TYPE_CHECKING:
+    from ..viz.model_source import ModelSource
 
 __all__ = ["BlocksOpt", "DpiOpt", "output_opt", "warn_random", "err_console"]
 
