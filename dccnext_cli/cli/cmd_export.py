@@ -17,6 +17,7 @@ from .options import (
     VariantOpt,
     choices,
     console,
+    format_resolution,
     parse_resolution,
     print_json,
 )
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from ..export import ExportResult
 
 Format = choices("Format", FORMATS)
+EXAMPLES = """\
+dccnext export --checkpoint model.safetensors --format onnx -o model.onnx
+dccnext export --checkpoint b2.safetensors --format timm -o dccnext_b2/
+"""
 
 
 def _render(result: ExportResult) -> None:
@@ -45,7 +50,8 @@ def _render(result: ExportResult) -> None:
 
 def export(
         output: Annotated[Path, typer.Option("-o", "--output", help="File to write (a folder for --format timm).")],
-        fmt: Annotated[Format, typer.Option("--format", help="What to write.", case_sensitive=False)],
+        fmt: Annotated[Format, typer.Option("--format", metavar="FORMAT", help="What to write: " + ", ".join(FORMATS) + ".",
+                                            case_sensitive=False)],
         checkpoint: CheckpointOpt = None,
         variant: VariantOpt = None,
         features: Annotated[
@@ -55,26 +61,30 @@ def export(
         bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 weights (not ONNX).")] = False,
         res: Annotated[
             Optional[str],
-            typer.Option("--res", help=f"Check (and trace) size: 224 or HEIGHTxWIDTH; at least {MIN_EXPORT_SIZE} px."),
+            typer.Option("--res", metavar="WxH", help=f"Check (and trace) size: 224 or WIDTHxHEIGHT such as "
+                                                      f"1280x800; at least {MIN_EXPORT_SIZE} px."),
         ] = None,
         overwrite: OverwriteOpt = False,
         json_out: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint (or a freshly initialised --variant) and prove it equal to the eager model.
+    """Export a checkpoint to safetensors, timm, ONNX, TorchScript or torch.export, checked against eager.
 
     Formats: safetensors (the dccnext weights file; timm loads it by name), timm (a folder with config.json
-    and model.safetensors for timm.create_model("local-dir:FOLDER", pretrained=True) and the Hugging Face Hub),
-    onnx (opset 18, dynamo exporter), torchscript (traced), exported-program (torch.export, .pt2).
-    Graph formats have a dynamic batch and dynamic height/width of at least 160 px (from there K is a
-    constant of the graph). After writing, the file is loaded back and compared with the eager model;
-    --res sets the check size (default: the checkpoint's input_size, else 224).
+    and model.safetensors for timm.create_model("local-dir:FOLDER", pretrained=True) and the Hugging Face
+    Hub), onnx (opset 18, dynamo exporter), torchscript (traced), exported-program (torch.export, .pt2).
+    Graph formats have a dynamic batch and dynamic height and width of at least 160 px (from there K is a
+    constant of the graph).
+
+    The checkpoint (or a freshly initialised --variant) is written, loaded back and compared with the eager
+    model at --res (default: the checkpoint's input_size, else 224) and at a second size that exercises the
+    dynamic shapes.
     """
     if half and bf16:
         raise typer.BadParameter("choose one of --half and --bf16", param_hint="--half/--bf16")
     resolution = parse_resolution(res)
     if resolution is not None and min(resolution) < MIN_EXPORT_SIZE:
-        raise typer.BadParameter(f"exports need at least {MIN_EXPORT_SIZE} px (stage 4 must hold K tokens)",
-                                 param_hint="--res")
+        raise typer.BadParameter(f"{format_resolution(resolution)}: exports need at least {MIN_EXPORT_SIZE} px "
+                                 "(stage 4 must hold K tokens)", param_hint="--res")
     from ..export import export_model, load_source
 
     model, meta = load_source(checkpoint, variant.value if variant else None)
@@ -92,4 +102,4 @@ def export(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(export)
+    app.command("export", epilog=EXAMPLES)(export)

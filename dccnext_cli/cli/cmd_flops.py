@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..models.config import PAPER_TABLE1, VARIANTS
-from ..tasks import DenseTask, get_task, is_dense
+from ..tasks import TASKS, DenseTask, get_task, is_dense
 from .options import (
     DEFAULT_TASK,
     JsonOpt,
@@ -16,6 +16,8 @@ from .options import (
     Task,
     VariantOpt,
     console,
+    format_grid,
+    format_resolution,
     parse_int_pair,
     parse_resolution,
     print_json,
@@ -23,6 +25,14 @@ from .options import (
 
 if TYPE_CHECKING:
     from ..models.flops import FlopReport
+
+EXAMPLES = """\
+dccnext flops
+dccnext flops --variant b2 --res 1280x800 --task retinanet
+"""
+TASK_HELP = "classification, or a dense model (default --variant b2; FPN and heads split out): " + ", ".join(
+    f"{name} (default --res {format_resolution(task.default_resolution)})" for name, task in TASKS.items()
+    if is_dense(task)) + "."
 
 
 def _g(value: int) -> str:
@@ -34,13 +44,13 @@ def _m(value: int) -> str:
 
 
 def _breakdown(report: FlopReport, task: DenseTask | None = None) -> Table:
-    height, width = report.resolution
     model = f"dccnext_{report.variant}" + (f" {task.name}" if task is not None else "")
-    table = Table(title=f"{model} at {height}x{width}, per image", title_justify="left")
-    for column in ("part", "grid", "params (M)", "dense GFLOPs", "distances", "cluster conv", "total GFLOPs"):
+    table = Table(title=f"{model} at {format_resolution(report.resolution)}, per image: params in M, FLOPs in G",
+                  caption="grid: the stage's tokens, rows x columns", title_justify="left", caption_justify="left")
+    for column in ("part", "grid", "params", "dense", "distances", "cluster", "total"):
         table.add_column(column, justify="left" if column == "part" else "right")
     for part in report.parts:
-        grid = f"{part.grid[0]}x{part.grid[1]}" if part.grid else ""
+        grid = format_grid(part.grid) if part.grid else ""
         table.add_row(
             part.name, grid, _m(part.params), _g(part.dense_flops),
             _g(part.distance_flops) if part.distance_flops else "",
@@ -54,7 +64,8 @@ def _breakdown(report: FlopReport, task: DenseTask | None = None) -> Table:
 
 def _summary(reports: list[FlopReport]) -> Table:
     res = reports[0].resolution
-    table = Table(title=f"DCCNeXt at {res[0]}x{res[1]} beside the paper's Table 1 (224x224)", title_justify="left")
+    table = Table(title=f"DCCNeXt at {format_resolution(res)} beside the paper's Table 1 (224x224)",
+                  title_justify="left")
     for column in ("variant", "params (M)", "paper", "GFLOPs", "paper", "FLOPs diff"):
         table.add_column(column, justify="right")
     for report in reports:
@@ -67,33 +78,37 @@ def _summary(reports: list[FlopReport]) -> Table:
     return table
 
 
+def _json(report: FlopReport) -> dict:
+    """The report's JSON with its size written as --res takes it (WIDTHxHEIGHT); grids stay [rows, columns]."""
+    return {**report.to_dict(), "resolution": format_resolution(report.resolution)}
+
+
 def flops(
         variant: VariantOpt = None,
         res: ResOpt = None,
         task: Annotated[
             Task,
-            typer.Option(
-                "--task",
-                help="classification, or a dense model: retinanet and mask-rcnn (default --res 1280x800), "
-                "semantic-fpn (512x512); dense tasks default to --variant b2 and split out FPN and heads.",
-            ),
+            typer.Option("--task", help=TASK_HELP),
         ] = DEFAULT_TASK,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch; totals multiply.")] = 1,
         cluster_size: Annotated[
             Optional[str],
-            typer.Option("--cluster-size", help="K per DCC stage (stage 3,stage 4), e.g. 12,18; counts the centre."),
+            typer.Option("--cluster-size", metavar="K3,K4",
+                         help="K per DCC stage (stage 3,stage 4), e.g. 12,18; counts the centre."),
         ] = None,
         subvector_interval: Annotated[
             Optional[str],
             typer.Option(
-                "--subvector-interval", help="Sub-vector interval d per DCC stage, e.g. 8,8; 1 = all channels."
+                "--subvector-interval", metavar="D3,D4",
+                help="Sub-vector interval d per DCC stage, e.g. 8,8; 1 = all channels.",
             ),
         ] = None,
         json_out: JsonOpt = False,
 ) -> None:
-    """Parameters and FLOPs per image (1 multiply-accumulate = 1 FLOP, as in the paper).
+    """Parameters and FLOPs per image of any variant, at any resolution, with or without a dense head.
 
-    With --variant: that variant with a per-stage breakdown. Without: all five beside the paper's Table 1.
+    1 multiply-accumulate = 1 FLOP, as in the paper. With --variant: that variant with a per-stage breakdown.
+    Without: all five beside the paper's Table 1.
     DCConv is counted by the paper's rule (distances n^2*ceil(E/d) + cluster conv n*K'*E), the rest by
     torch's FlopCounterMode on a meta-device model (no memory, any resolution). Dense tasks count every
     layer with weights up to the data-dependent post-processing, as MMDetection's FLOP counter does.
@@ -114,7 +129,7 @@ def flops(
     reports = [count_variant(name, resolution, batch_size, **changes) for name in names]
 
     if json_out:
-        print_json(reports[0].to_dict() if variant else [r.to_dict() for r in reports])
+        print_json(_json(reports[0]) if variant else [_json(r) for r in reports])
         return
     if variant:
         console.print(_breakdown(reports[0]))
@@ -133,7 +148,7 @@ def _dense(task: DenseTask, variant: str, resolution: tuple[int, int], batch_siz
     report = count_task(task, variant, resolution, batch_size, **changes)
     paper = task.paper_b2 if variant == "b2" and resolution == task.default_resolution else None
     if json_out:
-        print_json({**report.to_dict(), "task": task.name,
+        print_json({**_json(report), "task": task.name,
                     "paper": {"params_m": paper[0], "flops_g": paper[1]} if paper else None})
         return
     console.print(_breakdown(report, task))
@@ -149,4 +164,4 @@ def _dense(task: DenseTask, variant: str, resolution: tuple[int, int], batch_siz
 
 
 def register(app: typer.Typer) -> None:
-    app.command("flops")(flops)
+    app.command("flops", epilog=EXAMPLES)(flops)

@@ -13,6 +13,11 @@ from ..errors import ConfigError
 from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, OverwriteOpt, VariantOpt, print_json
 
+EXAMPLES = """\
+dccnext kernel-weights --checkpoint model.safetensors -o kernel_weights.png
+dccnext kernel-weights --variant b2 --blocks all-dcc --csv
+"""
+
 
 def kernel_weights_cmd(
         variant: VariantOpt = None,
@@ -26,8 +31,10 @@ def kernel_weights_cmd(
         ] = False,
         overwrite: OverwriteOpt = False,
 ) -> None:
-    """Plot |W| of each chosen DCConv averaged over channels against the slot k = 0..K-1 (the paper's
-    Figure 4): a heat map across blocks and one curve per block. Slot 0 weighs the centre, slot k its
+    """Plot each DCConv's kernel weight per slot, the paper's Figure 4.
+
+    |W| of each chosen DCConv, averaged over channels, against the slot k = 0..K-1: a heat map across blocks
+    and one curve per block. Slot 0 weighs the centre, slot k its
     k-th nearest token; a trained model that relies on nearness shows falling curves.
 
     With a checkpoint that records its training size (metadata input_size), slots k >= K' (the
@@ -58,4 +65,4 @@ def kernel_weights_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("kernel-weights")(kernel_weights_cmd)
+    app.command("kernel-weights", epilog=EXAMPLES)(kernel_weights_cmd)

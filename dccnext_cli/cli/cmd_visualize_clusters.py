@@ -10,20 +10,35 @@ from rich.console import Console
 
 from ..errors import ConfigError
 from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
-from .options import CheckpointOpt, JsonOpt, OverwriteOpt, ResOpt, VariantOpt, parse_resolution, print_json
+from .options import (
+    CheckpointOpt,
+    JsonOpt,
+    OverwriteOpt,
+    ResOpt,
+    VariantOpt,
+    format_resolution,
+    parse_resolution,
+    print_json,
+)
+
+EXAMPLES = """\
+dccnext visualize-clusters --checkpoint model.safetensors shirt.png
+dccnext visualize-clusters --res 1280x800 --html page.html street.jpg
+"""
 
 ImagesArg = Annotated[
     list[Path], typer.Argument(metavar="IMAGE", help="Image files (JPEG, PNG, WebP, ...).", show_default=False)
 ]
 CentersOpt = Annotated[Optional[str], typer.Option(
-    "--centers", help="auto: a few salient, spread cells per block (largest feature norm, a third of the grid "
-                      "apart, not on the border); all: one small panel per cell of the grid.")]
+    "--centers", metavar="MODE",
+    help="auto: a few salient, spread cells per block (largest feature norm, a third of the grid apart, not on "
+         "the border); all: one small panel per cell of the grid.")]
 CenterOpt = Annotated[Optional[list[str]], typer.Option(
-    "--center", help="ROW,COL of a centre cell (0-based, in each block's grid); repeatable.")]
+    "--center", metavar="ROW,COL", help="ROW,COL of a centre cell (0-based, in each block's grid); repeatable.")]
 HtmlOpt = Annotated[Optional[Path], typer.Option(
-    "--html", help="Write an interactive page (one self-contained .html file, works offline): hover a cell to see "
-                   "its cluster in every block. Without --blocks it holds all DCC blocks; no PNG unless -o is given "
-                   "too.")]
+    "--html", metavar="FILE",
+    help="Write an interactive page (one self-contained .html file, works offline): hover a cell to see its "
+         "cluster in every block. Without --blocks it holds all DCC blocks; no PNG unless -o is given too.")]
 
 
 def visualize_clusters(
@@ -41,15 +56,17 @@ def visualize_clusters(
         html: HtmlOpt = None,
         overwrite: OverwriteOpt = False,
 ) -> None:
-    """Draw the clusters DCConv computed (the paper's Figure 3): for each image and chosen block, the
-    image as the model saw it, the stage's patch grid, a centre cell in red and its K-1 nearest
-    tokens in orange, read from the forward pass the model ran (asking for them changes no output).
+    """Draw the clusters DCConv computed on images, the paper's Figure 3.
 
-    The image goes through the eval transform: resized with its aspect ratio kept, centre-cropped to
-    --res (default: the checkpoint's training size, else 224). Without --checkpoint the weights are
-    random (default variant b2) and a warning says so. --json prints every block's full index table
-    (token n = cell (n // width, n % width)) and the grid geometry. --html page.html writes the same
-    indices as an interactive page for one image (see the README's "Cluster explorer").
+    For each image and chosen block: the image as the model saw it, the stage's patch grid, a centre cell in
+    red and its K-1 nearest tokens in orange, read from the forward pass the model ran (asking for them
+    changes no output).
+
+    The image goes through the eval transform: resized with its aspect ratio kept, centre-cropped to --res
+    (default: the checkpoint's training size, else 224). Without --checkpoint the weights are random
+    (default variant b2) and a warning says so. --json prints every block's full index table (token n = cell
+    (n // columns, n % columns); grids are rows x columns) and the grid geometry. --html page.html writes the
+    same indices as an interactive page for one image (see the README's "Cluster explorer").
     """
     if center and centers:
         raise ConfigError("give either --centers auto|all or --center ROW,COL, not both")
@@ -85,7 +102,7 @@ def visualize_clusters(
     if json_out:
         print_json({
             "model": source.to_dict(),
-            "resolution": list(resolution),
+            "resolution": format_resolution(resolution),
             "transform": "resize with aspect ratio kept, centre crop (timm eval transform, crop_pct 1.0)",
             "images": [r.to_dict() for r in results],
         })
@@ -99,4 +116,4 @@ def visualize_clusters(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("visualize-clusters")(visualize_clusters)
+    app.command("visualize-clusters", epilog=EXAMPLES)(visualize_clusters)

@@ -19,6 +19,7 @@ BlocksOpt = Annotated[
     Optional[str],
     typer.Option(
         "--blocks",
+        metavar="BLOCKS",
         help="DCC blocks, numbered 1-based over the whole network as in the paper: e.g. 7,16, or all-dcc. "
         "Default: the first DCC block of stage 3 and of stage 4 (B2: 7,16).",
     ),
@@ -30,7 +31,7 @@ def output_opt(default: str, machine: str):
     """-o/--output of a figure command: written by default unless only machine output was asked for."""
     return Annotated[
         Optional[Path],
-        typer.Option("-o", "--output", help=f"Figure file: .png, .svg or .pdf. Default {default} "
+        typer.Option("-o", "--output", metavar="FILE", help=f"Figure file: .png, .svg or .pdf. Default {default} "
                      f"(none with {machine} unless -o is given)."),
     ]
 
