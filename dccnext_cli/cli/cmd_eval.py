@@ -36,7 +36,7 @@ def eval_cmd(
         task: TaskOpt = DEFAULT_TASK,
         json_out: JsonOpt = False,
 ) -> None:
-    """Score a checkpoint: top-1 and top-5 accuracy, or COCO AP and mIoU for a dense one.
+    """Score a checkpoint: top-1 and top-5, or COCO AP and mIoU for a dense one.
 
     A classifier is scored with the evaluation transform of its training recipe (size, crop, interpolation,
     normalisation: read from the file) and reports top-1, top-5 (percent) and the cross-entropy loss. A dense

@@ -50,8 +50,8 @@ def _render(result: ExportResult) -> None:
 
 def export(
         output: Annotated[Path, typer.Option("-o", "--output", help="File to write (a folder for --format timm).")],
-        fmt: Annotated[Format, typer.Option("--format", metavar="FORMAT", help="What to write: " + ", ".join(FORMATS) + ".",
-                                            case_sensitive=False)],
+        fmt: Annotated[Format, typer.Option("--format", metavar="FORMAT", case_sensitive=False,
+                                            help="What to write: " + ", ".join(FORMATS) + ".")],
         checkpoint: CheckpointOpt = None,
         variant: VariantOpt = None,
         features: Annotated[
@@ -67,7 +67,7 @@ def export(
         overwrite: OverwriteOpt = False,
         json_out: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint to safetensors, timm, ONNX, TorchScript or torch.export, checked against eager.
+    """Export a checkpoint in one of five formats, checked against eager PyTorch.
 
     Formats: safetensors (the dccnext weights file; timm loads it by name), timm (a folder with config.json
     and model.safetensors for timm.create_model("local-dir:FOLDER", pretrained=True) and the Hugging Face

@@ -105,7 +105,7 @@ def flops(
         ] = None,
         json_out: JsonOpt = False,
 ) -> None:
-    """Parameters and FLOPs per image of any variant, at any resolution, with or without a dense head.
+    """Parameters and FLOPs of any variant at any size, dense heads included.
 
     1 multiply-accumulate = 1 FLOP, as in the paper. With --variant: that variant with a per-stage breakdown.
     Without: all five beside the paper's Table 1.

@@ -142,14 +142,19 @@ def _param_name(param: Any) -> Text:
     return text
 
 
-def _rows(rows: Iterable[tuple[Text, RenderableType]]) -> Group:
+def _name_width(rows: Iterable[tuple[Text, RenderableType]]) -> int:
+    """The name column: as wide as the longest name that fits in NAME_WIDTH."""
+    return max((name.cell_len for name, _ in rows if name.cell_len <= NAME_WIDTH), default=NAME_WIDTH)
+
+
+def _rows(rows: list[tuple[Text, RenderableType]], width: int) -> Group:
     """Name and help side by side; a name too long for its column gets a line of its own."""
     parts: list[RenderableType] = []
     for name, help_text in rows:
         grid = Table.grid(padding=(0, 2), expand=True)
-        grid.add_column(width=NAME_WIDTH, no_wrap=True)
+        grid.add_column(width=width, no_wrap=True)
         grid.add_column(ratio=1)
-        if name.cell_len > NAME_WIDTH:
+        if name.cell_len > width:
             parts.append(name)
             name = Text("")
         grid.add_row(name, help_text)
@@ -180,12 +185,11 @@ def render_help(command: Any, ctx: Any) -> None:
     params = [p for p in command.get_params(ctx) if not getattr(p, "hidden", False)]
     arguments = [(_param_name(p), _param_help(p)) for p in params if isinstance(p, TyperArgument)]
     options = [(_param_name(p), _param_help(p)) for p in params if isinstance(p, TyperOption)]
-    if arguments:
-        console.print(_panel("Arguments", _rows(arguments)))
-    if options:
-        console.print(_panel("Options", _rows(options)))
-    if hasattr(command, "list_commands"):
-        console.print(_panel("Commands", _rows(_commands(command, ctx))))
+    commands = _commands(command, ctx) if hasattr(command, "list_commands") else []
+    width = _name_width(arguments + options + commands)  # the panels line up
+    for title, rows in (("Arguments", arguments), ("Options", options), ("Commands", commands)):
+        if rows:
+            console.print(_panel(title, _rows(rows, width)))
     if command.epilog:
         lines = [highlighter(Text(line.strip())) for line in command.epilog.strip().splitlines() if line.strip()]
         console.print(_panel("Examples", Group(*lines)))
