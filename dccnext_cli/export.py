@@ -391,8 +391,9 @@ def export_model(
         resolution = meta.input_size or (224, 224)
     if min(resolution) < MIN_EXPORT_SIZE:
         raise ConfigError(
-            f"--res {resolution[0]}x{resolution[1]} is below the export minimum of {MIN_EXPORT_SIZE} px "
-            "(from there stage 4 has more tokens than K, so K is a graph constant)"
+            f"the check size ({resolution[1]} wide, {resolution[0]} high) is below the export minimum of "
+            f"{MIN_EXPORT_SIZE} px (from there stage 4 has more tokens than K, so K is a graph constant); "
+            f"pass --res {MIN_EXPORT_SIZE} or more"
         )
     if features and fmt in ("safetensors", "timm"):
         raise ConfigError(f"--features applies to graph formats (onnx, torchscript, exported-program), not {fmt}")

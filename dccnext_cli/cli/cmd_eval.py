@@ -13,7 +13,7 @@ from ..common.progress import StepProgress
 from ..errors import ConfigError
 from ..models.weights import read_meta
 from ..tasks import get_task, is_dense
-from .options import DATA_SOURCES, DEFAULT_TASK, JsonOpt, TaskOpt, print_json
+from .options import DATA_SOURCES, DEFAULT_TASK, JsonOpt, TaskOpt, format_resolution, print_json
 
 EXAMPLES = """\
 dccnext eval --checkpoint model.safetensors
@@ -62,7 +62,7 @@ def eval_cmd(
     result = evaluate_checkpoint(checkpoint, data, split, batch_size=batch_size, workers=workers, max_samples=limit,
                                  progress=StepProgress("image", enabled=not json_out))
     if json_out:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "resolution": format_resolution(result.extra["resolution"])})
         return
     table = Table(title=f"{checkpoint.name} on {result.extra['data']} ({result.extra['split']})")
     for column in ("top-1", "top-5", "loss", "images"):

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
-from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
+from .figures import BlocksOpt, DpiOpt, err_console, model_json, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, OverwriteOpt, VariantOpt, print_json
 
 EXAMPLES = """\
@@ -55,7 +55,7 @@ def kernel_weights_cmd(
     warn_random(source)
     kernels = kernel_weights(source, parse_blocks(blocks, source.model))
     if json_out:
-        print_json({"model": source.to_dict(), "blocks": [k.to_dict() for k in kernels]})
+        print_json({"model": model_json(source), "blocks": [k.to_dict() for k in kernels]})
     elif csv_out:
         sys.stdout.write(kernel_csv(kernels))
         sys.stdout.flush()

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
-from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
+from .figures import BlocksOpt, DpiOpt, err_console, model_json, output_opt, sizes_as_typed, warn_random
 from .options import (
     CheckpointOpt,
     JsonOpt,
@@ -101,10 +101,10 @@ def visualize_clusters(
 
     if json_out:
         print_json({
-            "model": source.to_dict(),
+            "model": model_json(source),
             "resolution": format_resolution(resolution),
             "transform": "resize with aspect ratio kept, centre crop (timm eval transform, crop_pct 1.0)",
-            "images": [r.to_dict() for r in results],
+            "images": [sizes_as_typed(r.to_dict(), "original_size", "input_size") for r in results],
         })
     if output is not None:
         with err_console.status(f"drawing {output}..."):

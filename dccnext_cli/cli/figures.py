@@ -11,7 +11,9 @@ from rich.console import Console
 if TYPE_CHECKING:
     from ..viz.model_source import ModelSource
 
-__all__ = ["BlocksOpt", "DpiOpt", "output_opt", "warn_random", "err_console"]
+from .options import format_resolution
+
+__all__ = ["BlocksOpt", "DpiOpt", "output_opt", "warn_random", "err_console", "model_json", "sizes_as_typed"]
 
 err_console = Console(stderr=True)
 
@@ -34,6 +36,16 @@ def output_opt(default: str, machine: str):
         typer.Option("-o", "--output", metavar="FILE", help=f"Figure file: .png, .svg or .pdf. Default {default} "
                      f"(none with {machine} unless -o is given)."),
     ]
+
+
+def sizes_as_typed(data: dict, *keys: str) -> dict:
+    """A JSON record with its (height, width) sizes written WIDTHxHEIGHT, as --res takes them."""
+    return {**data, **{key: format_resolution(data[key]) for key in keys if data.get(key)}}
+
+
+def model_json(source: ModelSource) -> dict:
+    """Which model a figure shows, for --json (its training size written as --res takes it)."""
+    return sizes_as_typed(source.to_dict(), "train_size")
 
 
 def warn_random(source: ModelSource) -> None:
