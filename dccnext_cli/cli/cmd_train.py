@@ -132,9 +132,11 @@ def _report(result, variant: str, json_out: bool, console: Console) -> None:
     if json_out:
         print_json(summary)
         return
-    table = Table(title=f"trained {variant} ({result.world_size} process(es), {result.wall_s / 60:.1f} min)")
-    table.add_column("")
-    table.add_column("")
+    processes = "1 process" if result.world_size == 1 else f"{result.world_size} processes"
+    table = Table(title=f"trained {variant}: {result.steps} steps in {result.wall_s / 60:.1f} min on {processes}",
+                  show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
     table.add_row("weights", str(result.weights))
     if result.metrics:
         table.add_row("top-1", f"{result.metrics['top1']:.2f} %")
