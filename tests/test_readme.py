@@ -18,8 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"(?:<!-- snippet: not run \((?P<reason>[^)]*(?:\([^)]*\)[^)]*)*)\) -->\n)?```(?P<lang>python|bash)\n"
-                   r"(?P<code>.*?)^```", re.S | re.M)
+NOT_RUN = r"(?:<!-- snippet: not run \((?P<reason>[^)]*(?:\([^)]*\)[^)]*)*)\) -->\n)?"
+FENCE = re.compile(NOT_RUN + r"```(?P<lang>python|bash)\n(?P<code>.*?)^```", re.S | re.M)
 
 
 def _snippets() -> list[tuple[str, str, str, str | None]]:
