@@ -40,13 +40,21 @@ def test_every_command_is_checked():
     assert {"train", "eval", "predict", "flops", "export", "visualize-clusters", "kernel-weights"} <= set(COMMANDS)
 
 
-def test_import_registers_the_models_with_timm_once_timm_loads():
-    code = ("import sys, dccnext_cli; assert 'torch' not in sys.modules and 'timm' not in sys.modules; "
-            "import timm; m = timm.create_model('dccnext_b0'); print(type(m).__name__, timm.is_model('dccnext_b4'))")
+@pytest.mark.parametrize("first", [
+    "import dccnext_cli; import sys; assert 'torch' not in sys.modules and 'timm' not in sys.modules; import timm",
+    "import timm; import dccnext_cli",
+    "from dccnext_cli.models import dcconv",  # imports timm half-way through its own import
+    "from dccnext_cli.models.dccnext import DCCNeXt",
+    "import dccnext_cli.dense as dense; dense.build_dense_model",
+])
+def test_the_models_are_registered_with_timm_whatever_is_imported_first(first):
+    code = (f"{first}\nimport sys, timm\nm = timm.create_model('dccnext_b0')\n"
+            "hooks = [f for f in sys.meta_path if type(f).__module__ == 'dccnext_cli._timm_registration']\n"
+            "print(type(m).__name__, timm.is_model('dccnext_b4'), len(hooks))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["DCCNeXt", "True"]
+    assert out.stdout.split() == ["DCCNeXt", "True", "0"]  # registered, and the import hook is gone
 
 
 @pytest.mark.parametrize("package", ["dccnext_cli", "dccnext_cli.models", "dccnext_cli.dense", "dccnext_cli.viz"])
