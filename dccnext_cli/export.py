@@ -163,6 +163,11 @@ def _check_inputs(resolution: tuple[int, int], in_chans: int) -> list[torch.Tens
 INPUT_SIZES = ("export size", "second size")  # what each of `_check_inputs` is, for the report
 
 
+def _size_label(i: int) -> str:
+    """The report's name for input i (other inputs, a caller's own, have none)."""
+    return INPUT_SIZES[i] if i < len(INPUT_SIZES) else ""
+
+
 def _eager(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     with torch.no_grad():
         return _as_tuple(model(x))
@@ -176,7 +181,8 @@ def check_torch(run: Callable[[torch.Tensor], Any], reference: nn.Module, inputs
                 loaded_by: str = ""):
     """Compare a torch-callable artefact with the float32 eager model."""
     checks = []
-    for x, size in zip(inputs, INPUT_SIZES, strict=False):
+    for i, x in enumerate(inputs):
+        size = _size_label(i)
         refs = _eager(reference, x)
         with torch.no_grad():
             outs = _as_tuple(run(x.to(DTYPES[dtype])))
@@ -216,7 +222,8 @@ def check_onnx(path: Path, reference: nn.Module, inputs: list[torch.Tensor], fea
     session, num_topk = _onnx_session_with_indices(path)
     num_out = len(_output_names(features))
     checks = []
-    for x, size in zip(inputs, INPUT_SIZES, strict=False):
+    for i, x in enumerate(inputs):
+        size = _size_label(i)
         refs, ref_idx = _eager_with_indices(reference, x)
         results = session.run(None, {"images": x.numpy()})
         outs = [torch.from_numpy(r) for r in results[:num_out]]
