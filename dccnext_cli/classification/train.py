@@ -66,6 +66,10 @@ class TrainResult:
     ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
+TENSORBOARD_OFF = ("TensorBoard is off (not installed): scalars go to log.jsonl only; "
+                   "pip install 'dccnext-cli[tensorboard]' to have them under tb/")
+
+
 class _Log:
     """JSON lines on the main process (and TensorBoard scalars when tensorboard is installed)."""
 
@@ -240,10 +244,14 @@ def _build_data(run: _Run) -> _Data:
     batches = build_loader(train_split, train_transform(recipe), run.micro, train=True, seed=recipe.seed, rank=rank,
                            world=world, workers=recipe.workers, shuffle_buffer=recipe.shuffle_buffer,
                            samples_per_epoch=samples)
-    micro_per_epoch = batches.steps_per_epoch - batches.steps_per_epoch % recipe.grad_accum
+    micro_per_epoch = batches.steps_per_epoch
+    if recipe.train_samples:  # caps an epoch of any source (a quick run: --set train_samples=N)
+        micro_per_epoch = min(micro_per_epoch, recipe.train_samples // (run.micro * world))
+        samples = min(samples, recipe.train_samples)
+    micro_per_epoch -= micro_per_epoch % recipe.grad_accum
     if micro_per_epoch == 0:
-        raise DataError(f"{source.uri} ({recipe.train_split}) has {samples} images, fewer than one batch of "
-                        f"{recipe.batch_size}; lower --batch-size")
+        raise DataError(f"{source.uri} ({recipe.train_split}) gives {samples} images an epoch, fewer than one batch "
+                        f"of {recipe.batch_size}; lower --batch-size")
     eval_batches = None
     if eval_split is not None:
         eval_tf = eval_transform(recipe.input_size, crop_pct=recipe.crop_pct, interpolation=recipe.interpolation,
@@ -435,16 +443,37 @@ def _report_step(run: _Run, data: _Data, parts: _Trainables, state: TrainState, 
 
 
 # --------------------------------------------------------------------- evaluate and save
+def _eval_share(run: _Run, data: _Data) -> tuple[int | None, int | None]:
+    """This process's part of `eval_samples` (a total over all processes; None: all its images), and how many
+    images it will score (None: a stream of unknown length)."""
+    total, world, rank = run.recipe.eval_samples, run.accelerator.num_processes, run.accelerator.process_index
+    share = None if total is None else total // world + (rank < total % world)
+    sampler = data.eval_batches.sampler
+    known = [n for n in (share, len(range(rank, sampler.n, world)) if sampler is not None else None) if n is not None]
+    return share, min(known) if known else None
+
+
+def _evaluate(run: _Run, data: _Data, parts: _Trainables, reporter) -> EvalResult:
+    """The end-of-epoch evaluation, with its own progress bar on the main process."""
+    accelerator, (share, count) = run.accelerator, _eval_share(run, data)
+    advance, done = (lambda n: None), (lambda: None)
+    if reporter is not None and run.main and hasattr(reporter, "phase"):
+        advance, done = reporter.phase("evaluating", count)
+    try:
+        return evaluate_batches(_plain_model(run, parts), data.eval_batches.epoch(0), data.num_classes,
+                                device=accelerator.device, max_samples=share, autocast=accelerator.autocast,
+                                reduce=lambda t: accelerator.reduce(t, reduction="sum"), on_batch=advance)
+    finally:
+        done()
+
+
 def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, log: _Log,
                        reporter, metrics: EvalResult | None) -> EvalResult | None:
     """End of an epoch: evaluate when due (keeping the best weights), then checkpoint or save the weights."""
-    recipe, accelerator = run.recipe, run.accelerator
+    recipe = run.recipe
     last = epoch == recipe.epochs - 1
     if data.eval_batches is not None and (last or (recipe.eval_every and (epoch + 1) % recipe.eval_every == 0)):
-        metrics = evaluate_batches(_plain_model(run, parts), data.eval_batches.epoch(0), data.num_classes,
-                                   device=accelerator.device, max_samples=recipe.eval_samples,
-                                   autocast=accelerator.autocast,
-                                   reduce=lambda t: accelerator.reduce(t, reduction="sum"))
+        metrics = _evaluate(run, data, parts, reporter)
         log.write("eval", epoch=epoch, step=state.step, **metrics.to_dict())
         if reporter is not None and run.main:
             reporter.message(f"epoch {epoch + 1}/{recipe.epochs}: top-1 {metrics.top1:.2f}%  "
@@ -516,6 +545,10 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
               warm_start=parts.warm_start.to_dict() if parts.warm_start else None)
     if reporter is not None and run.main and parts.warm_start is not None:
         reporter.message(parts.warm_start.table())
+    if run.main and log.tb is None:
+        log.write("note", message=TENSORBOARD_OFF)
+        if reporter is not None:
+            reporter.message(TENSORBOARD_OFF)
     parts.scheduler.step_update(state.step)
     if reporter is not None and run.main:
         reporter.start(parts.total_steps, state.step, f"training {recipe.variant} on {data.uri}")

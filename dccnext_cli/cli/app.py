@@ -19,9 +19,10 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import DCCNeXtError
+from .help import HelpCommand, render_help
 
 ENTRY_POINT_GROUP = "dccnext_cli.commands"
 err_console = Console(stderr=True)
@@ -40,6 +41,9 @@ class DCCNeXtGroup(TyperGroup):
             if arg in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
                 args[i] = f"{arg}={OPTIONAL_VALUES[arg]}"
         return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: Any) -> None:
+        render_help(self, ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -97,6 +101,9 @@ def build_app() -> typer.Typer:
     app.callback()(_root)
     _register_builtin(app)
     _register_plugins(app)
+    for info in app.registered_commands:  # every command, plugins' too, gets the same help layout
+        if info.cls in (None, TyperCommand):
+            info.cls = HelpCommand
     return app
 
 

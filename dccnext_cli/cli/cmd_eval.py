@@ -13,27 +13,35 @@ from ..common.progress import StepProgress
 from ..errors import ConfigError
 from ..models.weights import read_meta
 from ..tasks import get_task, is_dense
-from .options import DATA_HELP, DEFAULT_TASK, JsonOpt, TaskOpt, print_json
+from .options import DATA_SOURCES, DEFAULT_TASK, JsonOpt, TaskOpt, format_resolution, print_json
+
+EXAMPLES = """\
+dccnext eval --checkpoint model.safetensors
+dccnext eval --checkpoint b2.safetensors --data imagefolder:/data/imagenet
+"""
 
 
 def eval_cmd(
         checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A dccnext .safetensors file.",
                                                  dir_okay=False)],
         data: Annotated[Optional[str], typer.Option(
-            "--data", help=DATA_HELP + " Default: the checkpoint's own evaluation data, else the embedded "
-                                       "test split.")] = None,
+            "--data", metavar="SOURCE", help="Images to score (default: the checkpoint's own evaluation data, "
+                                             "else the embedded test split): " + DATA_SOURCES)] = None,
         split: Annotated[Optional[str], typer.Option(
-            "--split", help="Split to score (default: the run's eval split; test for builtin:).")] = None,
+            "--split", metavar="SPLIT",
+            help="Split to score (default: the run's eval split; test for builtin:).")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 256,
         workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
         limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Score at most this many images.")] = None,
         task: TaskOpt = DEFAULT_TASK,
         json_out: JsonOpt = False,
 ) -> None:
-    """Score a checkpoint: top-1 and top-5 accuracy (percent) and the cross-entropy loss, with the evaluation
-    transform of its training recipe (size, crop, interpolation, normalisation: read from the file).
-    Dense checkpoints (retinanet, mask-rcnn, semantic-fpn: read from the file, or --task) report COCO AP or
-    mIoU on --data."""
+    """Score a checkpoint: top-1 and top-5, or COCO AP and mIoU for a dense one.
+
+    A classifier is scored with the evaluation transform of its training recipe (size, crop, interpolation,
+    normalisation: read from the file) and reports top-1, top-5 (percent) and the cross-entropy loss. A dense
+    checkpoint (its task read from the file, or --task) reports COCO AP or mIoU on --data.
+    """
     spec = get_task(task.value)
     meta = read_meta(checkpoint)
     if not is_dense(spec) and not meta.is_classifier:
@@ -54,7 +62,7 @@ def eval_cmd(
     result = evaluate_checkpoint(checkpoint, data, split, batch_size=batch_size, workers=workers, max_samples=limit,
                                  progress=StepProgress("image", enabled=not json_out))
     if json_out:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "resolution": format_resolution(result.extra["resolution"])})
         return
     table = Table(title=f"{checkpoint.name} on {result.extra['data']} ({result.extra['split']})")
     for column in ("top-1", "top-5", "loss", "images"):
@@ -67,4 +75,4 @@ def eval_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_cmd)
+    app.command("eval", epilog=EXAMPLES)(eval_cmd)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from ..models.config import PAPER_TABLE1, VARIANTS
-from ..models.flops import FlopReport, count_variant
-from ..models.paper_tables import TABLE5, TABLE6, CountedRow, count_paper_table
-from ..tasks import DenseTask, get_task, is_dense
+from ..tasks import TASKS, DenseTask, get_task, is_dense
 from .options import (
     DEFAULT_TASK,
     JsonOpt,
@@ -19,11 +17,25 @@ from .options import (
     Task,
     VariantOpt,
     console,
+    format_grid,
+    format_resolution,
     parse_int_pair,
     parse_model_sets,
     parse_resolution,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from ..models.flops import FlopReport
+    from ..models.paper_tables import CountedRow
+
+EXAMPLES = """\
+dccnext flops
+dccnext flops --variant b2 --res 1280x800 --task retinanet
+"""
+TASK_HELP = "classification, or a dense model (default --variant b2; FPN and heads split out): " + ", ".join(
+    f"{name} (default --res {format_resolution(task.default_resolution)})" for name, task in TASKS.items()
+    if is_dense(task)) + "."
 
 
 def _g(value: int) -> str:
@@ -35,13 +47,13 @@ def _m(value: int) -> str:
 
 
 def _breakdown(report: FlopReport, task: DenseTask | None = None) -> Table:
-    height, width = report.resolution
     model = f"dccnext_{report.variant}" + (f" {task.name}" if task is not None else "")
-    table = Table(title=f"{model} at {height}x{width}, per image", title_justify="left")
-    for column in ("part", "grid", "params (M)", "dense GFLOPs", "distances", "cluster conv", "total GFLOPs"):
+    table = Table(title=f"{model} at {format_resolution(report.resolution)}, per image: params in M, FLOPs in G",
+                  caption="grid: the stage's tokens, rows x columns", title_justify="left", caption_justify="left")
+    for column in ("part", "grid", "params", "dense", "distances", "cluster", "total"):
         table.add_column(column, justify="left" if column == "part" else "right")
     for part in report.parts:
-        grid = f"{part.grid[0]}x{part.grid[1]}" if part.grid else ""
+        grid = format_grid(part.grid) if part.grid else ""
         table.add_row(
             part.name, grid, _m(part.params), _g(part.dense_flops),
             _g(part.distance_flops) if part.distance_flops else "",
@@ -55,7 +67,8 @@ def _breakdown(report: FlopReport, task: DenseTask | None = None) -> Table:
 
 def _summary(reports: list[FlopReport]) -> Table:
     res = reports[0].resolution
-    table = Table(title=f"DCCNeXt at {res[0]}x{res[1]} beside the paper's Table 1 (224x224)", title_justify="left")
+    table = Table(title=f"DCCNeXt at {format_resolution(res)} beside the paper's Table 1 (224x224)",
+                  title_justify="left")
     for column in ("variant", "params (M)", "paper", "GFLOPs", "paper", "FLOPs diff"):
         table.add_column(column, justify="right")
     for report in reports:
@@ -68,26 +81,29 @@ def _summary(reports: list[FlopReport]) -> Table:
     return table
 
 
+def _json(report: FlopReport) -> dict:
+    """The report's JSON with its size written as --res takes it (WIDTHxHEIGHT); grids stay [rows, columns]."""
+    return {**report.to_dict(), "resolution": format_resolution(report.resolution)}
+
+
 def flops(
         variant: VariantOpt = None,
         res: ResOpt = None,
         task: Annotated[
             Task,
-            typer.Option(
-                "--task",
-                help="classification, or a dense model: retinanet and mask-rcnn (default --res 1280x800), "
-                "semantic-fpn (512x512); dense tasks default to --variant b2 and split out FPN and heads.",
-            ),
+            typer.Option("--task", help=TASK_HELP),
         ] = DEFAULT_TASK,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch; totals multiply.")] = 1,
         cluster_size: Annotated[
             Optional[str],
-            typer.Option("--cluster-size", help="K per DCC stage (stage 3,stage 4), e.g. 12,18; counts the centre."),
+            typer.Option("--cluster-size", metavar="K3,K4",
+                         help="K per DCC stage (stage 3,stage 4), e.g. 12,18; counts the centre."),
         ] = None,
         subvector_interval: Annotated[
             Optional[str],
             typer.Option(
-                "--subvector-interval", help="Sub-vector interval d per DCC stage, e.g. 8,8; 1 = all channels."
+                "--subvector-interval", metavar="D3,D4",
+                help="Sub-vector interval d per DCC stage, e.g. 8,8; 1 = all channels.",
             ),
         ] = None,
         set_: ModelSetOpt = None,
@@ -96,9 +112,10 @@ def flops(
                                    "model options (B1 for the ablations).")] = False,
         json_out: JsonOpt = False,
 ) -> None:
-    """Parameters and FLOPs per image (1 multiply-accumulate = 1 FLOP, as in the paper).
+    """Parameters and FLOPs of any variant at any size, dense heads included.
 
-    With --variant: that variant with a per-stage breakdown. Without: all five beside the paper's Table 1.
+    1 multiply-accumulate = 1 FLOP, as in the paper. With --variant: that variant with a per-stage breakdown.
+    Without: all five beside the paper's Table 1.
     DCConv is counted by the paper's rule (distances n^2*ceil(E/d) + cluster conv n*K'*E), the rest by
     torch's FlopCounterMode on a meta-device model (no memory, any resolution). Dense tasks count every
     layer with weights up to the data-dependent post-processing, as MMDetection's FLOP counter does.
@@ -116,11 +133,13 @@ def flops(
     if is_dense(spec):
         _dense(spec, variant.value if variant else "b2", resolution, batch_size, changes, json_out)
         return
+    from ..models.flops import count_variant
+
     names = [variant.value] if variant else list(VARIANTS)
     reports = [count_variant(name, resolution, batch_size, **changes) for name in names]
 
     if json_out:
-        print_json(reports[0].to_dict() if variant else [r.to_dict() for r in reports])
+        print_json(_json(reports[0]) if variant else [_json(r) for r in reports])
         return
     if variant:
         console.print(_breakdown(reports[0]))
@@ -134,6 +153,9 @@ def flops(
 
 def _paper_tables(json_out: bool) -> None:
     """Tables 1, 5 and 6 beside the paper (--paper-tables)."""
+    from ..models.flops import count_variant
+    from ..models.paper_tables import TABLE5, TABLE6, count_paper_table
+
     table1 = [count_variant(name) for name in VARIANTS]
     table5 = count_paper_table(TABLE5)
     table6 = count_paper_table(TABLE6, high_res=True)
@@ -177,7 +199,7 @@ def _dense(task: DenseTask, variant: str, resolution: tuple[int, int], batch_siz
     report = count_task(task, variant, resolution, batch_size, **changes)
     paper = task.paper_b2 if variant == "b2" and resolution == task.default_resolution else None
     if json_out:
-        print_json({**report.to_dict(), "task": task.name,
+        print_json({**_json(report), "task": task.name,
                     "paper": {"params_m": paper[0], "flops_g": paper[1]} if paper else None})
         return
     console.print(_breakdown(report, task))
@@ -193,4 +215,4 @@ def _dense(task: DenseTask, variant: str, resolution: tuple[int, int], batch_siz
 
 
 def register(app: typer.Typer) -> None:
-    app.command("flops")(flops)
+    app.command("flops", epilog=EXAMPLES)(flops)

@@ -10,11 +10,13 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
-from ..viz.figure import check_output, save_figure
-from ..viz.kernel_weights import kernel_csv, kernel_figure, kernel_weights
-from ..viz.model_source import load_model, parse_blocks
-from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
+from .figures import BlocksOpt, DpiOpt, err_console, model_json, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, ModelSetOpt, OverwriteOpt, VariantOpt, parse_model_sets, print_json
+
+EXAMPLES = """\
+dccnext kernel-weights --checkpoint model.safetensors -o kernel_weights.png
+dccnext kernel-weights --variant b2 --blocks all-dcc --csv
+"""
 
 
 def kernel_weights_cmd(
@@ -30,8 +32,10 @@ def kernel_weights_cmd(
         overwrite: OverwriteOpt = False,
         set_: ModelSetOpt = None,
 ) -> None:
-    """Plot |W| of each chosen DCConv averaged over channels against the slot k = 0..K-1 (the paper's
-    Figure 4): a heat map across blocks and one curve per block. Slot 0 weighs the centre, slot k its
+    """Plot each DCConv's kernel weight per slot, the paper's Figure 4.
+
+    |W| of each chosen DCConv, averaged over channels, against the slot k = 0..K-1: a heat map across blocks
+    and one curve per block. Slot 0 weighs the centre, slot k its
     k-th nearest token; a trained model that relies on nearness shows falling curves.
 
     With a checkpoint that records its training size (metadata input_size), slots k >= K' (the
@@ -40,6 +44,10 @@ def kernel_weights_cmd(
     """
     if json_out and csv_out:
         raise ConfigError("choose one of --json and --csv")
+    from ..viz.figure import check_output, save_figure
+    from ..viz.kernel_weights import kernel_csv, kernel_figure, kernel_weights
+    from ..viz.model_source import load_model, parse_blocks
+
     if output is None and not (json_out or csv_out):
         output = Path("kernel_weights.png")
     if output is not None:
@@ -48,7 +56,7 @@ def kernel_weights_cmd(
     warn_random(source)
     kernels = kernel_weights(source, parse_blocks(blocks, source.model))
     if json_out:
-        print_json({"model": source.to_dict(), "blocks": [k.to_dict() for k in kernels]})
+        print_json({"model": model_json(source), "blocks": [k.to_dict() for k in kernels]})
     elif csv_out:
         sys.stdout.write(kernel_csv(kernels))
         sys.stdout.flush()
@@ -58,4 +66,4 @@ def kernel_weights_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("kernel-weights")(kernel_weights_cmd)
+    app.command("kernel-weights", epilog=EXAMPLES)(kernel_weights_cmd)

@@ -11,15 +11,24 @@ from rich.table import Table
 
 from .options import JsonOpt, print_json
 
+EXAMPLES = """\
+dccnext predict --checkpoint model.safetensors shirt.png boot.png
+dccnext predict --checkpoint b2.safetensors --top 3 --json cat.jpg
+"""
+
 
 def predict_cmd(
-        images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, WebP, ...; any mode).")],
+        images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Image files (JPEG, PNG, WebP, ...; any "
+                                                                          "mode).", show_default=False)],
         checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A dccnext .safetensors file.",
                                                  dir_okay=False)],
         top: Annotated[int, typer.Option("--top", min=1, help="How many classes to list.")] = 5,
         json_out: JsonOpt = False,
 ) -> None:
-    """Classify images with a checkpoint (its class names and evaluation transform come from the file)."""
+    """Classify images: the top classes by name, with probabilities.
+
+    The class names and the evaluation transform come from the checkpoint file.
+    """
     from ..classification.predict import predict
 
     predictions = predict(checkpoint, images, top_k=top)
@@ -37,4 +46,4 @@ def predict_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("predict")(predict_cmd)
+    app.command("predict", epilog=EXAMPLES)(predict_cmd)

@@ -13,7 +13,7 @@ from ..common.progress import StepProgress
 from ..errors import ConfigError
 from ..tasks import DenseTask, get_task, is_dense
 from .options import (
-    DATA_HELP,
+    DATA_SOURCES,
     DEFAULT_TASK,
     JsonOpt,
     OverwriteOpt,
@@ -29,9 +29,15 @@ RECIPE_HELP = ("A bundled recipe (quickstart, imagenet/b0 ... imagenet/b4) or a 
 SET_HELP = "Override any recipe key, e.g. --set lr=1e-3 --set input_size=[160,160] (repeatable; YAML values)."
 
 
-DataOpt = Annotated[Optional[str], typer.Option("--data", help="Images to train on. " + DATA_HELP)]
-RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help=RECIPE_HELP)]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)]
+EXAMPLES = """\
+dccnext train -o runs/quick
+dccnext train --variant b2 --data hf:timm/imagenet-1k-wds -o runs/b2
+"""
+
+DataOpt = Annotated[Optional[str], typer.Option(
+    "--data", metavar="SOURCE", help="Images to train on (default: the embedded Fashion-MNIST): " + DATA_SOURCES)]
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", metavar="RECIPE", help=RECIPE_HELP)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
     "--resume", metavar="[auto|PATH]",
     help="Continue an interrupted run: bare or 'auto' resumes -o DIR from its newest checkpoint (or starts "
@@ -56,7 +62,7 @@ def train_cmd(
         workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers per process.")] = None,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
         amp: Annotated[Optional[str], typer.Option(
-            "--amp", help="Mixed precision: auto (bf16 on GPUs that have it), no, bf16, fp16.")] = None,
+            "--amp", metavar="MODE", help="Mixed precision: auto (bf16 on GPUs that have it), no, bf16, fp16.")] = None,
         compile_: Annotated[Optional[bool], typer.Option(
             "--compile/--no-compile", help="torch.compile the model (30-60 s to start, faster steps).")] = None,
         grad_checkpointing: Annotated[Optional[bool], typer.Option(
@@ -71,14 +77,17 @@ def train_cmd(
         weights: WeightsOpt = None,
         json_out: JsonOpt = False,
 ) -> None:
-    """Train DCCNeXt. With no --data: B0 on the embedded Fashion-MNIST with the quickstart recipe (minutes on a
-    laptop). With --data: the paper's ImageNet recipe (AdamW, cosine with 20 warm-up epochs, RandAugment, Mixup/
-    CutMix, label smoothing, random erasing, drop path) unless --recipe says otherwise.
+    """Train DCCNeXt on images, or a detector or segmenter with --task.
+
+    With no --data: B0 on the embedded Fashion-MNIST with the quickstart recipe (minutes on a laptop). With
+    --data: the paper's ImageNet recipe (AdamW, cosine with 20 warm-up epochs, RandAugment, Mixup/CutMix,
+    label smoothing, random erasing, drop path) unless --recipe says otherwise.
 
     Writes OUTPUT/model.safetensors (the weights, with class names), best.safetensors, recipe.yaml, log.jsonl
     (and TensorBoard under tb/ when installed) and checkpoints/ (full training state; --resume continues it).
 
-    Many GPUs or nodes: accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe imagenet/b2.
+    Many GPUs or nodes: accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe
+    imagenet/b2.
     """
     spec = get_task(task.value)
     if is_dense(spec):
@@ -123,9 +132,11 @@ def _report(result, variant: str, json_out: bool, console: Console) -> None:
     if json_out:
         print_json(summary)
         return
-    table = Table(title=f"trained {variant} ({result.world_size} process(es), {result.wall_s / 60:.1f} min)")
-    table.add_column("")
-    table.add_column("")
+    processes = "1 process" if result.world_size == 1 else f"{result.world_size} processes"
+    table = Table(title=f"trained {variant}: {result.steps} steps in {result.wall_s / 60:.1f} min on {processes}",
+                  show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
     table.add_row("weights", str(result.weights))
     if result.metrics:
         table.add_row("top-1", f"{result.metrics['top1']:.2f} %")
@@ -167,4 +178,4 @@ def _train_dense(task: DenseTask, data: str | None, recipe: str | None, set_: li
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_cmd)
+    app.command("train", epilog=EXAMPLES)(train_cmd)

@@ -9,12 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
-from ..viz.clusters import compute_clusters, parse_center, resolve_centers
-from ..viz.clusters_plot import clusters_figure
-from ..viz.explorer import check_explorer_inputs, check_html_output, write_explorer
-from ..viz.figure import check_output, save_figure
-from ..viz.model_source import load_model, parse_blocks
-from .figures import BlocksOpt, DpiOpt, err_console, output_opt, warn_random
+from .figures import BlocksOpt, DpiOpt, err_console, model_json, output_opt, sizes_as_typed, warn_random
 from .options import (
     CheckpointOpt,
     JsonOpt,
@@ -22,23 +17,30 @@ from .options import (
     OverwriteOpt,
     ResOpt,
     VariantOpt,
+    format_resolution,
     parse_model_sets,
     parse_resolution,
     print_json,
 )
 
+EXAMPLES = """\
+dccnext visualize-clusters --checkpoint model.safetensors shirt.png
+dccnext visualize-clusters --res 1280x800 --html page.html street.jpg
+"""
+
 ImagesArg = Annotated[
     list[Path], typer.Argument(metavar="IMAGE", help="Image files (JPEG, PNG, WebP, ...).", show_default=False)
 ]
 CentersOpt = Annotated[Optional[str], typer.Option(
-    "--centers", help="auto: a few salient, spread cells per block (largest feature norm, a third of the grid "
-                      "apart, not on the border); all: one small panel per cell of the grid.")]
+    "--centers", metavar="MODE",
+    help="auto: a few salient, spread cells per block (largest feature norm, a third of the grid apart, not on "
+         "the border); all: one small panel per cell of the grid.")]
 CenterOpt = Annotated[Optional[list[str]], typer.Option(
-    "--center", help="ROW,COL of a centre cell (0-based, in each block's grid); repeatable.")]
+    "--center", metavar="ROW,COL", help="ROW,COL of a centre cell (0-based, in each block's grid); repeatable.")]
 HtmlOpt = Annotated[Optional[Path], typer.Option(
-    "--html", help="Write an interactive page (one self-contained .html file, works offline): hover a cell to see "
-                   "its cluster in every block. Without --blocks it holds all DCC blocks; no PNG unless -o is given "
-                   "too.")]
+    "--html", metavar="FILE",
+    help="Write an interactive page (one self-contained .html file, works offline): hover a cell to see its "
+         "cluster in every block. Without --blocks it holds all DCC blocks; no PNG unless -o is given too.")]
 
 
 def visualize_clusters(
@@ -57,20 +59,28 @@ def visualize_clusters(
         overwrite: OverwriteOpt = False,
         set_: ModelSetOpt = None,
 ) -> None:
-    """Draw the clusters DCConv computed (the paper's Figure 3): for each image and chosen block, the
-    image as the model saw it, the stage's patch grid, a centre cell in red and its K-1 nearest
-    tokens in orange, read from the forward pass the model ran (asking for them changes no output).
+    """Draw the clusters DCConv computed on images, the paper's Figure 3.
 
-    The image goes through the eval transform: resized with its aspect ratio kept, centre-cropped to
-    --res (default: the checkpoint's training size, else 224). Without --checkpoint the weights are
-    random (default variant b2) and a warning says so. --json prints every block's full index table
-    (token n = cell (n // width, n % width)) and the grid geometry. --html page.html writes the same
-    indices as an interactive page for one image (see the README's "Cluster explorer").
+    For each image and chosen block: the image as the model saw it, the stage's patch grid, a centre cell in
+    red and its K-1 nearest tokens in orange, read from the forward pass the model ran (asking for them
+    changes no output).
+
+    The image goes through the eval transform: resized with its aspect ratio kept, centre-cropped to --res
+    (default: the checkpoint's training size, else 224). Without --checkpoint the weights are random
+    (default variant b2) and a warning says so. --json prints every block's full index table (token n = cell
+    (n // columns, n % columns); grids are rows x columns) and the grid geometry. --html page.html writes the
+    same indices as an interactive page for one image (see the README's "Cluster explorer").
     """
     if center and centers:
         raise ConfigError("give either --centers auto|all or --center ROW,COL, not both")
     if centers is not None and centers not in ("auto", "all"):
         raise ConfigError(f"--centers {centers!r} is not a mode; use auto or all, or give --center ROW,COL")
+    from ..viz.clusters import compute_clusters, parse_center, resolve_centers
+    from ..viz.clusters_plot import clusters_figure
+    from ..viz.explorer import check_explorer_inputs, check_html_output, write_explorer
+    from ..viz.figure import check_output, save_figure
+    from ..viz.model_source import load_model, parse_blocks
+
     explicit = [parse_center(c) for c in center or []]
     resolution = parse_resolution(res)
     if output is None and not json_out and html is None:
@@ -94,10 +104,10 @@ def visualize_clusters(
 
     if json_out:
         print_json({
-            "model": source.to_dict(),
-            "resolution": list(resolution),
+            "model": model_json(source),
+            "resolution": format_resolution(resolution),
             "transform": "resize with aspect ratio kept, centre crop (timm eval transform, crop_pct 1.0)",
-            "images": [r.to_dict() for r in results],
+            "images": [sizes_as_typed(r.to_dict(), "original_size", "input_size") for r in results],
         })
     if output is not None:
         with err_console.status(f"drawing {output}..."):
@@ -109,4 +119,4 @@ def visualize_clusters(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("visualize-clusters")(visualize_clusters)
+    app.command("visualize-clusters", epilog=EXAMPLES)(visualize_clusters)

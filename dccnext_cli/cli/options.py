@@ -34,21 +34,36 @@ Task = choices("Task", TASKS)
 
 
 def parse_resolution(value: str | None, option: str = "--res") -> tuple[int, int] | None:
-    """'224' -> (224, 224); '1280x800' -> (1280, 800) as height x width; at least 32 px each."""
+    """'224' -> (224, 224); '1280x800' (WIDTHxHEIGHT, as the paper and MMDetection write it) -> (800, 1280).
+
+    The one place a size typed on the command line becomes the (height, width) the library takes.
+    """
     if value is None:
         return None
     text = value.strip().lower()
     parts = text.split("x") if "x" in text else [text, text]
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise typer.BadParameter(
-            f"{value!r} is not a resolution; write 224 or HEIGHTxWIDTH such as 1280x800", param_hint=f"'{option}'"
+            f"{value!r} is not a resolution; write 224 or WIDTHxHEIGHT such as 1280x800", param_hint=f"'{option}'"
         )
-    height, width = (int(p) for p in parts)
+    width, height = (int(p) for p in parts)
     if min(height, width) < MIN_SIZE:
         raise typer.BadParameter(
-            f"{height}x{width} is too small; height and width must be at least {MIN_SIZE} px", param_hint=f"'{option}'"
+            f"{width}x{height} is too small; width and height must be at least {MIN_SIZE} px", param_hint=f"'{option}'"
         )
     return height, width
+
+
+def format_resolution(size: tuple[int, int] | list[int]) -> str:
+    """(height, width) -> 'WIDTHxHEIGHT': how every command prints a size, the way --res reads it."""
+    height, width = size
+    return f"{width}x{height}"
+
+
+def format_grid(grid: tuple[int, int] | list[int]) -> str:
+    """(rows, columns) of a token grid -> 'ROWSxCOLUMNS' (a grid is counted the other way round from a size)."""
+    rows, columns = grid
+    return f"{rows}x{columns}"
 
 
 def parse_int_pair(name: str, minimum: int = 1):
@@ -85,11 +100,11 @@ ModelSetOpt = Annotated[Optional[list[str]], typer.Option(
     help="A model option over the variant's (a DCCNeXtConfig field; YAML value; repeatable), e.g. "
          "--set model.global_op=none --set model.cluster_sizes=[8,8]. Only with --variant: a checkpoint carries "
          "its config.")]
-VariantOpt = Annotated[Optional[Variant], typer.Option("--variant", help="Model variant: b0, b1, b2, b3 or b4.")]
-ResOpt = Annotated[
-    Optional[str],
-    typer.Option("--res", help="Input size: 224 (square) or HEIGHTxWIDTH such as 1280x800; at least 32 px."),
-]
+VariantOpt = Annotated[Optional[Variant], typer.Option(
+    "--variant", help="Model variant: " + ", ".join(VARIANTS) + ".")]
+RES_HELP = ("Input size: 224 (square) or WIDTHxHEIGHT as the paper writes it (1280x800 is landscape); "
+            "at least 32 px.")
+ResOpt = Annotated[Optional[str], typer.Option("--res", metavar="WxH", help=RES_HELP)]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON result on stdout, nothing else.")
 ]
@@ -99,12 +114,13 @@ CheckpointOpt = Annotated[
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs instead of refusing.")]
 
-DATA_HELP = ("Images: builtin:fashion-mnist (the embedded set; default), imagefolder:PATH "
-             "(PATH/train/<class>/..., PATH/validation/<class>/...), parquet:GLOB (Hub-style shards: image bytes + "
-             "label; split from file names), or hf:REPO[:CONFIG] (a Hub dataset, streamed; ImageNet: "
-             "hf:timm/imagenet-1k-wds).")
-TaskOpt = Annotated[Task, typer.Option("--task", help="classification or a dense task: " + ", ".join(
-    f"{name} ({task.summary})" for name, task in TASKS.items() if is_dense(task)) + ".")]
+DATA_SOURCES = ("builtin:fashion-mnist (the embedded set), imagefolder:PATH (PATH/train/<class>/..., "
+                "PATH/validation/<class>/...), parquet:GLOB (Hub-style shards: image bytes + label; split from "
+                "file names), hf:REPO[:CONFIG] (a Hub dataset, streamed; ImageNet: hf:timm/imagenet-1k-wds), or "
+                "for a dense task coco:PATH / ade20k:PATH.")
+TASK_HELP = "classification, or a dense task: " + "; ".join(
+    f"{name}, {task.summary}" for name, task in TASKS.items() if is_dense(task)) + "."
+TaskOpt = Annotated[Task, typer.Option("--task", help=TASK_HELP)]
 DEFAULT_TASK = Task(CLASSIFICATION_TASK.name)
 
 

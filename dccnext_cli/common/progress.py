@@ -2,21 +2,67 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from collections.abc import Callable
 
-__all__ = ["StepProgress"]
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+__all__ = ["StepProgress", "SmoothedETA"]
+
+
+class SmoothedETA(ProgressColumn):
+    """Time left from an exponential moving average of the rate, the first step left out.
+
+    Rich's own estimate averages the last 30 s, so a slow first step (data loaders starting, compilation)
+    or one slow stretch swings it by a factor of two or more; this one moves by a `half_life` in seconds.
+    """
+
+    def __init__(self, half_life: float = 60.0):
+        super().__init__()
+        self.half_life = half_life
+        self.seen: dict[int, tuple[float, float, float | None]] = {}  # task -> (time, completed, rate)
+        self.warm: set[int] = set()  # tasks past their first step
+
+    def rate(self, task: Task) -> float | None:
+        """Steps per second, or None until two steps have been timed."""
+        now, done = task.get_time(), task.completed
+        last = self.seen.get(task.id)
+        if last is None or done < last[1]:
+            self.seen[task.id] = (now, done, None)
+            self.warm.discard(task.id)
+            return None
+        then, before, rate = last
+        if done == before or now <= then:
+            return rate
+        if task.id not in self.warm:  # the first step after the start: start-up cost, not the rate
+            self.warm.add(task.id)
+            self.seen[task.id] = (now, done, None)
+            return None
+        current = (done - before) / (now - then)
+        weight = 1 - 0.5 ** ((now - then) / self.half_life)
+        rate = current if rate is None else rate + weight * (current - rate)
+        self.seen[task.id] = (now, done, rate)
+        return rate
+
+    def render(self, task: Task) -> Text:
+        rate = self.rate(task)
+        if task.finished or task.total is None or not rate:
+            return Text("eta -:--:--" if not task.finished else "", style="progress.remaining")
+        seconds = int((task.total - task.completed) / rate)
+        hours, rest = divmod(seconds, 3600)
+        return Text(f"eta {hours}:{rest // 60:02d}:{rest % 60:02d}", style="progress.remaining")
 
 
 class StepProgress:
-    """The reporter the training loops and evaluations call: start, update/advance, message, stop."""
+    """The reporter the training loops and evaluations call: start, update/advance, phase, message, stop."""
 
     def __init__(self, unit: str = "step", enabled: bool = True):
         self.console = Console(stderr=True)
         self.unit, self.enabled, self.task = unit, enabled, None
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-                                 TimeRemainingColumn(), console=self.console, disable=not enabled)
+                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), SmoothedETA(),
+                                 console=self.console, disable=not enabled)
 
     def start(self, total: int | None, done: int = 0, title: str = "") -> None:
         if title:
@@ -35,8 +81,13 @@ class StepProgress:
     def advance(self, n: int = 1) -> None:
         self.progress.advance(self.task, n)
 
+    def phase(self, description: str, total: int | None) -> tuple[Callable[[int], None], Callable[[], None]]:
+        """A second bar under the main one (the end-of-epoch evaluation): returns (advance(n), done())."""
+        task = self.progress.add_task(description, total=total, stats="")
+        return (lambda n=1: self.progress.advance(task, n)), (lambda: self.progress.remove_task(task))
+
     def message(self, text: str) -> None:
-        self.progress.console.print(text, highlight=False)
+        self.progress.console.print(text, highlight=False, markup=False)
 
     def stop(self) -> None:
         self.progress.stop()

@@ -1,30 +1,20 @@
 """Detection and segmentation with DCCNeXt backbones: the models, data, training, evaluation and FLOPs per task.
 
 Each task is one registered `DenseTask` (`tasks.DENSE_TASKS`): retinanet, mask-rcnn, semantic-fpn.
+Names load on first use (`common.lazy`): the task registry itself imports no torch.
 """
 
-from .checkpoint import load_dense_model, save_dense_checkpoint
-from .data import ADE20KSegmentation, CocoInstances
-from .evaluate import evaluate_dense
-from .flops import count_task
-from .models import build_backbone
-from .recipe import DenseRecipe, load_dense_recipe
-from .tasks import DENSE_TASKS, DenseTask, build_dense_model, get_dense_task
-from .train import train_dense
+from ..common.lazy import lazy_exports
 
-__all__ = [
-    "ADE20KSegmentation",
-    "CocoInstances",
-    "DENSE_TASKS",
-    "DenseRecipe",
-    "DenseTask",
-    "build_backbone",
-    "build_dense_model",
-    "count_task",
-    "evaluate_dense",
-    "get_dense_task",
-    "load_dense_model",
-    "load_dense_recipe",
-    "save_dense_checkpoint",
-    "train_dense",
-]
+EXPORTS = {
+    ".checkpoint": ("load_dense_model", "save_dense_checkpoint"),
+    ".data": ("ADE20KSegmentation", "CocoInstances"),
+    ".evaluate": ("evaluate_dense",),
+    ".flops": ("count_task",),
+    ".models": ("build_backbone",),
+    ".recipe": ("DenseRecipe", "load_dense_recipe"),
+    ".tasks": ("DENSE_TASKS", "DenseTask", "build_dense_model", "get_dense_task"),
+    ".train": ("train_dense",),
+}
+__all__ = [name for names in EXPORTS.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -60,7 +60,8 @@ def _decode_mask(segm: Any, height: int, width: int, where: str) -> np.ndarray:
     elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
         if list(segm["size"]) != [height, width]:
             raise DataError(
-                f"{where}: its RLE mask is {segm['size'][0]}x{segm['size'][1]} but the image is {height}x{width}; "
+                f"{where}: its RLE mask is {segm['size'][1]} wide, {segm['size'][0]} high but the image is "
+                f"{width} wide, {height} high; "
                 "masks must have their image's size"
             )
         rle = mask_utils.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm

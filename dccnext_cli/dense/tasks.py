@@ -11,65 +11,44 @@ task's name; `DENSE_TASKS` is the registry the CLI's `--task` choices and the re
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import Dataset
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from . import flop_views
-from .data import (
-    IGNORE_INDEX,
-    SegAugment,
-    detection_collate,
-    open_dense_source,
-    segmentation_collate,
-)
-from .metrics import DetectionEvaluator, SegmentationEvaluator
-from .models import build_mask_rcnn, build_retinanet, build_semantic_fpn
 
-__all__ = ["DenseTask", "DENSE_TASKS", "get_dense_task", "build_dense_model"]
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+    from torch.utils.data import Dataset
+
+    from .data import SegAugment
+
+__all__ = ["DenseTask", "DENSE_TASKS", "TaskParts", "get_dense_task", "build_dense_model"]
 
 Batch = Any  # (images, targets) as the task's collate returns them
 
 
-# --------------------------------------------------------------------- the steps of the two kinds of task
-def _to(targets: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
-    return [{k: v.to(device) for k, v in t.items()} for t in targets]
+@dataclass(frozen=True)
+class TaskParts:
+    """What a task runs, loaded (with torch) the first time it is asked for."""
 
-
-def _detection_loss(model: nn.Module, images, targets, device: torch.device) -> dict[str, torch.Tensor]:
-    """torchvision's detectors compute their own losses in train mode."""
-    return model([i.to(device) for i in images], _to(targets, device))
-
-
-def _segmentation_loss(model: nn.Module, images, targets, device: torch.device) -> dict[str, torch.Tensor]:
-    """Cross-entropy on logits upsampled to the label size, ignoring label 255, as MMSegmentation does."""
-    images, targets = images.to(device), targets.to(device)
-    logits = F.interpolate(model(images), size=targets.shape[-2:], mode="bilinear", align_corners=False)
-    return {"loss_ce": F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)}
-
-
-def _detection_eval(model: nn.Module, images, targets, evaluator, device: torch.device) -> None:
-    evaluator.update(model([i.to(device) for i in images]), targets)
-
-
-def _segmentation_eval(model: nn.Module, images, targets, evaluator, device: torch.device) -> None:
-    """One image at a time: evaluation images keep their own sizes."""
-    for image, label in zip(images, targets, strict=True):
-        logits = model(image[None].to(device))
-        logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
-        evaluator.update(logits.argmax(1)[0], label)
+    build: Callable[..., nn.Module]  # build(variant, num_classes=..., **options)
+    collate: Callable[[list], Batch]
+    loss: Callable[[nn.Module, Any, Any, torch.device], dict[str, torch.Tensor]]
+    evaluate_batch: Callable[[nn.Module, Any, Any, Any, torch.device], None]
+    flop_view: Callable[[nn.Module], nn.Module]
+    flop_parts: dict[str, str]
 
 
 # --------------------------------------------------------------------- the task object
 @dataclass(frozen=True)
 class DenseTask:
-    """One detection or segmentation task: everything the engine, the FLOP count and the CLI need."""
+    """One detection or segmentation task: everything the engine, the FLOP count and the CLI need.
+
+    Naming it costs nothing (the CLI's --task choices and help); its parts load on first use.
+    """
 
     name: str
     summary: str  # one line for --help
@@ -77,23 +56,46 @@ class DenseTask:
     recipe: str  # its bundled recipe under recipes/dense/
     default_resolution: tuple[int, int]  # (height, width) of the FLOP count and the paper's table
     paper_b2: tuple[float, float]  # the paper's B2 figures: params (M), FLOPs (G)
-    build: Callable[..., nn.Module]  # build(variant, num_classes=..., **options)
-    collate: Callable[[list], Batch]
-    loss: Callable[[nn.Module, Any, Any, torch.device], dict[str, torch.Tensor]]
-    evaluate_batch: Callable[[nn.Module, Any, Any, Any, torch.device], None]
-    flop_view: Callable[[nn.Module], nn.Module]
-    flop_parts: dict[str, str]
-    detector: bool  # torchvision detector: takes min_size/max_size, resizes its own inputs
+    load_parts: Callable[[], TaskParts] = field(repr=False, compare=False)
+    detector: bool = True  # torchvision detector: takes min_size/max_size, resizes its own inputs
     with_masks: bool = False
     default_num_classes: int | None = None  # when the data does not name its classes
+
+    @property
+    def build(self) -> Callable[..., nn.Module]:
+        return self.load_parts().build
+
+    @property
+    def collate(self) -> Callable[[list], Batch]:
+        return self.load_parts().collate
+
+    @property
+    def loss(self) -> Callable[..., dict[str, torch.Tensor]]:
+        return self.load_parts().loss
+
+    @property
+    def evaluate_batch(self) -> Callable[..., None]:
+        return self.load_parts().evaluate_batch
+
+    @property
+    def flop_view(self) -> Callable[[nn.Module], nn.Module]:
+        return self.load_parts().flop_view
+
+    @property
+    def flop_parts(self) -> dict[str, str]:
+        return self.load_parts().flop_parts
 
     def open_data(self, spec: str | Dataset, train: bool, num_classes: int | None = None,
                   augment: SegAugment | None = None, hflip: float = 0.5) -> Dataset:
         """The task's data set from a `--data` value (or a Dataset, passed through)."""
+        from .data import open_dense_source
+
         return open_dense_source(spec, self.data_scheme, self.name, train, with_masks=self.with_masks,
                                  num_classes=num_classes, augment=augment, hflip=hflip)
 
     def make_evaluator(self, num_classes: int | None, dataset: Dataset):
+        from .metrics import DetectionEvaluator, SegmentationEvaluator
+
         if self.detector:
             return DetectionEvaluator(masks=self.with_masks)
         return SegmentationEvaluator(num_classes or getattr(dataset, "num_classes", self.default_num_classes))
@@ -115,23 +117,49 @@ class DenseTask:
         return (recipe.min_size, recipe.max_size) if self.detector else tuple(recipe.crop_size)
 
 
+# --------------------------------------------------------------------- each task's parts, loaded on first use
+@functools.cache
+def _retinanet_parts() -> TaskParts:
+    from . import flop_views, steps
+    from .data import detection_collate
+    from .models import build_retinanet
+
+    return TaskParts(build_retinanet, detection_collate, steps.detection_loss, steps.detection_eval,
+                     flop_views.RetinaNetLayers, flop_views.RETINANET_PARTS)
+
+
+@functools.cache
+def _mask_rcnn_parts() -> TaskParts:
+    from . import flop_views, steps
+    from .data import detection_collate
+    from .models import build_mask_rcnn
+
+    return TaskParts(build_mask_rcnn, detection_collate, steps.detection_loss, steps.detection_eval,
+                     flop_views.MaskRCNNLayers, flop_views.MASK_RCNN_PARTS)
+
+
+@functools.cache
+def _semantic_fpn_parts() -> TaskParts:
+    from . import flop_views, steps
+    from .data import segmentation_collate
+    from .models import build_semantic_fpn
+
+    return TaskParts(build_semantic_fpn, segmentation_collate, steps.segmentation_loss, steps.segmentation_eval,
+                     flop_views.whole_model, flop_views.SEMANTIC_FPN_PARTS)
+
+
 RETINANET = DenseTask(
     name="retinanet", summary="RetinaNet 1x (COCO)", data_scheme="coco", recipe="retinanet-1x",
-    default_resolution=(800, 1280), paper_b2=(33.8, 247.1), build=build_retinanet, collate=detection_collate,
-    loss=_detection_loss, evaluate_batch=_detection_eval, flop_view=flop_views.RetinaNetLayers,
-    flop_parts=flop_views.RETINANET_PARTS, detector=True,
+    default_resolution=(800, 1280), paper_b2=(33.8, 247.1), load_parts=_retinanet_parts,
 )
 MASK_RCNN = DenseTask(
     name="mask-rcnn", summary="Mask R-CNN 1x (COCO)", data_scheme="coco", recipe="mask-rcnn-1x",
-    default_resolution=(800, 1280), paper_b2=(43.7, 281.1), build=build_mask_rcnn, collate=detection_collate,
-    loss=_detection_loss, evaluate_batch=_detection_eval, flop_view=flop_views.MaskRCNNLayers,
-    flop_parts=flop_views.MASK_RCNN_PARTS, detector=True, with_masks=True,
+    default_resolution=(800, 1280), paper_b2=(43.7, 281.1), load_parts=_mask_rcnn_parts, with_masks=True,
 )
 SEMANTIC_FPN = DenseTask(
     name="semantic-fpn", summary="Semantic FPN (ADE20K)", data_scheme="ade20k", recipe="semantic-fpn",
-    default_resolution=(512, 512), paper_b2=(27.8, 43.3), build=build_semantic_fpn, collate=segmentation_collate,
-    loss=_segmentation_loss, evaluate_batch=_segmentation_eval, flop_view=flop_views.whole_model,
-    flop_parts=flop_views.SEMANTIC_FPN_PARTS, detector=False, default_num_classes=150,
+    default_resolution=(512, 512), paper_b2=(27.8, 43.3), load_parts=_semantic_fpn_parts, detector=False,
+    default_num_classes=150,
 )
 
 DENSE_TASKS: dict[str, DenseTask] = {t.name: t for t in (RETINANET, MASK_RCNN, SEMANTIC_FPN)}

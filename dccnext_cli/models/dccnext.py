@@ -113,6 +113,13 @@ class DepthwiseConv2dNHWC(nn.Conv2d):
             channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias,
             device=device, dtype=dtype,
         )
+        # The weight is (C, 1, k, k); its gradient from a channels-last input comes back with stride 1 on the
+        # size-1 dim. DDP compares strides strictly ("Grad strides do not match bucket view strides"), so the
+        # weight takes that stride too: the same memory, the same numbers, still contiguous.
+        weight = self.weight.detach()
+        strides = (kernel_size * kernel_size, 1, kernel_size, 1)
+        self.weight = nn.Parameter(torch.empty_strided(weight.shape, strides, dtype=weight.dtype,
+                                                       device=weight.device).copy_(weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x.permute(0, 3, 1, 2), self.weight, self.bias).permute(0, 2, 3, 1)

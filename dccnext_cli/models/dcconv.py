@@ -33,6 +33,7 @@ import contextlib
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module, trunc_normal_
+from torch.utils.flop_counter import register_flop_formula
 
 from .settings import operator_settings
 
@@ -427,6 +428,29 @@ def _op_backward(ctx, grad):
 
 
 _cluster_conv_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+# torch's FlopCounterMode (2 FLOPs per MAC) sees DCConv as its two custom ops (see
+# `watched_by_dispatch_mode`); these formulas make it count them by the paper's rule, so that a user's own
+# counter reports twice `dccnext flops`' figure.
+@register_flop_formula(torch.ops.dccnext.cluster_indices)
+def _cluster_indices_flops(sub_shape, k, chunk_elements, *args, out_shape=None, **kwargs) -> int:
+    """Distances: (B, N, ceil(E/d)) sub-vectors -> B * N^2 * ceil(E/d) MACs."""
+    batch, tokens, sub_channels = sub_shape
+    return 2 * batch * tokens * tokens * sub_channels
+
+
+@register_flop_formula(torch.ops.dccnext.cluster_conv)
+def _cluster_conv_flops(flat_shape, slots_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """Cluster convolution: (B*N, E) rows, K' slots -> B * N * K' * E MACs."""
+    return 2 * flat_shape[0] * slots_shape[0] * flat_shape[1]
+
+
+@register_flop_formula(torch.ops.dccnext.cluster_conv_backward)
+def _cluster_conv_backward_flops(grad_shape, flat_shape, slots_shape, weight_shape, *args, out_shape=None,
+                                 **kwargs) -> int:
+    """Its backward: the input gradient and the kernel gradient, one forward's MACs each."""
+    return 2 * _cluster_conv_flops(flat_shape, slots_shape, weight_shape)
 
 
 def cluster_conv(

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+from torch.utils.flop_counter import FlopCounterMode
 
 from .config import DCCNeXtConfig, variant_config
 from .dccnext import DCCNeXt
@@ -40,29 +40,6 @@ def dcconv_macs(num_tokens: int, channels: int, cluster_size: int, subvector_int
     distances = num_tokens * num_tokens * sub_channels
     cluster = num_tokens * effective_cluster_size(cluster_size, num_tokens) * channels
     return distances, cluster
-
-
-# torch's FlopCounterMode (2 FLOPs per MAC) sees DCConv as its two custom ops (see
-# `dcconv.watched_by_dispatch_mode`); these formulas make it count them by the paper's rule, so that a user's own
-# counter reports twice `dccnext flops`' figure.
-@register_flop_formula(torch.ops.dccnext.cluster_indices)
-def _cluster_indices_flops(sub_shape, k, chunk_elements, *args, out_shape=None, **kwargs) -> int:
-    """Distances: (B, N, ceil(E/d)) sub-vectors -> B * N^2 * ceil(E/d) MACs."""
-    batch, tokens, sub_channels = sub_shape
-    return 2 * batch * tokens * tokens * sub_channels
-
-
-@register_flop_formula(torch.ops.dccnext.cluster_conv)
-def _cluster_conv_flops(flat_shape, slots_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """Cluster convolution: (B*N, E) rows, K' slots -> B * N * K' * E MACs."""
-    return 2 * flat_shape[0] * slots_shape[0] * flat_shape[1]
-
-
-@register_flop_formula(torch.ops.dccnext.cluster_conv_backward)
-def _cluster_conv_backward_flops(grad_shape, flat_shape, slots_shape, weight_shape, *args, out_shape=None,
-                                 **kwargs) -> int:
-    """Its backward: the input gradient and the kernel gradient, one forward's MACs each."""
-    return 2 * _cluster_conv_flops(flat_shape, slots_shape, weight_shape)
 
 
 @dataclass

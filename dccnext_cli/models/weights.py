@@ -14,16 +14,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .._version import __version__
 from ..common.files import atomic_write
 from ..errors import CheckpointError, ConfigError
 from .config import DCCNeXtConfig
+
+if TYPE_CHECKING:  # torch loads when weights are saved or read, not when a command's help is shown
+    import torch
 
 __all__ = [
     "FORMAT",
@@ -128,6 +129,8 @@ def _parse_input_size(size: Any, text: str, path: Path) -> tuple[int, int]:
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module, meta: CheckpointMeta) -> Path:
     """Write the model's state dict with dccnext metadata, atomically."""
+    from safetensors.torch import save_file
+
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta.to_metadata()))
 

@@ -5,29 +5,18 @@
     result = compute_clusters(source.model, "cat.jpg", (224, 224), parse_blocks(None, source.model))
     resolve_centers(result.blocks, "auto", [], count=3)
     clusters_figure([result], source.label, source.random_weights).savefig("clusters.png")
+
+Names load on first use (`common.lazy`), so the commands' help imports neither torch nor matplotlib.
 """
 
-from .clusters import BlockClusters, ImageClusters, choose_centers, compute_clusters, resolve_centers
-from .clusters_plot import clusters_figure, drawn_cells
-from .figure import save_figure
-from .kernel_weights import BlockKernel, kernel_csv, kernel_figure, kernel_weights
-from .model_source import ModelSource, default_blocks, load_model, parse_blocks
+from ..common.lazy import lazy_exports
 
-__all__ = [
-    "BlockClusters",
-    "BlockKernel",
-    "ImageClusters",
-    "ModelSource",
-    "choose_centers",
-    "clusters_figure",
-    "compute_clusters",
-    "default_blocks",
-    "drawn_cells",
-    "kernel_csv",
-    "kernel_figure",
-    "kernel_weights",
-    "load_model",
-    "parse_blocks",
-    "resolve_centers",
-    "save_figure",
-]
+EXPORTS = {
+    ".clusters": ("BlockClusters", "ImageClusters", "choose_centers", "compute_clusters", "resolve_centers"),
+    ".clusters_plot": ("clusters_figure", "drawn_cells"),
+    ".figure": ("save_figure",),
+    ".kernel_weights": ("BlockKernel", "kernel_csv", "kernel_figure", "kernel_weights"),
+    ".model_source": ("ModelSource", "default_blocks", "load_model", "parse_blocks"),
+}
+__all__ = [name for names in EXPORTS.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

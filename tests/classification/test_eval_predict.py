@@ -67,7 +67,7 @@ def test_eval_default_is_the_embedded_test_split(run_cli, tmp_path):
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
     assert (got["data"], got["split"], got["samples"], got["resolution"]) == ("builtin:fashion-mnist", "test", 40,
-                                                                             [32, 32])
+                                                                             "32x32")
 
 
 def test_predict_names_classes_in_order(run_cli, checkpoint, imagefolder):

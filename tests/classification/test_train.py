@@ -127,7 +127,8 @@ def test_two_cpu_processes_through_accelerate_launch(imagefolder, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
            "-m", "dccnext_cli", "train", "--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "1",
-           "--batch-size", "16", "--workers", "0", "--set", "log_every=1", "-o", str(out), "--json"]
+           "--batch-size", "16", "--workers", "0", "--set", "log_every=1", "--set", "eval_samples=7", "-o", str(out),
+           "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DCCNEXT_RANK_PROBE": "1"}  # per-rank fingerprints and digests
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -138,6 +139,8 @@ def test_two_cpu_processes_through_accelerate_launch(imagefolder, tmp_path):
     assert ranks[0]["samples"] == ranks[1]["samples"] == CLASSES * TRAIN_PER_CLASS // 2
     assert ranks[0]["data_fingerprint"] != ranks[1]["data_fingerprint"]
     assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
+    assert summary["metrics"]["samples"] == 7  # eval_samples is a total over processes (4 + 3)
+    assert "Grad strides do not match" not in done.stderr
     start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert start["world_size"] == 2 and start["micro_batch"] == 8
 
@@ -165,9 +168,12 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_checked(run_cli, image
                 "--overwrite", "-o", out)
     assert r.exit_code == 2 and "no 'test' split" in r.text and "eval_split=null" in r.text
     assert (out / "model.safetensors").read_bytes() == b"old weights"
-    r = run_cli("train", "--data", f"imagefolder:{imagefolder}", *TINY, "--overwrite", "-o", out, "--json")
+    r = run_cli("train", "--data", f"imagefolder:{imagefolder}", *TINY, "--overwrite", "-o", out, "--json",
+                "--set", "train_samples=32", "--set", "eval_samples=5")  # caps a map-style source too
     assert r.exit_code == 0, r.output
     assert read_meta(out / "model.safetensors").num_classes == CLASSES
+    summary = json.loads(r.stdout)
+    assert summary["steps"] == 2 and summary["metrics"]["samples"] == 5
 
 
 def test_fine_tune_from_a_checkpoint_with_another_head(run_cli, imagefolder, tmp_path):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import dccnext_cli
 from dccnext_cli.cli.app import build_app
 
-PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugin_example"
+PLUGIN_DIR = Path(__file__).resolve().parents[2] / "examples" / "plugin"
 
 
 def install_fake_distribution(site: Path, entry_points: str) -> None:

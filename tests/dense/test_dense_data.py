@@ -78,7 +78,7 @@ def test_masks_of_the_wrong_size(coco_json, tmp_path):
         d["annotations"][0]["segmentation"]["size"] = [32, 40]
 
     data = CocoInstances(_edit(coco_json, tmp_path, shrink_rle))
-    with pytest.raises(DataError, match="RLE mask is 32x40 but the image is 64x80"):
+    with pytest.raises(DataError, match="RLE mask is 40 wide, 32 high but the image is 80 wide, 64 high"):
         data[0]
 
     def wrong_image_size(d):

@@ -72,7 +72,7 @@ def test_flops_command_per_task(run_cli):
     result = run_cli("flops", "--task", "retinanet", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert data["task"] == "retinanet" and data["resolution"] == [800, 1280] and data["variant"] == "b2"
+    assert data["task"] == "retinanet" and data["resolution"] == "1280x800" and data["variant"] == "b2"
     assert [p["name"] for p in data["parts"]] == ["backbone", "fpn (+P6, P7)", "head"]
     assert data["paper"] == {"params_m": 33.8, "flops_g": 247.1}
     assert data["flops"] == count_task("retinanet", "b2").flops_per_image

@@ -73,10 +73,10 @@ def test_flops_json_for_one_variant(run_cli):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert isinstance(data["params"], int) and isinstance(data["flops"], int)
-    assert data["resolution"] == [1280, 800] and data["variant"] == "b1"
-    assert data["flops"] == formula_macs("b1", 1280, 800)
+    assert data["resolution"] == "1280x800" and data["variant"] == "b1"  # WIDTHxHEIGHT, as --res took it
+    assert data["flops"] == formula_macs("b1", 800, 1280)
     assert [p["name"] for p in data["parts"]] == ["stem", "stage 1", "stage 2", "stage 3", "stage 4", "head"]
-    assert data["parts"][3]["grid"] == [80, 50]
+    assert data["parts"][3]["grid"] == [50, 80]  # landscape: 50 rows x 80 columns at stride 16
 
 
 def test_flops_json_for_all_variants_with_options(run_cli):

@@ -75,7 +75,7 @@ def test_json_indices_match_the_layer(run_cli, b0_checkpoint, photos, tmp_path):
                      "--center", "1,2", "--center", "2,0", "--json", "-o", out)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["resolution"] == [96, 96] and data["model"]["random_weights"] is False
+    assert data["resolution"] == "96x96" and data["model"]["random_weights"] is False
     for image, entry in zip(images, data["images"], strict=True):
         expected = layer_indices(b0_checkpoint, image, RES, [7, 12])
         assert [b["block"] for b in entry["blocks"]] == [7, 12]
@@ -146,7 +146,7 @@ def test_grayscale_and_rgba_are_converted(run_cli, b0_checkpoint, photos, tmp_pa
         img.convert(mode).save(path)
     result = run_cli("visualize-clusters", path, "--checkpoint", b0_checkpoint, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["images"][0]["input_size"] == [64, 64]
+    assert json.loads(result.stdout)["images"][0]["input_size"] == "64x64"
 
 
 def test_rendered_pixels_show_centre_and_members(b0_checkpoint, photos):
