@@ -35,7 +35,7 @@ from .rng_state import capture_rng, restore_rng
 from .state_tree import load_tree, save_tree
 
 __all__ = ["TrainState", "Trainables", "save_run_state", "load_run_state", "find_checkpoint", "list_checkpoints",
-           "recover_checkpoints", "checkpoint_problem", "read_train_state", "CHECKPOINT_DIR"]
+           "recover_checkpoints", "prune_checkpoints", "checkpoint_problem", "read_train_state", "CHECKPOINT_DIR"]
 
 CHECKPOINT_DIR = "checkpoints"
 PREFIX = "step-"
@@ -224,8 +224,11 @@ def _commit(tmp: Path, final: Path, moment: str) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _prune(run_dir: Path, keep_last: int) -> None:
-    for old in list_checkpoints(run_dir)[:-keep_last]:  # hide first, then delete: never seen half-deleted
+def prune_checkpoints(run_dir: Path, keep_last: int, step: int) -> None:
+    """Keep the newest `keep_last` checkpoints up to `step` (main process; a newer one, left by a run that was
+    resumed from an older checkpoint, is never counted in)."""
+    kept = [p for p in list_checkpoints(run_dir) if _folder_step(p) <= step]
+    for old in kept[:-keep_last]:  # hide first, then delete: never seen half-deleted
         hidden = old.with_name(f".{old.name}{_OLD}")
         old.rename(hidden)
         shutil.rmtree(hidden, ignore_errors=True)
@@ -255,7 +258,7 @@ def save_run_state(accelerator, run_dir: Path, state: TrainState, parts: Trainab
     if main:
         _write_manifest(tmp, state, accelerator.num_processes)
         _commit(tmp, final, moment)
-        _prune(run_dir, keep_last)
+        prune_checkpoints(run_dir, keep_last, state.step)
         crash_point(f"{moment}:pruned")
     accelerator.wait_for_everyone()
     return final

@@ -48,6 +48,7 @@ from .run_state import (
     find_checkpoint,
     list_checkpoints,
     load_run_state,
+    prune_checkpoints,
     read_train_state,
     recover_checkpoints,
     save_run_state,
@@ -507,6 +508,8 @@ def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, log: 
     summary = _summary(state, accelerator.num_processes, run.recipe.epochs, wall_s, ranks)
     if summary["skipped_images"]:
         log.write("warning", message=f"{summary['skipped_images']} images could not be decoded and were skipped")
+    if run.main:  # a save interrupted before its pruning is finished here
+        prune_checkpoints(run.out, run.recipe.keep_last, state.step)
     _save_weights_file(run, data, parts, "model.safetensors", state.epoch, state.metrics)
     crash_point("final:weights")
     log.write("end", **summary)

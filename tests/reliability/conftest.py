@@ -72,3 +72,15 @@ def dccnext(tmp_path_factory):
     runner = Runner(tmp_path_factory.mktemp("runner"))
     yield runner
     runner.close()
+
+
+def small_run_args(images: Path, out: Path, epochs: int = 2, keep_last: int = 1) -> list[str]:
+    """The smallest real run: 16 images in batches of 4 (4 steps an epoch), a checkpoint every 2 steps."""
+    return ["train", "--data", f"imagefolder:{images}", "--res", "32", "--epochs", str(epochs), "--batch-size",
+            "4", "--workers", "0", "--set", "checkpoint_every=2", "--set", f"keep_last={keep_last}", "--set",
+            "eval_samples=8", "--set", "log_every=1", "-o", str(out), "--json"]
+
+
+@pytest.fixture(scope="session")
+def train_args():
+    return small_run_args

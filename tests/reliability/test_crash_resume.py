@@ -34,12 +34,6 @@ BRANCH_AFTER, BRANCH = "checkpoint-8-1:committed", "checkpoint-8-2:committed"
 DETERMINISTIC = ("world_size", "epochs", "steps", "metrics", "best_top1", "best_epoch", "skipped_images")
 
 
-def train_args(images, out) -> list[str]:
-    return ["train", "--data", f"imagefolder:{images}", "--res", "32", "--epochs", "2", "--batch-size", "4",
-            "--workers", "0", "--set", "checkpoint_every=2", "--set", "keep_last=1", "--set", "eval_samples=8",
-            "--set", "log_every=1", "-o", out, "--json"]
-
-
 def _same_safetensors(a, b) -> None:
     """Same tensors bit for bit and the same metadata (safetensors orders the metadata keys at random)."""
     with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
@@ -68,7 +62,8 @@ def _snapshot(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_kill_at_every_moment_then_resume_is_bitwise_the_uninterrupted_run(dccnext, small_images, tmp_path):
+def test_kill_at_every_moment_then_resume_is_bitwise_the_uninterrupted_run(dccnext, small_images, train_args,
+                                                                             tmp_path):
     full, killed, branch = tmp_path / "full", tmp_path / "killed", tmp_path / "branch"
     reference = dccnext(*train_args(small_images, full))
     assert reference.returncode == 0, reference.stderr
