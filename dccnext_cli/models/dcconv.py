@@ -203,7 +203,9 @@ def cluster_indices(
     with torch.no_grad(), _autocast_disabled(tokens.device):
         # contiguous: the batched matmul on the strided channel sub-sample is several times slower
         sub = tokens[..., ::subvector_interval].float().contiguous()
-        if exporting() or sub.device.type == "meta":
+        if sub.device.type == "meta":  # shapes only (the FLOP count): no chunk loop, any resolution at once
+            return sub.new_empty((sub.shape[0], sub.shape[1], k), dtype=torch.int64)
+        if exporting():
             return _indices_chunked(sub, k, exact_sort=True, chunk_elements=chunk)
         if torch.compiler.is_compiling():
             return _cluster_indices_op(sub, k, chunk)
