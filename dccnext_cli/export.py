@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .common.files import atomic_write, atomic_write_text
+from .common.files import atomic_write, atomic_write_text, check_writable
 from .errors import ConfigError, DCCNeXtError, OutputExistsError
 from .models.config import variant_config
 from .models.dccnext import DCCNeXt
@@ -370,6 +370,7 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
     for path in paths:
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another -o")
+        check_writable(path, "-o")
 
 
 def export_model(

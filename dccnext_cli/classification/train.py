@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from ..common.crash_points import crash_point
-from ..common.files import atomic_write_text
+from ..common.files import atomic_write_text, check_writable
 from ..common.recipe_files import build_recipe
 from ..common.run_lock import lock_folder, unlock_folder
 from ..data.images import eval_transform
@@ -114,6 +114,7 @@ def prepare_output(output: str | Path | None, variant: str, *, resume: bool, ove
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"-o {out} is a file; give a folder for the run")
+    check_writable(out / "recipe.yaml", "-o")  # under a file, or in a read-only folder: refused before the work
     owned = [out / name for name in RUN_FILES if (out / name).exists()]
     if resume:
         return out
