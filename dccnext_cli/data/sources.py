@@ -180,6 +180,10 @@ def open_split(source: DataSource, split: str, *, streaming: bool | None = None,
     else:
         names = list(features)
     image_col = _pick(names, image_column, IMAGE_COLUMNS, "image", source)
+    if source.kind == "imagefolder" and label_column is None and not set(LABEL_COLUMNS) & set(names):
+        # datasets names no label when every image sits in one folder
+        raise DataError(f"split {split!r} of {source.uri} has one class folder; an image folder needs one "
+                        "subfolder per class (at least two), e.g. train/cat/*.png and train/dog/*.png")
     label_col = _pick(names, label_column, LABEL_COLUMNS, "label", source)
     class_names = None
     if features is not None:
