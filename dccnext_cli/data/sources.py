@@ -210,6 +210,14 @@ def open_split(source: DataSource, split: str, *, streaming: bool | None = None,
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
+def _parquet_rows(pq, path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:  # noqa: BLE001 - pyarrow raises its own types for a file that is not parquet
+        raise DataError(f"{path} is not a readable parquet file ({str(e).splitlines()[0]}); re-download it or "
+                        "remove it from the glob") from None
+
+
 def _local_count(source: DataSource, split: str) -> int | None:
     """A local stream's length without decoding it: parquet row counts, or image files in the split's folder."""
     if source.kind == "parquet":
@@ -217,7 +225,7 @@ def _local_count(source: DataSource, split: str) -> int | None:
 
         by_split = _parquet_splits(source.location)
         found = _split_alias(split, list(by_split))
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in by_split[found]) if found else None
+        return sum(_parquet_rows(pq, f) for f in by_split[found]) if found else None
     if source.kind == "imagefolder":
         root = Path(source.location)
         folders = [d for d in root.iterdir() if d.is_dir() and _split_alias(split, [d.name]) == d.name]

@@ -59,6 +59,9 @@ def files(tmp_path_factory):
     (root / "b.yaml").write_text("base: a.yaml\n")
     out["latin1"] = root / "latin1.yaml"
     out["latin1"].write_bytes("epochs: 1\n# r\xe9sum\xe9\n".encode("latin-1"))
+    for name in ("garbage.safetensors", "garbage.parquet"):
+        out[name] = root / name
+        out[name].write_bytes(bytes(range(256)) * 12)
     out["a_file"] = root / "plain.txt"
     out["a_file"].write_text("not a folder")
     return out
@@ -106,6 +109,8 @@ def _cases():
         "export-output-under-a-file": lambda f: ["export", "--checkpoint", f["good"], "--format", "safetensors",
                                                  "--res", "224", "-o", f["a_file"] / "x.safetensors"],
         "unknown-command": lambda f: ["trian"],
+        "train-garbage-weights": lambda f: [*TRAIN, "--weights", f["garbage.safetensors"]],
+        "train-garbage-parquet": lambda f: [*TRAIN, "--data", f"parquet:{f['garbage.parquet']}"],
     }.items())
 
 
