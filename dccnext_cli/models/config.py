@@ -89,8 +89,9 @@ class DCCNeXtConfig:
                   "mixer_kernel_size": ((self.mixer_kernel_size,), 31),
                   "ffn_kernel_size": ((self.ffn_kernel_size,), 31)}
         for name, (values, ceiling) in limits.items():
-            if any(not 1 <= v <= ceiling for v in values):
-                raise ConfigError(f"{name} must be in 1..{ceiling} (a ceiling that keeps a broken file from "
+            low = 0 if name == "num_classes" else 1  # 0: a backbone without a classifier (the dense models)
+            if any(not low <= v <= ceiling for v in values):
+                raise ConfigError(f"{name} must be in {low}..{ceiling} (a ceiling that keeps a broken file from "
                                   f"allocating gigabytes), got {list(values) if len(values) > 1 else values[0]}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
