@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .common.files import atomic_write, atomic_write_text
+from .common.files import atomic_write, atomic_write_text, check_writable
 from .errors import ConfigError, DCCNeXtError, OutputExistsError
 from .export_formats import FOLDER_FORMATS, FORMATS, GRAPH_FORMATS, MIN_EXPORT_SIZE
 from .models.config import variant_config
@@ -372,6 +372,7 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
     for path in paths:
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another -o")
+        check_writable(path, "-o")
 
 
 def _check_request(fmt: str, out: Path, features: bool, dtype: str, resolution: tuple[int, int],

@@ -9,6 +9,7 @@ each run (`recipe.yaml`) and in its checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from ..models.config import VARIANT_DROP_PATH, VARIANTS, DCCNeXtConfig, variant_
 __all__ = ["TrainRecipe", "load_recipe", "RECIPE_ROOT", "default_recipe_name"]
 
 AMP_MODES = ("auto", "no", "bf16", "fp16")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming", "random")
+RE_MODES = ("const", "rand", "pixel")
+MAX_INPUT_SIZE = 4096  # training resolution ceiling: activations of one 4096x4096 image already exceed most GPUs
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,8 @@ class TrainRecipe:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {list(self.scale)}")
+        _check_ranges(self)
+        _check_names(self)
 
     def model_config(self) -> DCCNeXtConfig:
         """The variant's config with this recipe's `model:` options and drop-path rate (classes come from the data)."""
@@ -131,6 +138,63 @@ class TrainRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _finite(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
+
+
+def _check_ranges(r: TrainRecipe) -> None:
+    """Every number in the range the paper's recipe (and timm, numpy, PIL) can use; a wrong one would train
+    something else silently (grad_clip -1 ascends the gradient, smoothing 1.5 inverts the targets)."""
+    numbers = {k: getattr(r, k) for k, hint in TrainRecipe.__annotations__.items() if "float" in str(hint)
+               and not str(hint).startswith("tuple")}
+    bad = [k for k, v in numbers.items() if not _finite(v)] + [
+        k for k in ("scale", "ratio", "mean", "std") if not all(math.isfinite(v) for v in getattr(r, k))]
+    if bad:
+        raise ValueError(f"{bad[0]} must be a finite number, got {getattr(r, bad[0])!r}")
+    rules = [
+        ("smoothing", 0 <= r.smoothing < 1, "in [0, 1)"), ("mixup", r.mixup >= 0, "0 or more"),
+        ("cutmix", r.cutmix >= 0, "0 or more"), ("warmup_epochs", r.warmup_epochs >= 0, "0 or more"),
+        ("warmup_lr", r.warmup_lr >= 0, "0 or more"), ("min_lr", r.min_lr >= 0, "0 or more"),
+        ("lr_base", r.lr_base > 0, "positive"), ("weight_decay", r.weight_decay >= 0, "0 or more"),
+        ("grad_clip", r.grad_clip is None or r.grad_clip > 0, "positive or null"),
+        ("drop_path_rate", r.drop_path_rate is None or 0 <= r.drop_path_rate < 1, "in [0, 1) or null"),
+        ("color_jitter", r.color_jitter is None or r.color_jitter >= 0, "0 or more, or null"),
+        ("crop_pct", 0 < r.crop_pct <= 1, "in (0, 1]"), ("seed", 0 <= r.seed <= SEED_MAX, f"in 0..{SEED_MAX}"),
+        ("eval_samples", r.eval_samples is None or r.eval_samples >= 1, "at least 1 or null"),
+        ("train_samples", r.train_samples is None or r.train_samples >= 1, "at least 1 or null"),
+        ("num_classes", r.num_classes is None or r.num_classes >= 2, "at least 2 or null"),
+        ("ratio", 0 < r.ratio[0] <= r.ratio[1], "ordered: 0 < min <= max"),
+        ("std", min(r.std) > 0, "positive in every channel"),
+        ("input_size", max(r.input_size) <= MAX_INPUT_SIZE, f"at most {MAX_INPUT_SIZE} (the training ceiling)"),
+        *((k, 0 <= getattr(r, k) <= 1, "a probability in [0, 1]")
+          for k in ("hflip", "re_prob", "mixup_prob", "mixup_switch_prob")),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            value = getattr(r, key)
+            raise ValueError(f"{key} must be {rule}, got {list(value) if isinstance(value, tuple) else value!r}")
+
+
+def _check_names(r: TrainRecipe) -> None:
+    """Names timm would reject only once training starts: the optimiser, interpolation, erasing mode, policy."""
+    from timm.optim import list_optimizers
+
+    if r.opt.lower().removeprefix("lookahead_") not in list_optimizers():
+        raise ValueError(f"opt {r.opt!r} is not an optimiser timm knows (for example adamw, sgd, lamb)")
+    if r.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {r.interpolation!r}")
+    if r.re_mode not in RE_MODES:
+        raise ValueError(f"re_mode must be one of {', '.join(RE_MODES)}, got {r.re_mode!r}")
+    if r.auto_augment:
+        from timm.data import create_transform
+
+        try:
+            create_transform(input_size=(3, 32, 32), is_training=True, auto_augment=r.auto_augment)
+        except (AssertionError, KeyError, ValueError, IndexError, TypeError):
+            raise ValueError(f"auto_augment {r.auto_augment!r} is not a timm policy (for example "
+                             "rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, trivial; null for none)") from None
 
 
 def default_recipe_name(data: str | None, variant: str | None) -> str:

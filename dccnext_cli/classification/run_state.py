@@ -1,30 +1,52 @@
-"""Training-state checkpoints: Accelerate's `save_state` folders, committed atomically, last N kept.
+"""Training-state checkpoints as transactions: plain files (no pickle), a manifest written last, last N kept.
 
-A checkpoint is `RUN/checkpoints/step-00001234/` (model, optimizer, scaler, every process's RNG state and the
-loop's own `TrainState`). It is written under a hidden temporary name and renamed into place only when every
-process has finished writing, so a run killed at any moment leaves either a complete checkpoint or none; stale
-temporaries are ignored and removed on resume.
+A checkpoint is `RUN/checkpoints/step-00001234/`:
+
+    model.safetensors       the model's tensors
+    optimizer.safetensors   the optimiser's (and fp16 grad scaler's) state, tensors + JSON structure
+    rng-<rank>.json         every random generator of each process (see rng_state.py)
+    train_state.json        the loop's position (`TrainState`)
+    manifest.json           written last: every file's size and sha256, the step
+
+Nothing here unpickles: a run folder may have been edited by anyone, and `--resume` must never execute code from
+it. A folder is a checkpoint only when its manifest is valid and every file matches it; anything else is skipped
+(resume falls back to the previous checkpoint and says so). A checkpoint is built under a hidden temporary name
+and committed with one rename; one being replaced (the same step saved twice) is moved aside first and deleted
+only once its replacement is in place, so a kill at any moment leaves a complete checkpoint where resume finds it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-__all__ = ["TrainState", "save_run_state", "latest_checkpoint", "list_checkpoints", "CHECKPOINT_DIR"]
+from ..common.crash_points import crash_point
+from ..errors import CheckpointError
+from .rng_state import capture_rng, restore_rng
+from .state_tree import load_tree, save_tree
+
+__all__ = ["TrainState", "Trainables", "save_run_state", "load_run_state", "find_checkpoint", "list_checkpoints",
+           "recover_checkpoints", "prune_checkpoints", "checkpoint_problem", "read_train_state", "CHECKPOINT_DIR"]
 
 CHECKPOINT_DIR = "checkpoints"
 PREFIX = "step-"
+MANIFEST = "manifest.json"
+FORMAT = "dccnext-train-state/1"
+_TMP, _REPLACED, _OLD = ".tmp", ".replaced", ".old"
 
 
 @dataclass
 class TrainState:
-    """Where the loop is: registered with Accelerate so that it travels inside every checkpoint."""
+    """Where the loop is; saved as train_state.json in every checkpoint."""
 
     epoch: int = 0  # the epoch in progress
     batch: int = 0  # micro-batches of that epoch already consumed by each process
@@ -34,67 +56,243 @@ class TrainState:
     best_top1: float | None = None
     best_epoch: int | None = None
     skipped_images: int = 0
+    micro_steps: int = 0  # Accelerate's micro-batch counter (which micro-batches sync gradients)
+    metrics: dict[str, Any] | None = None  # the latest evaluation, so a resumed run reports it too
 
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+    @classmethod
+    def from_json(cls, text: str, source: Path) -> TrainState:
+        """Every field checked for its type and bounds: a damaged file is refused, not half-used."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise CheckpointError(f"{source} is not valid JSON; the checkpoint is damaged") from None
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or not set(data) <= names:
+            raise CheckpointError(f"{source} does not hold a training state; the checkpoint is damaged")
+        for key, value in data.items():
+            ok = {"best_top1": value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
+                  "best_epoch": value is None or (isinstance(value, int) and value >= 0),
+                  "metrics": value is None or isinstance(value, dict)}.get(
+                key, isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+            if not ok:
+                raise CheckpointError(f"{source}: {key}={value!r} is out of range; the checkpoint is damaged")
+        return cls(**data)
+
+
+@dataclass
+class Trainables:
+    """What a checkpoint holds besides the loop's position (the objects are updated in place on load)."""
+
+    model: torch.nn.Module  # the plain model (no DDP / compile wrapper)
+    optimizer: Any
+    scaler: Any = None  # Accelerate's fp16 GradScaler, when there is one
+    generator: torch.Generator | None = None  # the training DataLoader's generator
+
+
+def _folder_step(path: Path) -> int | None:
+    digits = path.name[len(PREFIX):]
+    return int(digits) if path.name.startswith(PREFIX) and digits.isdigit() else None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The committed checkpoint folders, oldest first (not yet verified)."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _folder_step(p) is not None), key=_folder_step)
 
 
-def latest_checkpoint(path: Path) -> Path | None:
-    """The newest complete checkpoint of a run folder, or `path` itself when it is a checkpoint folder."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _required(world_size: int) -> set[str]:
+    return {"model.safetensors", "optimizer.safetensors", "train_state.json",
+            *(f"rng-{rank}.json" for rank in range(world_size))}
+
+
+def checkpoint_problem(folder: Path, step: int | None = None) -> str | None:
+    """Why `folder` is not a complete checkpoint (None when it is): manifest, sizes, digests, step."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no manifest (an unfinished or foreign checkpoint)"
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "an unreadable manifest"
+    if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT and isinstance(manifest.get("files"), dict)
+            and isinstance(manifest.get("world_size"), int) and manifest["world_size"] >= 1):
+        return f"a manifest that is not {FORMAT}"
+    if step is not None and manifest.get("step") != step:
+        return f"a manifest for step {manifest.get('step')!r}"
+    files = manifest["files"]
+    missing = _required(manifest["world_size"]) - set(files)
+    if missing:
+        return f"a manifest without {sorted(missing)[0]}"
+    for name, entry in files.items():
+        path = folder / str(name)
+        if "/" in str(name) or not isinstance(entry, dict) or not path.is_file():
+            return f"{name} missing"
+        if path.stat().st_size != entry.get("bytes") or _sha256(path) != entry.get("sha256"):
+            return f"{name} does not match its manifest digest"
+    return None
+
+
+def find_checkpoint(path: Path, notes: list[str]) -> Path | None:
+    """The newest valid checkpoint of a run folder (or `path` itself when it names one); each invalid one
+    skipped is added to `notes`. Refuses when checkpoints exist but none is valid."""
     path = Path(path)
-    if path.name.startswith(PREFIX) and (path / "train_state.json").is_file():
+    if _folder_step(path) is not None and path.parent.name == CHECKPOINT_DIR:
+        problem = checkpoint_problem(path, _folder_step(path))
+        if problem:
+            raise CheckpointError(f"{path} is not a usable checkpoint: {problem}")
         return path
     found = list_checkpoints(path)
-    return found[-1] if found else None
+    for candidate in reversed(found):
+        problem = checkpoint_problem(candidate, _folder_step(candidate))
+        if problem is None:
+            return candidate
+        notes.append(f"skipping checkpoint {candidate.name}: {problem}")
+    if found:
+        raise CheckpointError(f"no usable checkpoint in {path / CHECKPOINT_DIR} ({notes[-1].split(': ', 1)[1]}); "
+                              "start again with --overwrite")
+    return None
 
 
-def save_run_state(accelerator, run_dir: Path, state: TrainState, keep_last: int) -> Path:
-    """Every process calls this; the main process commits the folder with one rename and prunes old ones."""
+def recover_checkpoints(run_dir: Path, notes: list[str]) -> None:
+    """Finish what a kill interrupted (main process, under the run lock): a complete temporary or replaced
+    checkpoint whose step is missing is put in place; every other temporary is removed."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if folder.is_dir():
+        for suffix in (_TMP, _REPLACED):
+            for hidden in sorted(folder.glob(f".{PREFIX}*{suffix}")):
+                final = folder / hidden.name[1:-len(suffix)]
+                if _folder_step(final) is not None and not final.exists() and not checkpoint_problem(
+                        hidden, _folder_step(final)):
+                    hidden.rename(final)
+                    notes.append(f"completed checkpoint {final.name}, interrupted while being committed")
+        for stale in [*folder.glob(f".{PREFIX}*{_TMP}"), *folder.glob(f".{PREFIX}*{_REPLACED}"),
+                      *folder.glob(f".{PREFIX}*{_OLD}")]:
+            shutil.rmtree(stale, ignore_errors=True)
+    for stale in Path(run_dir).glob(".*.tmp"):  # atomic_write's temporaries (model.safetensors, summary.json)
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(tmp: Path, name: str, moment: str, write) -> None:
+    write(tmp / name)
+    _fsync(tmp / name)
+    crash_point(f"{moment}:{name}")
+
+
+def _write_manifest(tmp: Path, state: TrainState, world: int) -> None:
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
+    manifest = {"format": FORMAT, "step": state.step, "world_size": world, "files": files}
+    _write(tmp, MANIFEST, _moment(state), lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    _fsync(tmp)
+
+
+def _moment(state: TrainState) -> str:
+    """The crash-point prefix of one save (the same step can be saved twice: mid-epoch, then at its end)."""
+    return f"checkpoint-{state.step}-{state.epoch}"
+
+
+def _commit(tmp: Path, final: Path, moment: str) -> None:
+    """Move the finished folder into place; a folder of the same step is moved aside, not deleted, first."""
+    aside = final.with_name(f".{final.name}{_REPLACED}")
+    if final.exists():
+        final.rename(aside)
+        crash_point(f"{moment}:aside")
+    tmp.rename(final)
+    _fsync(final.parent)
+    crash_point(f"{moment}:committed")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, step: int) -> None:
+    """Keep the newest `keep_last` checkpoints up to `step` (main process; a newer one, left by a run that was
+    resumed from an older checkpoint, is never counted in)."""
+    kept = [p for p in list_checkpoints(run_dir) if _folder_step(p) <= step]
+    for old in kept[:-keep_last]:  # hide first, then delete: never seen half-deleted
+        hidden = old.with_name(f".{old.name}{_OLD}")
+        old.rename(hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+def save_run_state(accelerator, run_dir: Path, state: TrainState, parts: Trainables, keep_last: int) -> Path:
+    """Every process calls this: each writes its random state, the main process the rest, the manifest last,
+    then commits the folder with one rename and prunes old checkpoints."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     final = folder / f"{PREFIX}{state.step:08d}"
-    tmp = folder / f".{final.name}.tmp"
-    if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    tmp = folder / f".{final.name}{_TMP}"
+    main, moment = accelerator.is_main_process, _moment(state)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    rng = capture_rng(parts.generator)
+    _write(tmp, f"rng-{accelerator.process_index}.json", moment, lambda p: p.write_text(json.dumps(rng)))
+    if main:
+        model_state = {k: v.detach().cpu().contiguous() for k, v in parts.model.state_dict().items()}
+        _write(tmp, "model.safetensors", moment, lambda p: save_file(model_state, str(p)))
+        tree = {"optimizer": parts.optimizer.state_dict(),
+                "scaler": parts.scaler.state_dict() if parts.scaler is not None else None}
+        _write(tmp, "optimizer.safetensors", moment, lambda p: save_tree(p, tree))
+        _write(tmp, "train_state.json", moment, lambda p: p.write_text(state.to_json()))
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "train_state.json").write_text(json.dumps(state.state_dict(), indent=1))
-        if final.exists():  # the same step saved twice (end of epoch right after a periodic save)
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in list_checkpoints(run_dir)[:-keep_last]:  # hide first, then delete: never seen half-deleted
-            hidden = old.with_name(f".{old.name}.old")
-            old.rename(hidden)
-            shutil.rmtree(hidden, ignore_errors=True)
+    if main:
+        _write_manifest(tmp, state, accelerator.num_processes)
+        _commit(tmp, final, moment)
+        prune_checkpoints(run_dir, keep_last, state.step)
+        crash_point(f"{moment}:pruned")
     accelerator.wait_for_everyone()
     return final
 
 
-def clean_stale(run_dir: Path) -> None:
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    if folder.is_dir():
-        for p in [*folder.glob(f".{PREFIX}*.tmp"), *folder.glob(f".{PREFIX}*.old")]:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def load_run_state(accelerator, checkpoint: Path) -> None:
-    if not (checkpoint / "train_state.json").is_file():
-        raise CheckpointError(f"{checkpoint} is not a complete training checkpoint (no train_state.json)")
+def read_train_state(checkpoint: Path) -> TrainState:
+    path = Path(checkpoint) / "train_state.json"
     try:
-        accelerator.load_state(str(checkpoint))
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
-        raise CheckpointError(f"cannot resume from {checkpoint}: {str(e).splitlines()[0]}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path} ({e.__class__.__name__})") from None
+    return TrainState.from_json(text, path)
+
+
+def load_run_state(accelerator, checkpoint: Path, parts: Trainables) -> TrainState:
+    """Every process: the loop's position, the model, the optimiser and this process's random state."""
+    checkpoint = Path(checkpoint)
+    state = read_train_state(checkpoint)
+    model_file = checkpoint / "model.safetensors"
+    try:
+        parts.model.load_state_dict(load_file(str(model_file)), strict=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"cannot resume from {model_file}: {str(e).splitlines()[0]}") from None
+    tree = load_tree(checkpoint / "optimizer.safetensors")
+    try:
+        parts.optimizer.load_state_dict(tree["optimizer"])
+        if parts.scaler is not None and tree.get("scaler") is not None:
+            parts.scaler.load_state_dict(tree["scaler"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"cannot resume the optimiser from {checkpoint}: {str(e).splitlines()[0]}") from None
+    rng_file = checkpoint / f"rng-{accelerator.process_index}.json"
+    try:
+        rng = json.loads(rng_file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"cannot read {rng_file}; the checkpoint is damaged") from None
+    restore_rng(rng, str(rng_file), parts.generator)
+    return state

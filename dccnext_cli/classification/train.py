@@ -27,8 +27,10 @@ from typing import Any
 import torch
 import yaml
 
-from ..common.files import atomic_write_text
+from ..common.crash_points import crash_point
+from ..common.files import atomic_write_text, check_writable
 from ..common.recipe_files import build_recipe
+from ..common.run_lock import lock_folder, unlock_folder
 from ..data.images import eval_transform
 from ..data.loading import Batches, build_loader, train_transform
 from ..data.sources import ImageSplit, open_split, parse_data
@@ -40,7 +42,17 @@ from ..models.weights import CheckpointMeta, save_weights
 from .callbacks import TrainCallback
 from .evaluate import EvalResult, evaluate_batches
 from .recipe import TrainRecipe
-from .run_state import TrainState, clean_stale, latest_checkpoint, list_checkpoints, load_run_state, save_run_state
+from .run_state import (
+    Trainables,
+    TrainState,
+    find_checkpoint,
+    list_checkpoints,
+    load_run_state,
+    prune_checkpoints,
+    read_train_state,
+    recover_checkpoints,
+    save_run_state,
+)
 
 __all__ = ["TrainResult", "TrainingInterrupted", "train", "prepare_output", "make_accelerator", "RUN_FILES"]
 
@@ -106,6 +118,7 @@ def prepare_output(output: str | Path | None, variant: str, *, resume: bool, ove
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"-o {out} is a file; give a folder for the run")
+    check_writable(out / "recipe.yaml", "-o")  # under a file, or in a read-only folder: refused before the work
     owned = [out / name for name in RUN_FILES if (out / name).exists()]
     if resume:
         return out
@@ -176,6 +189,7 @@ class _Run:
     checkpoint: Path | None  # the training checkpoint to continue from, if any
     resume: bool
     micro: int  # images per process per micro-batch
+    notes: list[str] = field(default_factory=list)  # what resuming had to skip or complete, told to the user
 
     @property
     def main(self) -> bool:
@@ -191,16 +205,23 @@ def _prepare_run(recipe: TrainRecipe, output: str | Path | None, resume: bool | 
     out_holder = [str(prepare_output(output, recipe.variant, resume=bool(resume), overwrite=overwrite))
                   if main else None]
     out = Path(broadcast_object_list(out_holder)[0] if world > 1 else out_holder[0])
+    notes: list[str] = []
+    if main and out.is_dir():
+        lock_folder(out)  # before anything is written; a second writer stops here
+        if resume:
+            recover_checkpoints(out, notes)
+    accelerator.wait_for_everyone()
     checkpoint = None
     if isinstance(resume, (str, Path)):
-        checkpoint = latest_checkpoint(Path(resume))
+        checkpoint = find_checkpoint(Path(resume), notes)
         if checkpoint is None:
             raise CheckpointError(f"--resume {resume}: no training checkpoint there")
     elif resume:
-        checkpoint = latest_checkpoint(out)
+        checkpoint = find_checkpoint(out, notes)
     if resume:
         recipe = _recipe_from_run(out, recipe, explicit)
-    return _Run(recipe, accelerator, out, checkpoint, bool(resume), _micro_batch(recipe, world))
+    return _Run(recipe, accelerator, out, checkpoint, bool(resume), _micro_batch(recipe, world),
+                notes if main else [])
 
 
 # --------------------------------------------------------------------- data
@@ -325,23 +346,28 @@ def _plain_model(run: _Run, parts: _Trainables) -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------- state: restore or start
-def _restore_or_start(run: _Run, data: _Data, overwrite: bool) -> TrainState:
+def _state_parts(run: _Run, data: _Data, parts: _Trainables) -> Trainables:
+    """What a training checkpoint holds besides the loop's position."""
+    return Trainables(_plain_model(run, parts), parts.optimizer, getattr(run.accelerator, "scaler", None),
+                      data.batches.loader.generator)
+
+
+def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, overwrite: bool) -> TrainState:
     """Stage 4: the loop's position, from the checkpoint being resumed or fresh (writing recipe.yaml)."""
     accelerator, world = run.accelerator, run.accelerator.num_processes
     state = TrainState(world_size=world, micro_batch=run.micro)
-    accelerator.register_for_checkpointing(state)
+    if run.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        lock_folder(run.out)
     if run.resume and run.checkpoint is not None:
-        clean_stale(run.out)
-        load_run_state(accelerator, run.checkpoint)
+        state = load_run_state(accelerator, run.checkpoint, _state_parts(run, data, parts))
         if (state.world_size, state.micro_batch) != (world, run.micro):
             raise CheckpointError(f"{run.checkpoint} was written by {state.world_size} processes with batches of "
                                   f"{state.micro_batch}; resume it with the same launch")
-        if state.batch >= data.micro_per_epoch:
-            state.epoch, state.batch = state.epoch + 1, 0
+        accelerator.step = state.micro_steps
     elif run.main:
         if overwrite:  # only now, when everything has been checked
             _clear_run(run.out)
-        run.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.out / "recipe.yaml", yaml.safe_dump(run.recipe.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()
     return state
@@ -349,20 +375,19 @@ def _restore_or_start(run: _Run, data: _Data, overwrite: bool) -> TrainState:
 
 # --------------------------------------------------------------------- saving
 def _save_weights_file(run: _Run, data: _Data, parts: _Trainables, name: str, epoch: int,
-                       metrics: EvalResult | None) -> None:
+                       metrics: dict[str, Any] | None) -> None:
     if not run.main:
         return
     meta = CheckpointMeta(run.recipe.variant, parts.config, data.train_split.class_names, epoch,
                           input_size=tuple(run.recipe.input_size), recipe=run.recipe.to_dict(),
-                          metrics={"top1": metrics.top1, "top5": metrics.top5} if metrics is not None else None)
+                          metrics={"top1": metrics["top1"], "top5": metrics["top5"]} if metrics else None)
     save_weights(run.out / name, _plain_model(run, parts), meta)
 
 
-def _checkpoint(run: _Run, data: _Data, parts: _Trainables, state: TrainState,
-                metrics: EvalResult | None = None) -> None:
-    """The full training state (every process takes part), then the weights file beside it."""
-    save_run_state(run.accelerator, run.out, state, run.recipe.keep_last)
-    _save_weights_file(run, data, parts, "model.safetensors", state.epoch, metrics)
+def _checkpoint(run: _Run, data: _Data, parts: _Trainables, state: TrainState) -> None:
+    """The full training state; every process takes part."""
+    state.micro_steps = run.accelerator.step
+    save_run_state(run.accelerator, run.out, state, _state_parts(run, data, parts), run.recipe.keep_last)
 
 
 # --------------------------------------------------------------------- one epoch
@@ -468,31 +493,41 @@ def _evaluate(run: _Run, data: _Data, parts: _Trainables, reporter) -> EvalResul
 
 
 def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, log: _Log,
-                       reporter, metrics: EvalResult | None) -> EvalResult | None:
-    """End of an epoch: evaluate when due (keeping the best weights), then checkpoint or save the weights."""
+                       reporter) -> None:
+    """End of an epoch: evaluate when due (keeping the best weights), then checkpoint; an epoch before the last
+    also writes the weights (the last one's are written by `_finish`, after its checkpoint)."""
     recipe = run.recipe
     last = epoch == recipe.epochs - 1
     if data.eval_batches is not None and (last or (recipe.eval_every and (epoch + 1) % recipe.eval_every == 0)):
         metrics = _evaluate(run, data, parts, reporter)
-        log.write("eval", epoch=epoch, step=state.step, **metrics.to_dict())
+        state.metrics = metrics.to_dict()
+        log.write("eval", epoch=epoch, step=state.step, **state.metrics)
         if reporter is not None and run.main:
             reporter.message(f"epoch {epoch + 1}/{recipe.epochs}: top-1 {metrics.top1:.2f}%  "
                              f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
         if state.best_top1 is None or metrics.top1 > state.best_top1:
             state.best_top1, state.best_epoch = metrics.top1, epoch + 1
-            _save_weights_file(run, data, parts, "best.safetensors", epoch + 1, metrics)
+            _save_weights_file(run, data, parts, "best.safetensors", epoch + 1, state.metrics)
+            crash_point(f"epoch{epoch}:best")
     state.epoch = epoch + 1
     if not recipe.checkpoint_every or last:
-        _checkpoint(run, data, parts, state, metrics)
-    else:
-        _save_weights_file(run, data, parts, "model.safetensors", state.epoch, metrics)
-    return metrics
+        _checkpoint(run, data, parts, state)
+    if not last:
+        _save_weights_file(run, data, parts, "model.safetensors", state.epoch, state.metrics)
+        crash_point(f"epoch{epoch}:weights")
 
 
 # --------------------------------------------------------------------- the end
-def _finish(run: _Run, parts: _Trainables, state: TrainState, metrics: EvalResult | None, log: _Log,
+def _summary(state: TrainState, world: int, epochs: int, wall_s: float, ranks: list[dict[str, Any]]) -> dict:
+    return {"world_size": world, "epochs": epochs, "steps": state.step, "wall_s": round(wall_s, 1),
+            "metrics": state.metrics, "best_top1": state.best_top1, "best_epoch": state.best_epoch,
+            "skipped_images": sum(r["skipped_images"] for r in ranks), "ranks": ranks}
+
+
+def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, log: _Log,
             callbacks: Sequence[TrainCallback], wall_s: float) -> TrainResult:
-    """What each process ended with, gathered; the summary written by the main process."""
+    """After the last checkpoint: the final weights, then the summary (the run's commit mark), both derived
+    from the checkpointed state only, so a run resumed after a kill here writes the same bytes."""
     accelerator = run.accelerator
     mine: dict[str, Any] = {"rank": accelerator.process_index, "skipped_images": state.skipped_images}
     for callback in callbacks:
@@ -503,22 +538,62 @@ def _finish(run: _Run, parts: _Trainables, state: TrainState, metrics: EvalResul
         ranks = gather_object([mine])
     else:
         ranks = [mine]
-    skipped_total = sum(r["skipped_images"] for r in ranks)
-    if skipped_total:
-        log.write("warning", message=f"{skipped_total} images could not be decoded and were skipped")
-    result = TrainResult(run.out, run.out / "model.safetensors", run.recipe.epochs, state.step,
-                         accelerator.num_processes, wall_s, metrics.to_dict() if metrics else None, skipped_total,
-                         ranks)
-    summary = {"world_size": result.world_size, "epochs": result.epochs, "steps": state.step,
-               "wall_s": round(wall_s, 1), "metrics": result.metrics, "best_top1": state.best_top1,
-               "best_epoch": state.best_epoch, "skipped_images": skipped_total, "ranks": ranks}
+    summary = _summary(state, accelerator.num_processes, run.recipe.epochs, wall_s, ranks)
+    if summary["skipped_images"]:
+        log.write("warning", message=f"{summary['skipped_images']} images could not be decoded and were skipped")
+    if run.main:  # a save interrupted before its pruning is finished here
+        prune_checkpoints(run.out, run.recipe.keep_last, state.step)
+    _save_weights_file(run, data, parts, "model.safetensors", state.epoch, state.metrics)
+    crash_point("final:weights")
     log.write("end", **summary)
     log.close()
     if run.main:
         atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
+        crash_point("final:summary")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return result
+    return _result(run.out, summary, wall_s)
+
+
+def _result(out: Path, summary: dict[str, Any], wall_s: float) -> TrainResult:
+    return TrainResult(out, out / "model.safetensors", summary["epochs"], summary["steps"], summary["world_size"],
+                       wall_s, summary["metrics"], summary["skipped_images"], summary["ranks"])
+
+
+def _completed(run: _Run) -> TrainResult | None:
+    """A resumed run whose last checkpoint ends the schedule and whose summary records it: nothing to do."""
+    if run.checkpoint is None:
+        return None
+    state = read_train_state(run.checkpoint)
+    try:
+        summary = json.loads((run.out / "summary.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if state.epoch < run.recipe.epochs or not isinstance(summary, dict) or summary.get("steps") != state.step \
+            or not (run.out / "model.safetensors").is_file():
+        return None
+    try:
+        return _result(run.out, summary, float(summary.get("wall_s", 0.0)))
+    except (KeyError, TypeError):
+        return None
+
+
+def _start_log(run: _Run, data: _Data, parts: _Trainables) -> _Log:
+    log = _Log(run.out, run.main)
+    log.write("start", world_size=run.accelerator.num_processes, micro_batch=run.micro,
+              steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,
+              resumed_from=str(run.checkpoint) if run.checkpoint else None, data=data.uri,
+              num_classes=data.num_classes, device=str(run.accelerator.device),
+              mixed_precision=run.accelerator.mixed_precision, pretrained=parts.loaded,
+              warm_start=parts.warm_start.to_dict() if parts.warm_start else None)
+    for note in run.notes:
+        log.write("warning", message=note)
+    return log
+
+
+def _tell(run: _Run, reporter, text: str) -> None:
+    if reporter is not None and run.main:
+        reporter.message(text)
 
 
 def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool | str | Path = False,
@@ -530,19 +605,25 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
     names one checkpoint folder (`output/checkpoints/step-N`) to continue from. `callbacks` see every batch
     and add to each process's entry of the summary (see `callbacks.RankProbe`).
     """
-    start_time = time.time()
     run = _prepare_run(recipe, output, resume, overwrite, explicit or {})
-    recipe = run.recipe  # a resumed run keeps its own
+    try:
+        return _train(run, overwrite, reporter, callbacks)
+    finally:
+        unlock_folder(run.out)
+
+
+def _train(run: _Run, overwrite: bool, reporter, callbacks: Sequence[TrainCallback]) -> TrainResult:
+    start_time, recipe = time.time(), run.recipe  # a resumed run keeps its own recipe
+    for note in run.notes:
+        _tell(run, reporter, f"[yellow]warning:[/] {note}")
+    done = _completed(run)
+    if done is not None:
+        _tell(run, reporter, f"{run.out} is complete ({done.steps} steps); nothing to do")
+        return done
     data = _build_data(run)
     parts = _build_trainables(run, data)
-    state = _restore_or_start(run, data, overwrite)
-    log = _Log(run.out, run.main)
-    log.write("start", world_size=run.accelerator.num_processes, micro_batch=run.micro,
-              steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,
-              resumed_from=str(run.checkpoint) if run.checkpoint else None, data=data.uri,
-              num_classes=data.num_classes, device=str(run.accelerator.device),
-              mixed_precision=run.accelerator.mixed_precision, pretrained=parts.loaded,
-              warm_start=parts.warm_start.to_dict() if parts.warm_start else None)
+    state = _restore_or_start(run, data, parts, overwrite)
+    log = _start_log(run, data, parts)
     if reporter is not None and run.main and parts.warm_start is not None:
         reporter.message(parts.warm_start.table())
     if run.main and log.tb is None:
@@ -552,7 +633,6 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
     parts.scheduler.step_update(state.step)
     if reporter is not None and run.main:
         reporter.start(parts.total_steps, state.step, f"training {recipe.variant} on {data.uri}")
-    metrics: EvalResult | None = None
     speed = _Throughput()
     try:
         parts.model.train()
@@ -560,7 +640,7 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
             state.epoch = epoch
             _train_one_epoch(run, data, parts, state, epoch, log, reporter, callbacks, speed)
             state.batch = 0
-            metrics = _evaluate_and_save(run, data, parts, state, epoch, log, reporter, metrics)
+            _evaluate_and_save(run, data, parts, state, epoch, log, reporter)
             speed.reset()  # img/s counts training only
     except KeyboardInterrupt:
         if reporter is not None and run.main:
@@ -570,4 +650,4 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
                                   f"--resume{again}") from None
     if reporter is not None and run.main:
         reporter.stop()
-    return _finish(run, parts, state, metrics, log, callbacks, time.time() - start_time)
+    return _finish(run, data, parts, state, log, callbacks, time.time() - start_time)

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from ..errors import DCCNeXtError
@@ -27,6 +28,9 @@ from .help import HelpCommand, render_help
 ENTRY_POINT_GROUP = "dccnext_cli.commands"
 err_console = Console(stderr=True)
 
+
+# Click's UsageError as Typer vendors it (typer exports only its subclass BadParameter)
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 # Options whose value may be left out (Click's optional values do not survive Typer): bare -> this value.
 OPTIONAL_VALUES = {"--resume": "auto"}
@@ -52,6 +56,11 @@ class DCCNeXtGroup(TyperGroup):
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             # typer >= 0.29 vendors click: click.exceptions.Exit escapes it
             raise typer.Exit(getattr(e, "exit_code", 2)) from None
+        except _USAGE_ERROR as e:  # a bad option or value: one line, not Click's usage panel
+            where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "dccnext"
+            err_console.print(f"[bold red]error:[/] {escape(e.format_message())} (see {where} --help)", highlight=False,
+                              soft_wrap=True, markup=True)
+            raise typer.Exit(2) from None
 
 
 def fail(message: str) -> None:

@@ -107,7 +107,7 @@ def train_cmd(
         "checkpoint_every": checkpoint_every, "pretrained": str(weights) if weights else None}.items()
         if v is not None}
     name = recipe or default_recipe_name(data, explicit.get("variant"))
-    overrides = {**parse_overrides(set_), **explicit}
+    overrides = _merge_options(parse_overrides(set_), explicit)
     config = load_recipe(name, overrides)
     resume_from: bool | Path = resume is not None
     if resume not in (None, "auto"):
@@ -122,6 +122,19 @@ def train_cmd(
                    reporter=StepProgress("step", enabled=not json_out), explicit=overrides,
                    callbacks=callbacks_from_env())
     _report(result, config.variant, json_out, console)
+
+
+_OPTION_OF = {"input_size": "--res", "pretrained": "--weights"}  # recipe keys whose option has another name
+
+
+def _merge_options(sets: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
+    """--set values and explicit options together; one key given both ways is refused, whichever would win."""
+    both = sorted(set(sets) & set(explicit))
+    if both:
+        key = both[0]
+        option = _OPTION_OF.get(key, "--" + key.replace("_", "-"))
+        raise ConfigError(f"{key} is given twice ({option} and --set {key}=...); keep one of them")
+    return {**sets, **explicit}
 
 
 def _report(result, variant: str, json_out: bool, console: Console) -> None:
@@ -165,7 +178,8 @@ def _train_dense(task: DenseTask, data: str | None, recipe: str | None, set_: li
         raise ConfigError(f"--task {task.name} needs --data ({task.data_scheme}:PATH)")
     if output is None:
         raise ConfigError(f"--task {task.name} needs -o DIR for the run")
-    overrides = {**parse_overrides(set_), **{k: v for k, v in options.items() if v is not None}, "task": task.name}
+    overrides = {**_merge_options(parse_overrides(set_), {k: v for k, v in options.items() if v is not None}),
+                 "task": task.name}
     config = load_dense_recipe(recipe or task.name, overrides)
     result = train_dense(config, data, output, weights=weights, eval_data=data, progress=not json_out,
                          overwrite=overwrite)

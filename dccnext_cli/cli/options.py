@@ -6,6 +6,7 @@ Choices come from the registries (variants, tasks, export formats), never from l
 from __future__ import annotations
 
 import json
+import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..errors import ConfigError
 from ..models.config import VARIANTS, checked_model_changes
 from ..tasks import CLASSIFICATION_TASK, TASKS, is_dense
 
+MAX_SIZE = 8192  # px a side, every command: B0's first stage alone holds 2 GB of activations at 8192x8192
 MIN_SIZE = 32  # px: the stem (stride 4) and three stride-2 downsamplings leave at least one token
 
 console = Console()
@@ -51,6 +53,9 @@ def parse_resolution(value: str | None, option: str = "--res") -> tuple[int, int
         raise typer.BadParameter(
             f"{width}x{height} is too small; width and height must be at least {MIN_SIZE} px", param_hint=f"'{option}'"
         )
+    if max(height, width) > MAX_SIZE:
+        raise typer.BadParameter(f"{height}x{width} is too large; at most {MAX_SIZE} px a side (beyond it one "
+                                 "image's activations outgrow any device's memory)", param_hint=f"'{option}'")
     return height, width
 
 
@@ -124,7 +129,18 @@ TaskOpt = Annotated[Task, typer.Option("--task", help=TASK_HELP)]
 DEFAULT_TASK = Task(CLASSIFICATION_TASK.name)
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and infinities (a diverged model's probabilities) become null: JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
     """The --json result: one JSON document on stdout, nothing else."""
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()

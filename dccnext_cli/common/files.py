@@ -7,7 +7,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text"]
+from ..errors import ConfigError
+
+__all__ = ["atomic_write", "atomic_write_text", "check_writable"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -33,3 +35,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """`atomic_write` for a text file."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Refuse, before any work, a place where `atomic_write` could not write: under a file, or in a folder
+    without write permission (the first existing folder on the way, since the missing ones are made)."""
+    parent = Path(path).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is a file, not a folder; choose another place")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: the folder {parent} is not writable; choose another place")

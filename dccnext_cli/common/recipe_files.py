@@ -75,21 +75,29 @@ def _find(name: str | Path, folder: Path, aliases: dict[str, str], what: str) ->
 
 
 def read_recipe(name: str | Path, folder: Path, aliases: dict[str, str] | None = None,
-                what: str = "recipe") -> tuple[dict[str, Any], Path]:
+                what: str = "recipe", _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
     """The mapping a recipe file holds, with its `base:` recipes merged under it (a base names a bundled recipe
     or a file relative to the one that names it)."""
     path = _find(name, folder, aliases or {}, what)
+    if path.resolve() in _chain:
+        names = " -> ".join(p.name for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{what} {path} is its own base ({names}); remove one of the base: lines")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save the {what} as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path} ({e.strerror})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a YAML mapping of recipe keys")
     base = data.pop("base", None)
     if base is None:
         return data, path
     relative = path.parent / str(base)
-    merged, _ = read_recipe(relative if relative.is_file() else base, folder, aliases, what)
+    merged, _ = read_recipe(relative if relative.is_file() else base, folder, aliases, what,
+                            (*_chain, path.resolve()))
     return merge_overrides(merged, data), path
 
 

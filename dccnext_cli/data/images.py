@@ -10,6 +10,7 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -36,16 +37,35 @@ def decode_image(source: str | os.PathLike | bytes, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             img.load()  # decode now: a truncated file fails here, not later inside a transform
+            if img.mode in WIDE_MODES:
+                return _from_wide(img, name)
             if img.mode == "RGBA" or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 background = Image.new("RGB", rgba.size, (255, 255, 255))
                 background.paste(rgba, mask=rgba.getchannel("A"))
                 return background
             return img.convert("RGB")
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name} has more pixels than Pillow's decompression-bomb limit "
+                         f"({2 * Image.MAX_IMAGE_PIXELS:,}); resize it if it is a real image") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image file Pillow can read (JPEG, PNG, WebP, ...)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name} is a corrupt or truncated image ({e}); re-save or re-download it") from None
+
+
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # one channel, more than 8 bits
+
+
+def _from_wide(img: Image.Image, name: str) -> Image.Image:
+    """16-bit (and 32-bit integer) grayscale scaled to 8 bits: Pillow's convert("RGB") would clip it white."""
+    if img.mode == "F":
+        raise ImageError(f"{name} is a floating-point image; save it as 8- or 16-bit PNG/TIFF")
+    values = np.asarray(img, dtype=np.float64)
+    if values.min() < 0 or values.max() > 65535:
+        raise ImageError(f"{name} has pixel values outside 0..65535; save it as an 8- or 16-bit image")
+    gray = np.rint(values / 257.0).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
 
 
 def eval_transform(

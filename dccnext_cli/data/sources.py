@@ -180,6 +180,10 @@ def open_split(source: DataSource, split: str, *, streaming: bool | None = None,
     else:
         names = list(features)
     image_col = _pick(names, image_column, IMAGE_COLUMNS, "image", source)
+    if source.kind == "imagefolder" and label_column is None and not set(LABEL_COLUMNS) & set(names):
+        # datasets names no label when every image sits in one folder
+        raise DataError(f"split {split!r} of {source.uri} has one class folder; an image folder needs one "
+                        "subfolder per class (at least two), e.g. train/cat/*.png and train/dog/*.png")
     label_col = _pick(names, label_column, LABEL_COLUMNS, "label", source)
     class_names = None
     if features is not None:
@@ -206,6 +210,14 @@ def open_split(source: DataSource, split: str, *, streaming: bool | None = None,
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
+def _parquet_rows(pq, path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:  # noqa: BLE001 - pyarrow raises its own types for a file that is not parquet
+        raise DataError(f"{path} is not a readable parquet file ({str(e).splitlines()[0]}); re-download it or "
+                        "remove it from the glob") from None
+
+
 def _local_count(source: DataSource, split: str) -> int | None:
     """A local stream's length without decoding it: parquet row counts, or image files in the split's folder."""
     if source.kind == "parquet":
@@ -213,7 +225,7 @@ def _local_count(source: DataSource, split: str) -> int | None:
 
         by_split = _parquet_splits(source.location)
         found = _split_alias(split, list(by_split))
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in by_split[found]) if found else None
+        return sum(_parquet_rows(pq, f) for f in by_split[found]) if found else None
     if source.kind == "imagefolder":
         root = Path(source.location)
         folders = [d for d in root.iterdir() if d.is_dir() and _split_alias(split, [d.name]) == d.name]

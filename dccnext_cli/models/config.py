@@ -28,6 +28,9 @@ SPATIAL_OPS = ("dcc", "conv", "none")
 FfnAct = Literal["gelu", "starrelu"]
 
 
+MAX_WIDTH, MAX_DEPTH, MAX_CLASSES = 4096, 64, 100_000  # ceilings of a config read from a file
+
+
 @dataclass(frozen=True)
 class DCCNeXtConfig:
     """Architecture of one DCCNeXt network.
@@ -84,6 +87,24 @@ class DCCNeXtConfig:
                 raise ConfigError(f"{name} must be >= 1, got {values}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        self._check_ceilings()
+
+    def _check_ceilings(self) -> None:
+        """Sizes a file could claim to make a loader allocate gigabytes before any shape is compared: refused
+        above ceilings well past every published variant (the largest, B4, has width 768 and depth 20)."""
+        limits = {"dims": (self.dims, MAX_WIDTH), "depths": (self.depths, MAX_DEPTH),
+                  "cluster_sizes": (self.cluster_sizes, 1024), "subvector_intervals": (self.subvector_intervals, 1024),
+                  "num_classes": ((self.num_classes,), MAX_CLASSES), "mlp_ratio": ((self.mlp_ratio,), 16),
+                  "head_mlp_ratio": ((self.head_mlp_ratio,), 16), "mixer_expansion": ((self.mixer_expansion,), 8),
+                  "mixer_kernel_size": ((self.mixer_kernel_size,), 31),
+                  "ffn_kernel_size": ((self.ffn_kernel_size,), 31)}
+        for name, (values, ceiling) in limits.items():
+            low = 0 if name == "num_classes" else 1  # 0: a backbone without a classifier (the dense models)
+            if any(not low <= v <= ceiling for v in values):
+                raise ConfigError(f"{name} must be in {low}..{ceiling} (a ceiling that keeps a broken file from "
+                                  f"allocating gigabytes), got {list(values) if len(values) > 1 else values[0]}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
 
     def stage_op(self, stage: int) -> SpatialOp:
         """Spatial op of stage 0..3: stages 1-2 are local, stages 3-4 are `global_op`."""

@@ -246,7 +246,9 @@ def cluster_indices(
     chunk = chunk_elements or operator_settings().distance_chunk_elements
     with torch.no_grad(), _autocast_disabled(tokens.device):
         sub = _centred_subvectors(tokens, subvector_interval)  # contiguous: matmuls on a strided view are slower
-        if exporting() or sub.device.type == "meta":
+        if sub.device.type == "meta":  # shapes only (the FLOP count): no chunk loop, any resolution at once
+            return sub.new_empty((sub.shape[0], sub.shape[1], k), dtype=torch.int64)
+        if exporting():
             return _indices_chunked(sub, k, exact_sort=True, chunk_elements=chunk)
         if torch.compiler.is_compiling() or watched_by_dispatch_mode():
             return _cluster_indices_op(sub, k, chunk)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
@@ -188,7 +189,10 @@ def prepare_pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> tuple[dic
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Any weights file without executing code: safetensors, or a torch file loaded with `weights_only=True`."""
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-copy or re-export it") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
@@ -204,7 +208,8 @@ def load_backbone_weights(model: nn.Module, path: str | Path, variant: str) -> t
     ConvFormer weights (warm start). Returns a one-line summary, and the warm start's report if it was one."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"backbone weights {path} do not exist; pass a dccnext checkpoint or ConvFormer file")
+        raise CheckpointError(f"backbone weights {path} {'is a folder' if path.is_dir() else 'do not exist'}; pass a "
+                              "dccnext checkpoint or ConvFormer file")
     try:
         meta = read_meta(path)
     except CheckpointError:

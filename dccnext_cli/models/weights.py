@@ -11,6 +11,7 @@ Building a model from a file is the model's own job: `DCCNeXt.from_checkpoint`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from .._version import __version__
 from ..common.files import atomic_write
 from ..errors import CheckpointError, ConfigError
-from .config import DCCNeXtConfig
+from .config import VARIANTS, DCCNeXtConfig
 
 if TYPE_CHECKING:  # torch loads when weights are saved or read, not when a command's help is shown
     import torch
@@ -42,6 +43,7 @@ CLASSIFICATION = "classification"  # the task a file records when it says none (
 _JSON_KEYS = {"class_names": "class_names", "input_size": "input_size", "recipe": "recipe", "eval": "metrics",
               "dense_build": "dense_build"}
 _INT_KEYS = {"epoch": "epoch", "dense_num_classes": "dense_num_classes", "iteration": "iteration"}
+MAX_RESOLUTION = 8192  # an input_size a file may record (the commands' own ceiling, see cli/options.py)
 _KNOWN = {"format", "variant", "num_classes", "model_config", "dccnext_version", "task", *_JSON_KEYS, *_INT_KEYS}
 
 
@@ -103,9 +105,52 @@ class CheckpointMeta:
         fields.update({name: _parse(path, meta, key, int) for key, name in _INT_KEYS.items() if key in meta})
         if "input_size" in fields:
             fields["input_size"] = _parse_input_size(fields["input_size"], meta["input_size"], path)
+        _check_fields(fields, config, path)
+        variant = meta.get("variant", "custom")
+        _check_variant(variant, config, path)
         extra = {k: v for k, v in meta.items() if k not in _KNOWN}
-        return cls(meta.get("variant", "custom"), config, version=meta.get("dccnext_version", ""),
+        return cls(variant, config, version=meta.get("dccnext_version", ""),
                    task=meta.get("task", CLASSIFICATION), extra=extra, **fields)
+
+
+def _broken(path: Path, key: str, why: str) -> CheckpointError:
+    return CheckpointError(f"{path} has a broken {key} metadata entry ({why}); re-export the weights")
+
+
+def _check_variant(variant: str, config: DCCNeXtConfig, path: Path) -> None:
+    """A file labelled with a published variant must have that variant's widths and depths."""
+    known = VARIANTS.get(variant.removeprefix("dccnext_"))
+    if known is not None and (known.dims, known.depths) != (config.dims, config.depths):
+        raise _broken(path, "variant", f"labelled {variant} but its model_config has dims {list(config.dims)}, "
+                                       f"depths {list(config.depths)}")
+
+
+def _check_fields(fields: dict[str, Any], config: DCCNeXtConfig, path: Path) -> None:
+    """Types, lengths and bounds of the JSON and integer entries, before anything is built from them."""
+    names = fields.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                              or len(names) != config.num_classes):
+        raise _broken(path, "class_names", f"expected a list of {config.num_classes} names")
+    for key in ("recipe", "metrics", "dense_build"):
+        if fields.get(key) is not None and not isinstance(fields[key], dict):
+            raise _broken(path, {"metrics": "eval"}.get(key, key), "expected a JSON object")
+    for key in ("epoch", "iteration", "dense_num_classes"):
+        if fields.get(key) is not None and not 0 <= fields[key] <= 10**9:
+            raise _broken(path, key, f"{fields[key]} is out of range")
+    size = fields.get("input_size")
+    if size is not None and not all(1 <= v <= MAX_RESOLUTION for v in size):
+        raise _broken(path, "input_size", f"{list(size)} is outside 1..{MAX_RESOLUTION}")
+    recipe = fields.get("recipe") or {}
+    for key, lo in (("mean", None), ("std", 0.0)):
+        values = recipe.get(key)
+        if values is not None and not (isinstance(values, list) and len(values) == 3 and all(
+                isinstance(v, (int, float)) and math.isfinite(v) and (lo is None or v > lo) for v in values)):
+            raise _broken(path, "recipe", f"{key} must be 3 finite numbers{', all positive' if lo is not None else ''}")
+    crop = recipe.get("crop_pct", 1.0)
+    if not (isinstance(crop, (int, float)) and 0 < crop <= 1):
+        raise _broken(path, "recipe", f"crop_pct {crop!r} is not in (0, 1]")
+    if not isinstance(recipe.get("interpolation", "bicubic"), str):
+        raise _broken(path, "recipe", "interpolation is not a name")
 
 
 def _parse(path: Path, meta: dict[str, str], key: str, parse: Any) -> Any:
@@ -121,6 +166,8 @@ def _parse(path: Path, meta: dict[str, str], key: str, parse: Any) -> Any:
 def _parse_input_size(size: Any, text: str, path: Path) -> tuple[int, int]:
     """[H, W] or a single int -> (H, W); anything else is a broken file."""
     try:
+        if isinstance(size, bool) or not isinstance(size, (int, list)):
+            raise TypeError
         height, width = (size, size) if isinstance(size, int) else (int(v) for v in size)
     except (ValueError, TypeError):
         raise CheckpointError(f"{path} has a broken input_size metadata entry {text!r}; expected [H, W]") from None

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..common.files import atomic_write
+from ..common.files import atomic_write, check_writable
 from ..data.images import load_image
 from ..errors import ConfigError, OutputExistsError
 from .clusters import ImageClusters
@@ -48,13 +48,7 @@ def check_html_output(path: str | os.PathLike, overwrite: bool) -> Path:
         raise ConfigError(f"--html {path}: the page is a .html file; name it e.g. {path.with_suffix('.html').name}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it or choose another --html")
-    parent = path.absolute().parent
-    while not parent.exists():  # atomic_write makes the missing folders; the first existing one must take them
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--html {path}: {parent} is a file, not a folder; choose another place for the page")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--html {path}: the folder {parent} is not writable; choose another place for the page")
+    check_writable(path, "--html")
     return path
 
 

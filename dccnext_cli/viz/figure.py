@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: no display is ever needed
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..common.files import atomic_write  # noqa: E402
+from ..common.files import atomic_write, check_writable  # noqa: E402
 from ..errors import ConfigError, OutputExistsError  # noqa: E402
 
 __all__ = ["CENTER_COLOR", "MEMBER_COLOR", "FORMATS", "save_figure", "check_output"]
@@ -30,6 +30,7 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
         raise ConfigError(f"-o {path} is a folder; give a file name such as {path / 'figure.png'}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it or choose another -o")
+    check_writable(path, "-o")
     return path
 
 

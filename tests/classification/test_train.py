@@ -92,7 +92,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(imagefolder, tmp_
                 files = {p.name for p in ckpt.iterdir()}
             except FileNotFoundError:  # pruned (keep_last) between the glob and the listing
                 continue
-            assert {"train_state.json", "model.safetensors", "optimizer.bin"} <= files, files  # never partial
+            never_partial = {"train_state.json", "model.safetensors", "optimizer.safetensors", "manifest.json"}
+            assert never_partial <= files, files
             seen_complete.add(ckpt.name)
         if len(seen_complete) >= 4:
             proc.send_signal(signal.SIGKILL)
