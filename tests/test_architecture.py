@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     # export_formats: the names export writes, read by the CLI's help without importing torch
     ("dccnext_cli._version", "dccnext_cli.errors", "dccnext_cli.export_formats"),
     ("dccnext_cli.common",),
-    ("dccnext_cli.models", "dccnext_cli.data"),
+    ("dccnext_cli.models", "dccnext_cli.data", "dccnext_cli.training"),
     ("dccnext_cli.classification", "dccnext_cli.dense"),
     ("dccnext_cli.tasks", "dccnext_cli.export", "dccnext_cli.viz"),
     ("dccnext_cli.cli",),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -39,10 +38,8 @@ from ..models.config import DCCNeXtConfig
 from ..models.dccnext import DCCNeXt
 from ..models.pretrained import WarmStartReport, load_backbone_weights
 from ..models.weights import CheckpointMeta, save_weights
-from .callbacks import TrainCallback
-from .evaluate import EvalResult, evaluate_batches
-from .recipe import TrainRecipe
-from .run_state import (
+from ..training.accelerator import make_accelerator, micro_batch
+from ..training.run_state import (
     Trainables,
     TrainState,
     find_checkpoint,
@@ -53,8 +50,11 @@ from .run_state import (
     recover_checkpoints,
     save_run_state,
 )
+from .callbacks import TrainCallback
+from .evaluate import EvalResult, evaluate_batches
+from .recipe import TrainRecipe
 
-__all__ = ["TrainResult", "TrainingInterrupted", "train", "prepare_output", "make_accelerator", "RUN_FILES"]
+__all__ = ["TrainResult", "TrainingInterrupted", "train", "prepare_output", "RUN_FILES"]
 
 RUN_FILES = ("model.safetensors", "best.safetensors", "recipe.yaml", "log.jsonl", "summary.json", "checkpoints", "tb")
 
@@ -137,30 +137,8 @@ def _clear_run(out: Path) -> None:
             p.unlink()
 
 
-def _mixed_precision(amp: str) -> str:
-    if amp != "auto":
-        return amp
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def make_accelerator(recipe: TrainRecipe):
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(recipe.amp),
-                              gradient_accumulation_steps=recipe.grad_accum)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != launched:
-        raise ConfigError(f"{launched} processes were launched but Accelerate formed a group of "
-                          f"{accelerator.num_processes}; on CPUs launch with --multi_gpu (see README)")
-    return accelerator
-
-
 def _micro_batch(recipe: TrainRecipe, world: int) -> int:
-    per_step = world * recipe.grad_accum
-    if recipe.batch_size % per_step:
-        raise ConfigError(f"batch_size {recipe.batch_size} (the total per optimiser step) is not divisible by "
-                          f"{world} processes x {recipe.grad_accum} accumulation steps")
-    micro = recipe.batch_size // per_step
+    micro = micro_batch(recipe.batch_size, world, recipe.grad_accum)
     if recipe.uses_mixup and micro % 2:
         raise ConfigError(f"Mixup/CutMix needs an even batch per process, got {micro}; change batch_size")
     return micro
@@ -200,7 +178,7 @@ def _prepare_run(recipe: TrainRecipe, output: str | Path | None, resume: bool | 
                  explicit: dict[str, Any]) -> _Run:
     from accelerate.utils import broadcast_object_list
 
-    accelerator = make_accelerator(recipe)
+    accelerator = make_accelerator(recipe.amp, recipe.grad_accum)
     world, main = accelerator.num_processes, accelerator.is_main_process
     out_holder = [str(prepare_output(output, recipe.variant, resume=bool(resume), overwrite=overwrite))
                   if main else None]

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from dccnext_cli.classification.run_state import checkpoint_problem, list_checkpoints
+from dccnext_cli.training.run_state import checkpoint_problem, list_checkpoints
 
 # 16 images, batches of 4: 4 steps an epoch, a checkpoint every 2 steps, so step 4 ends epoch 0 and step 8 is
 # saved twice (mid-epoch, then at the end of the last epoch); keep_last=1 prunes at every save. A kill after a

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dccnext_cli.classification.run_state import list_checkpoints
+from dccnext_cli.training.run_state import list_checkpoints
 
 OLD_NAMES = ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin", "scaler.pt",
              "pytorch_model.bin", "model.bin", "sampler.bin", "dl_state_dict.bin", "state.pt", "rng.pkl"]
