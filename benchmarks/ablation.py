@@ -50,7 +50,9 @@ def run_one(data: Path, op: str, seed: int, args: argparse.Namespace, out: Path)
     recipe = load_recipe("quickstart", {
         "data": f"imagefolder:{data}", "eval_split": "validation", "input_size": [args.res, args.res],
         "epochs": args.epochs, "batch_size": args.batch_size, "warmup_epochs": 0.1, "workers": 0, "seed": seed,
-        "amp": "no", "log_every": 1000, "model": {"global_op": op},
+        "amp": "no", "log_every": 1000,
+        # the spatial op alone differs: `none` would otherwise drop the ConvFFN too (Table 6's first row)
+        "model": {"global_op": op, "conv_ffn": True},
     })
     start = time.time()
     result = train(recipe, out / f"{op}-seed{seed}")

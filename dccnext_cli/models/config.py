@@ -39,7 +39,10 @@ class DCCNeXtConfig:
     stages 3-4: `dcc` (the paper), `conv` (the 7x7 of stages 1-2, a ConvFormer-like control) or `none`
     (the mixer without a spatial op: Linear, StarReLU, Linear; Table 6's "DCCConv -> None").
     `cluster_sizes` and `subvector_intervals` hold one value per DCC stage (stage 3, stage 4).
-    `conv_ffn=False` drops the FFN's depthwise conv (the plain FFN of Table 6's first two rows).
+    `conv_ffn=False` drops the FFN's depthwise conv (the plain FFN of Table 6's first two rows). Left unset it
+    follows `global_op`, as the paper pairs them: on with a spatial op, off with `none`, because Table 6 builds
+    DCCNeXt up cumulatively from "DCCConv -> None", a network with neither DCConv nor the ConvFFN
+    (B1: 11.22 M, 1.515 G). Set it to keep the ConvFFN without a spatial op (11.32 M).
     """
 
     dims: tuple[int, ...] = (64, 128, 320, 512)
@@ -51,7 +54,8 @@ class DCCNeXtConfig:
     subvector_intervals: tuple[int, ...] = (8, 8)  # [P] d per DCC stage; 1 = no sub-sampling
     res_scale: bool = True  # [R] learnable residual scales in stages 3-4 (ConvFormer's res-scale)
     ffn_act: FfnAct = "gelu"  # [D] ConvFFN activation: exact GELU (eq. 8) or StarReLU (ConvFormer)
-    conv_ffn: bool = True  # [P] the FFN's 3x3 depthwise conv; False: Linear -> act -> Linear (Table 6)
+    conv_ffn: bool | None = None  # [P] the FFN's 3x3 depthwise conv; False: Linear -> act -> Linear (Table 6);
+    # None: follow global_op (False with "none", else True), resolved at construction
     mixer_expansion: int = 2  # [R] SepConv expansion: spatial op on 2C channels
     mlp_ratio: int = 4  # [P] ConvFFN hidden width 4C
     mixer_kernel_size: int = 7  # [P] depthwise kernel of the local stages
@@ -65,6 +69,8 @@ class DCCNeXtConfig:
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
         object.__setattr__(self, "cluster_sizes", tuple(int(k) for k in self.cluster_sizes))
         object.__setattr__(self, "subvector_intervals", tuple(int(d) for d in self.subvector_intervals))
+        if self.conv_ffn is None:
+            object.__setattr__(self, "conv_ffn", self.global_op != "none")
         self.validate()
 
     def validate(self) -> None:
@@ -119,7 +125,10 @@ class DCCNeXtConfig:
         return {name: getattr(self, name) for name in ARCHITECTURE_OPTIONS}
 
     def replace(self, **changes: Any) -> DCCNeXtConfig:
+        """A copy with `changes`; a new `global_op` brings its own `conv_ffn` default unless that is given too."""
         _refuse_unknown(changes, "")
+        if "global_op" in changes and "conv_ffn" not in changes:
+            changes = {**changes, "conv_ffn": None}
         return dataclasses.replace(self, **changes)
 
     def override(self, changes: Mapping[str, Any] | None, source: str) -> DCCNeXtConfig:
@@ -129,7 +138,7 @@ class DCCNeXtConfig:
             return self
         values = checked_model_changes(changes, source)
         try:
-            return dataclasses.replace(self, **values)
+            return self.replace(**values)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 

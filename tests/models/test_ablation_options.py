@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dccnext_cli import ConfigError, DCCNeXt, create_dccnext, variant_config
-from dccnext_cli.models.config import ARCHITECTURE_OPTIONS, VARIANTS
+from dccnext_cli.models.config import ARCHITECTURE_OPTIONS, VARIANTS, DCCNeXtConfig
 from dccnext_cli.models.flops import count_variant
 
 
@@ -52,10 +52,21 @@ def test_conv_ffn_is_an_architecture_option():
     assert VARIANTS["b0"].architecture_options()["conv_ffn"] is True
 
 
+def test_conv_ffn_follows_global_op_unless_set():
+    """Table 6 builds up from a network with neither DCConv nor ConvFFN; `none` alone is that row."""
+    assert variant_config("b1", global_op="none").conv_ffn is False
+    assert variant_config("b1", global_op="conv").conv_ffn is True
+    assert variant_config("b1", global_op="none", conv_ffn=True).conv_ffn is True
+    assert variant_config("b1").override({"global_op": "none"}, "recipe").conv_ffn is False
+    assert variant_config("b1").override({"global_op": "none", "conv_ffn": True}, "recipe").conv_ffn is True
+    saved = variant_config("b1", global_op="none", conv_ffn=True)
+    assert DCCNeXtConfig.from_json(saved.to_json()) == saved  # a checkpoint keeps the resolved value
+
+
 @pytest.mark.parametrize("changes,message", [
     ({"nonsense": 1}, "--set model: unknown model option(s) nonsense; known: dims, depths,"),
     ({"global_op": "mlp"}, "--set model: global_op must be one of dcc, conv, none, got 'mlp'"),
-    ({"conv_ffn": "no"}, "--set model: conv_ffn must be true/false, got 'no'"),
+    ({"conv_ffn": "no"}, "--set model: conv_ffn must be true/false or null, got 'no'"),
     ({"cluster_sizes": [4, 4, 4]}, "--set model: cluster_sizes needs one value per DCC stage"),
 ])
 def test_overrides_are_checked_and_named(changes, message):

@@ -145,13 +145,18 @@ def test_flop_counter_mode_counts_the_cluster_convolutions_backward():
 
 
 def test_flops_takes_model_options_and_counts_the_table6_rows(run_cli):
-    result = run_cli("flops", "--variant", "b1", "--set", "model.global_op=none", "--set", "model.conv_ffn=false",
-                     "--json")
+    # Table 6's first row is `global_op=none` alone: the ConvFFN follows the spatial op unless set
+    result = run_cli("flops", "--variant", "b1", "--set", "model.global_op=none", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["params"] / 1e6 == pytest.approx(11.22, rel=0.01)
     assert data["flops"] / 1e9 == pytest.approx(1.515, rel=0.01)
     assert data["config"]["global_op"] == "none" and data["config"]["conv_ffn"] is False
+    result = run_cli("flops", "--variant", "b1", "--res", "1280x800", "--set", "model.global_op=none", "--json")
+    assert json.loads(result.stdout)["flops"] / 1e9 == pytest.approx(30.88, rel=0.01)
+    result = run_cli("flops", "--variant", "b1", "--set", "model.global_op=none", "--set", "model.conv_ffn=true",
+                     "--json")
+    assert json.loads(result.stdout)["params"] / 1e6 == pytest.approx(11.32, rel=0.01)
     result = run_cli("flops", "--variant", "b1", "--res", "1280x800", "--set", "model.conv_ffn=false",
                      "--set", "model.subvector_intervals=[1,1]", "--json")
     assert json.loads(result.stdout)["flops"] / 1e9 == pytest.approx(78.67, rel=0.01)
