@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -112,4 +114,5 @@ def test_semantic_fpn_forward_and_one_training_step(ade_root, tmp_path):
                                                 "scale=[128,64]", "workers=0", "variant=b0", "num_classes=5"])
     result = train_dense(recipe, f"ade20k:{ade_root}", tmp_path / "run", progress=False)
     assert len(result.losses) == 2 and all(0 < loss < 10 for loss in result.losses)
-    assert (tmp_path / "run" / "log.jsonl").read_text().count("\n") == 2
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log] == ["start", "train", "train"] and log[0]["world_size"] == 1
