@@ -38,14 +38,14 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
 
 
-def _launch_two(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`dccnext train ARGS` as two CPU processes through `accelerate launch`."""
+def _launch_two(args: list[str], env: dict[str, str], command: str = "train") -> subprocess.CompletedProcess:
+    """`dccnext COMMAND ARGS` as two CPU processes through `accelerate launch`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(port), "-m", "dccnext_cli", "train", *args]
+           str(port), "-m", "dccnext_cli", command, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
@@ -230,3 +230,15 @@ def test_two_processes_sigkill_then_resume_ends_with_the_uninterrupted_weights(a
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _same_weights(full / "model.safetensors", killed / "model.safetensors")
     assert json.loads((full / "metrics.json").read_text()) == json.loads((killed / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_eval_command_on_two_processes_equals_one(ade_root, tmp_path):
+    recipe = load_dense_recipe("semantic-fpn", [*SEG_SETS, "iterations=1"])
+    weights = train_dense(recipe, f"ade20k:{ade_root}", tmp_path / "run", progress=False).checkpoint
+    done = _launch_two(["--checkpoint", str(weights), "--data", f"ade20k:{ade_root}", "--json"], _env(),
+                       command="eval")
+    assert done.returncode == 0, done.stderr[-3000:]
+    distributed = json.loads(done.stdout)  # one report, from the main process
+    single = evaluate_dense(weights, f"ade20k:{ade_root}", progress=False)
+    assert {k: distributed[k] for k in single} == single
