@@ -29,7 +29,10 @@ def save_dense_checkpoint(path: str | Path, model: nn.Module, recipe: DenseRecip
     `accelerator.get_state_dict` on every process); `model` then only describes the backbone.
     """
     task = recipe.dense_task
-    meta = CheckpointMeta(recipe.variant.removeprefix("dccnext_"), backbone_network(model).config, class_names,
+    config = backbone_network(model).config  # a backbone's: num_classes 0, unless the classes are named
+    if class_names:  # the metadata's rule: as many names as the config's num_classes
+        config = config.replace(num_classes=len(class_names))
+    meta = CheckpointMeta(recipe.variant.removeprefix("dccnext_"), config, class_names,
                           task=task.name, dense_num_classes=num_classes, iteration=iteration,
                           dense_build={"min_size": recipe.min_size, "max_size": recipe.max_size,
                                        "out_norm": recipe.out_norm},
