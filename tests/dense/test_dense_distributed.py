@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from dccnext_cli.dense import evaluate_dense, load_dense_recipe, train_dense
 from dccnext_cli.dense.batches import BatchPlan
 from dccnext_cli.dense.data import ADE20KSegmentation, CocoInstances, SegAugment
-from dccnext_cli.dense.models import build_semantic_fpn, sync_batchnorm
+from dccnext_cli.dense.models import sync_batchnorm
 from dccnext_cli.dense.tasks import get_dense_task
 from dccnext_cli.errors import ConfigError, DataError
 from dccnext_cli.training.run_state import list_checkpoints
@@ -88,13 +88,16 @@ def test_shards_cover_the_data_once_in_order():
 
 
 def test_batchnorm_becomes_sync_batchnorm_on_gpus_only():
-    model = build_semantic_fpn("b0", num_classes=5)
+    def head() -> nn.Module:  # the Semantic FPN head's layer pattern
+        return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+
+    model = head()
     keys = set(model.state_dict())
     synced, note = sync_batchnorm(model, world=2, device_type="cuda")
     assert note is None and any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
     assert not any(type(m) is nn.BatchNorm2d for m in synced.modules())
     assert set(synced.state_dict()) == keys  # weights files stay loadable by the plain model
-    kept, note = sync_batchnorm(build_semantic_fpn("b0", num_classes=5), world=2, device_type="cpu")
+    kept, note = sync_batchnorm(head(), world=2, device_type="cpu")
     assert "needs GPUs" in note and not any(isinstance(m, nn.SyncBatchNorm) for m in kept.modules())
     assert sync_batchnorm(kept, world=1, device_type="cuda") == (kept, None)
 
@@ -154,15 +157,17 @@ def test_merged_shards_equal_one_evaluation_segmentation(ade_root):
 
 # --------------------------------------------------------------------- real launches
 def test_two_processes_train_semantic_fpn_and_evaluate_as_one_process(ade_root, tmp_path):
-    """2 CPU processes train (one image each per step), write one weights file, and their sharded evaluation
-    gives exactly the metrics a single process computes from that file."""
+    """2 CPU processes train (one image each per step), write one weights file and a checkpoint with both
+    processes' random state, and their sharded evaluation gives exactly the metrics a single process computes
+    from that file."""
     out = tmp_path / "seg2"
-    done = _launch_two([*SEG_ARGS, "--data", f"ade20k:{ade_root}", "--set", "iterations=2", "-o", str(out)], _env())
+    done = _launch_two([*SEG_ARGS, "--data", f"ade20k:{ade_root}", "--set", "iterations=1", "-o", str(out)], _env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["world_size"] == 2  # one report, from the main process
     start = _log(out)[0]
-    assert (start["world_size"], start["micro_batch"], start["iterations"]) == (2, 1, 2)
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
+    assert (start["world_size"], start["micro_batch"], start["iterations"]) == (2, 1, 1)
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000001"]
+    assert sorted(p.name for p in list_checkpoints(out)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
     distributed = json.loads((out / "metrics.json").read_text())
     single = evaluate_dense(out / "model.safetensors", f"ade20k:{ade_root}", scale=(128, 64), progress=False)
     assert single == distributed
@@ -178,16 +183,16 @@ def one_thread():
 
 
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(ade_root, tmp_path, one_thread):
-    """Killed after iteration 3 (checkpoints every 2; 2 micro-batches of 1 image per iteration), resumed: the
-    same losses and final weights, bit for bit, as a run never stopped (the data order, the accumulation
-    counter and every random generator are restored)."""
-    sets = [*SEG_SETS, "iterations=4", "checkpoint_every=2", "grad_accum=2"]
+    """Killed after iteration 3 of 3, before its checkpoint (checkpoints every 2; 2 micro-batches of 1 image an
+    iteration), resumed from step 2: the same losses and final weights, bit for bit, as a run never stopped
+    (the data order, the accumulation counter and every random generator are restored)."""
+    sets = [*SEG_SETS, "iterations=3", "checkpoint_every=2", "grad_accum=2"]
     full = train_dense(load_dense_recipe("semantic-fpn", sets), f"ade20k:{ade_root}", tmp_path / "full",
                        progress=False)
     start = _log(tmp_path / "full")[0]
     assert (start["micro_batch"], start["grad_accum"]) == (1, 2)
     killed = tmp_path / "killed"
-    args = ["train", *SEG_ARGS, "--data", f"ade20k:{ade_root}", "--set", "iterations=4", "--set",
+    args = ["train", *SEG_ARGS, "--data", f"ade20k:{ade_root}", "--set", "iterations=3", "--set",
             "checkpoint_every=2", "--grad-accum", "2", "-o", str(killed)]
     proc = subprocess.run([sys.executable, "-m", "dccnext_cli", *args], env=_env(DCCNEXT_CRASH_AT="iteration-3"),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -200,7 +205,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(ade_root, tmp_p
     assert [e["resumed_from"] is not None for e in _log(killed) if e["event"] == "start"] == [False, True]
     again = train_dense(load_dense_recipe("semantic-fpn", sets), f"ade20k:{ade_root}", killed, progress=False,
                         resume=True)
-    assert again.losses == [] and again.iterations == 4  # a finished run resumed again does nothing
+    assert again.losses == [] and again.iterations == 3  # a finished run resumed again does nothing
 
 
 @pytest.mark.slow
