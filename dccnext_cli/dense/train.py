@@ -33,7 +33,7 @@ from ..common.crash_points import crash_point
 from ..common.files import atomic_write_text
 from ..common.progress import StepProgress
 from ..common.run_lock import lock_folder, unlock_folder
-from ..errors import CheckpointError, DataError, OutputExistsError
+from ..errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from ..training.accelerator import make_accelerator, micro_batch
 from ..training.run_state import (
     Trainables,
@@ -115,11 +115,42 @@ def _prepare_run(recipe: DenseRecipe, output: str | Path, resume: bool | str | P
         if resume:
             recover_checkpoints(out, notes)
     accelerator.wait_for_everyone()
-    checkpoint = find_checkpoint(Path(resume) if isinstance(resume, (str, Path)) else out, notes) if resume else None
-    if isinstance(resume, (str, Path)) and checkpoint is None:
-        raise CheckpointError(f"--resume {resume}: no training checkpoint there")
+    try:
+        checkpoint = _checkpoint_to_resume(out, resume, recipe, notes)
+    except (CheckpointError, ConfigError):
+        if accelerator.is_main_process:
+            unlock_folder(out)
+        raise
     return _Run(recipe, accelerator, out, checkpoint, overwrite and not resume,
                 notes if accelerator.is_main_process else [])
+
+
+def _checkpoint_to_resume(out: Path, resume: bool | str | Path, recipe: DenseRecipe, notes: list[str]) -> Path | None:
+    if not resume:
+        return None
+    checkpoint = find_checkpoint(Path(resume) if isinstance(resume, (str, Path)) else out, notes)
+    if isinstance(resume, (str, Path)) and checkpoint is None:
+        raise CheckpointError(f"--resume {resume}: no training checkpoint there")
+    if checkpoint is not None:
+        _check_same_recipe(out, recipe)
+    return checkpoint
+
+
+RESUME_MAY_CHANGE = ("workers", "log_every", "checkpoint_every", "keep_last")  # how, not what, the run trains
+
+
+def _check_same_recipe(out: Path, recipe: DenseRecipe) -> None:
+    """A resumed run trains what it was started to train: any other recipe value is refused, naming it."""
+    try:
+        saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return  # no record to compare with (a checkpoint passed from elsewhere)
+    if not isinstance(saved, dict):
+        return
+    for key, value in recipe.to_dict().items():
+        if key not in RESUME_MAY_CHANGE and key in saved and saved[key] != value:
+            raise ConfigError(f"{out} was started with {key}={saved[key]!r}, not {value!r}; resume with the "
+                              "options it was started with (see its recipe.yaml)")
 
 
 # --------------------------------------------------------------------- stage 2: data

@@ -198,6 +198,9 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(ade_root, tmp_p
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [p.name for p in list_checkpoints(killed)] == ["step-00000002"] and not (killed / "summary.json").exists()
+    with pytest.raises(ConfigError, match="was started with lr=0.0001, not 0.001"):
+        train_dense(load_dense_recipe("semantic-fpn", [*sets, "lr=1e-3"]), f"ade20k:{ade_root}", killed,
+                    progress=False, resume=True)
     resumed = train_dense(load_dense_recipe("semantic-fpn", sets), f"ade20k:{ade_root}", killed, progress=False,
                           resume=True)
     assert resumed.resumed_from.name == "step-00000002" and resumed.losses == full.losses[2:]
