@@ -64,7 +64,7 @@ def evaluate_dense(
     evaluator = task.make_evaluator(num_classes, dataset)
     bar = StepProgress("batch", enabled=progress and rank == 0)
     title = f"evaluating {task.name}" + (f" (1/{world} of the images each)" if world > 1 else "")
-    bar.start(len(loader), title=title if rank == 0 else "")
+    bar.start(len(loader), title=title if progress and rank == 0 else "")
     try:
         for images, targets in loader:
             task.evaluate_batch(model, images, targets, evaluator, dev)

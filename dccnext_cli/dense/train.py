@@ -403,7 +403,7 @@ def _train(run: _Run, data: str | Dataset, weights, eval_data, progress: bool) -
     for note in run.notes:
         _log(run, "warning", message=note)
     bar = StepProgress("iteration", enabled=progress and run.main)
-    bar.start(parts.total, state.step, title=f"training {run.recipe.task}" if run.main else "")
+    bar.start(parts.total, state.step, title=f"training {run.recipe.task}" if bar.enabled else "")
     resumed_at_end = state.step == parts.total
     try:
         losses = _train_steps(run, dense, parts, state, bar)

@@ -212,9 +212,11 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(ade_root, tmp_p
 
 
 @pytest.mark.slow
-def test_two_processes_train_retinanet_and_evaluate_as_one_process(coco_json, tmp_path):
-    out = tmp_path / "retina2"
-    done = _launch_two(["--task", "retinanet", "--variant", "b0", "--data", f"coco:{coco_json}", "--batch-size",
+@pytest.mark.parametrize("task", ["retinanet", "mask-rcnn"])
+def test_two_processes_train_a_detector_and_evaluate_as_one_process(coco_json, tmp_path, task):
+    """(Mask R-CNN's AP after 2 iterations is not 0 here: 0.25 box, 0.26 mask, and equal all the same.)"""
+    out = tmp_path / task
+    done = _launch_two(["--task", task, "--variant", "b0", "--data", f"coco:{coco_json}", "--batch-size",
                         "2", "--workers", "0", "--set", "iterations=2", "--set", "min_size=64", "--set",
                         "max_size=96", "--set", "warmup_iters=0", "-o", str(out), "--json"], _env())
     assert done.returncode == 0, done.stderr[-3000:]
