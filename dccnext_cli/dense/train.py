@@ -400,10 +400,12 @@ def _train(run: _Run, data: str | Dataset, weights, eval_data, progress: bool) -
     _log(run, "start", world_size=run.accelerator.num_processes, micro_batch=dense.plan.micro,
          grad_accum=run.recipe.grad_accum, iterations=parts.total, device=str(run.accelerator.device),
          resumed_from=str(run.checkpoint) if run.checkpoint else None)
-    for note in run.notes:
-        _log(run, "warning", message=note)
     bar = StepProgress("iteration", enabled=progress and run.main)
     bar.start(parts.total, state.step, title=f"training {run.recipe.task}" if bar.enabled else "")
+    for note in run.notes:  # what resuming skipped or completed, and what this launch cannot do
+        _log(run, "warning", message=note)
+        if bar.enabled:
+            bar.message(f"warning: {note}")
     resumed_at_end = state.step == parts.total
     try:
         losses = _train_steps(run, dense, parts, state, bar)
