@@ -69,7 +69,8 @@ def train_cmd(
         grad_checkpointing: Annotated[Optional[bool], typer.Option(
             "--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations: less memory.")] = None,
         checkpoint_every: Annotated[Optional[int], typer.Option(
-            "--checkpoint-every", help="Optimiser steps between checkpoints (0: each epoch).")] = None,
+            "--checkpoint-every",
+            help="Optimiser steps between checkpoints (0: each epoch; dense tasks: at the end).")] = None,
         output: Annotated[Optional[Path], typer.Option(
             "-o", "--output", help="Run folder (default: runs/<variant>-<date-time>).", file_okay=False)] = None,
         resume: ResumeOpt = None,
