@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -51,7 +52,15 @@ def eval_cmd(
 
         if data is None:
             raise ConfigError(f"--task {spec.name} needs --data ({spec.data_scheme}:PATH)")
-        metrics = evaluate_dense(checkpoint, data, spec, batch_size=1, progress=not json_out)
+        accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch: each process scores a block
+            from ..training.accelerator import make_accelerator
+
+            accelerator = make_accelerator("no", 1)
+        metrics = evaluate_dense(checkpoint, data, spec, batch_size=1, progress=not json_out,
+                                 accelerator=accelerator)
+        if accelerator is not None and not accelerator.is_main_process:
+            return
         if json_out:
             print_json({"checkpoint": str(checkpoint), "task": spec.name, **metrics})
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -68,7 +69,8 @@ def train_cmd(
         grad_checkpointing: Annotated[Optional[bool], typer.Option(
             "--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations: less memory.")] = None,
         checkpoint_every: Annotated[Optional[int], typer.Option(
-            "--checkpoint-every", help="Optimiser steps between checkpoints (0: each epoch).")] = None,
+            "--checkpoint-every",
+            help="Optimiser steps between checkpoints (0: each epoch; dense tasks: at the end).")] = None,
         output: Annotated[Optional[Path], typer.Option(
             "-o", "--output", help="Run folder (default: runs/<variant>-<date-time>).", file_okay=False)] = None,
         resume: ResumeOpt = None,
@@ -91,9 +93,10 @@ def train_cmd(
     """
     spec = get_task(task.value)
     if is_dense(spec):
-        _train_dense(spec, data, recipe, set_, output, weights, overwrite, json_out,
+        _train_dense(spec, data, recipe, set_, output, weights, overwrite, json_out, resume,
                      {"variant": variant.value if variant else None, "epochs": epochs, "batch_size": batch_size,
-                      "lr": lr, "workers": workers, "seed": seed})
+                      "lr": lr, "workers": workers, "seed": seed, "grad_accum": grad_accum, "amp": amp,
+                      "checkpoint_every": checkpoint_every})
         return
     from ..classification.callbacks import callbacks_from_env
     from ..classification.recipe import default_recipe_name, load_recipe
@@ -168,7 +171,7 @@ def _run_folder(path: Path) -> Path:
 
 
 def _train_dense(task: DenseTask, data: str | None, recipe: str | None, set_: list[str] | None,
-                 output: Path | None, weights: Path | None, overwrite: bool, json_out: bool,
+                 output: Path | None, weights: Path | None, overwrite: bool, json_out: bool, resume: str | None,
                  options: dict[str, Any]) -> None:
     from ..common.recipe_files import parse_overrides
     from ..dense.recipe import load_dense_recipe
@@ -176,15 +179,20 @@ def _train_dense(task: DenseTask, data: str | None, recipe: str | None, set_: li
 
     if data is None:
         raise ConfigError(f"--task {task.name} needs --data ({task.data_scheme}:PATH)")
+    resume_from: bool | Path = resume is not None
+    if resume not in (None, "auto"):
+        output, resume_from = _run_folder(Path(resume)), Path(resume)
     if output is None:
         raise ConfigError(f"--task {task.name} needs -o DIR for the run")
     overrides = {**_merge_options(parse_overrides(set_), {k: v for k, v in options.items() if v is not None}),
                  "task": task.name}
     config = load_dense_recipe(recipe or task.name, overrides)
     result = train_dense(config, data, output, weights=weights, eval_data=data, progress=not json_out,
-                         overwrite=overwrite)
+                         overwrite=overwrite, resume=resume_from)
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch, the main process reports
+        return
     summary = {"output": str(output), "weights": str(result.checkpoint), "iterations": result.iterations,
-               "metrics": result.metrics}
+               "world_size": result.world_size, "metrics": result.metrics}
     if json_out:
         print_json(summary)
     else:

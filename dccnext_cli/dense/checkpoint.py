@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
+from ..common.files import atomic_write
 from ..errors import CheckpointError
 from ..models.weights import CheckpointMeta, load_weights, save_weights
 from .recipe import DenseRecipe
@@ -20,15 +22,27 @@ def backbone_network(model: nn.Module) -> nn.Module:
 
 
 def save_dense_checkpoint(path: str | Path, model: nn.Module, recipe: DenseRecipe, class_names: list[str] | None,
-                          num_classes: int, iteration: int) -> Path:
-    """The project's weights format; task, classes, builder options and training size go into the metadata."""
+                          num_classes: int, iteration: int, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """The project's weights format; task, classes, builder options and training size go into the metadata.
+
+    `state`: the tensors to write when they are not `model.state_dict()` (a launch's gathered state dict, from
+    `accelerator.get_state_dict` on every process); `model` then only describes the backbone.
+    """
     task = recipe.dense_task
-    meta = CheckpointMeta(recipe.variant.removeprefix("dccnext_"), backbone_network(model).config, class_names,
+    config = backbone_network(model).config  # a backbone's: num_classes 0, unless the classes are named
+    if class_names:  # the metadata's rule: as many names as the config's num_classes
+        config = config.replace(num_classes=len(class_names))
+    meta = CheckpointMeta(recipe.variant.removeprefix("dccnext_"), config, class_names,
                           task=task.name, dense_num_classes=num_classes, iteration=iteration,
                           dense_build={"min_size": recipe.min_size, "max_size": recipe.max_size,
                                        "out_norm": recipe.out_norm},
                           input_size=task.input_size(recipe))
-    return save_weights(path, model, meta)
+    if state is None:
+        return save_weights(path, model, meta)
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta.to_metadata()))
 
 
 def load_dense_model(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:

@@ -1,4 +1,8 @@
-"""COCO AP (bbox; segm for mask-rcnn) or mIoU/aAcc of a dense model or checkpoint on a data set."""
+"""COCO AP (bbox; segm for mask-rcnn) or mIoU/aAcc of a dense model or checkpoint on a data set.
+
+Under several processes (`accelerator`), each scores a contiguous block of the images and the metric states
+are merged before the metric is computed once (see metrics.py), so the numbers equal a single-process run's.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..common.device import default_device
 from ..common.progress import StepProgress
+from ..training.shards import all_gather_objects, from_main, shard_range
 from .checkpoint import load_dense_model
 from .data import SegAugment
 from .tasks import DenseTask, get_dense_task
@@ -36,11 +41,13 @@ def evaluate_dense(
         device: str | torch.device | None = None,
         progress: bool = True,
         scale: tuple[int, int] = (2048, 512),
+        accelerator=None,
 ) -> dict[str, float]:
     """COCO AP (bbox; segm for mask-rcnn) or mIoU/aAcc of `model` (or a dense checkpoint path) on `data`.
 
     Detectors are called in eval mode on images in [0, 1] and must return torchvision's output dicts;
     segmentation models return logits at any resolution, which are upsampled to the label's size.
+    `accelerator`: every process of a launch calls this and scores its block; all of them get the metrics.
     """
     if isinstance(model, (str, Path)):
         model, meta = load_dense_model(model)
@@ -49,17 +56,26 @@ def evaluate_dense(
     if task is None:
         raise ValueError("evaluate_dense needs the task of an in-memory model")
     task = get_dense_task(task)
-    dev = default_device(device)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    dev = accelerator.device if accelerator else default_device(device)
     model = model.to(dev).eval()
     dataset = task.open_data(data, train=False, num_classes=num_classes, augment=SegAugment(scale=scale))
-    loader = dense_loader(dataset, task, batch_size, False, 0, 0)
+    loader = dense_loader(Subset(dataset, shard_range(len(dataset), rank, world)), task, batch_size, False, 0, 0)
     evaluator = task.make_evaluator(num_classes, dataset)
-    bar = StepProgress("batch", enabled=progress)
-    bar.start(len(loader), title=f"evaluating {task.name}")
+    bar = StepProgress("batch", enabled=progress and rank == 0)
+    title = f"evaluating {task.name}" + (f" (1/{world} of the images each)" if world > 1 else "")
+    bar.start(len(loader), title=title if progress and rank == 0 else "")
     try:
         for images, targets in loader:
             task.evaluate_batch(model, images, targets, evaluator, dev)
             bar.advance()
     finally:
         bar.stop()
-    return evaluator.compute()
+    if world == 1:
+        return evaluator.compute()
+    per_process = all_gather_objects(accelerator, evaluator.states())
+    metrics = None
+    if rank == 0:
+        evaluator.merge(per_process)
+        metrics = evaluator.compute()
+    return from_main(accelerator, metrics)

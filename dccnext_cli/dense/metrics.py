@@ -1,4 +1,12 @@
-"""COCO AP and mIoU through torchmetrics (pycocotools backend), not hand-written metric code."""
+"""COCO AP and mIoU through torchmetrics (pycocotools backend), not hand-written metric code.
+
+Sharded evaluation: each process updates its own evaluator on a contiguous block of the data set, then the
+blocks' metric states are merged in process order (`merge`): per-image entries concatenated, so the images
+reach COCO's evaluation in the data set's order, and count tensors (mIoU's confusion matrix) summed. The
+metric is then computed once, on exactly what a single process would have accumulated. torchmetrics' own
+synchronisation is switched off (`sync_on_compute=False`): it would interleave the processes' images and
+expects every process to have seen as many.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,28 @@ import torch
 from ..errors import ConfigError
 from .data import IGNORE_INDEX
 
-__all__ = ["DetectionEvaluator", "SegmentationEvaluator"]
+__all__ = ["DetectionEvaluator", "SegmentationEvaluator", "metric_states", "merge_metric_states"]
+
+
+def metric_states(metrics) -> list[dict]:
+    """The accumulated state of each torchmetrics metric, on the CPU (for gathering)."""
+    out = []
+    for metric in metrics:
+        state = {}
+        for name, value in metric.metric_state.items():
+            state[name] = [v.cpu() if isinstance(v, torch.Tensor) else v for v in value] if isinstance(value, list) \
+                else value.cpu()
+        out.append(state)
+    return out
+
+
+def merge_metric_states(metrics, per_process: list[list[dict]]) -> None:
+    """Load `metrics` with the states of every process, in process order: lists concatenated, counts summed."""
+    for i, metric in enumerate(metrics):
+        for name, first in per_process[0][i].items():
+            values = [states[i][name] for states in per_process]
+            merged = [v for value in values for v in value] if isinstance(first, list) else sum(values)
+            setattr(metric, name, merged)
 
 
 class DetectionEvaluator:
@@ -19,7 +48,7 @@ class DetectionEvaluator:
         self.masks = masks
         self.iou_types = ("bbox", "segm") if masks else ("bbox",)
         try:
-            self.metric = MeanAveragePrecision(iou_type=self.iou_types, backend=backend)
+            self.metric = MeanAveragePrecision(iou_type=self.iou_types, backend=backend, sync_on_compute=False)
         except ModuleNotFoundError as e:
             raise ConfigError(f"COCO AP needs {backend} ({e}); pip install 'dccnext-cli[dense]'") from None
 
@@ -37,6 +66,12 @@ class DetectionEvaluator:
             preds.append(pred)
             gts.append(gt)
         self.metric.update(preds, gts)
+
+    def states(self) -> list[dict]:
+        return metric_states([self.metric])
+
+    def merge(self, per_process: list[list[dict]]) -> None:
+        merge_metric_states([self.metric], per_process)
 
     def compute(self) -> dict[str, float]:
         """{'bbox_AP', 'bbox_AP50', 'bbox_AP75', 'bbox_APs', 'bbox_APm', 'bbox_APl'} (and 'segm_*'), in [0, 1]."""
@@ -56,14 +91,21 @@ class SegmentationEvaluator:
     def __init__(self, num_classes: int):
         from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-        self.iou = MulticlassJaccardIndex(num_classes, ignore_index=IGNORE_INDEX, average="macro")
-        self.acc = MulticlassAccuracy(num_classes, ignore_index=IGNORE_INDEX, average="micro")
+        self.iou = MulticlassJaccardIndex(num_classes, ignore_index=IGNORE_INDEX, average="macro",
+                                          sync_on_compute=False)
+        self.acc = MulticlassAccuracy(num_classes, ignore_index=IGNORE_INDEX, average="micro", sync_on_compute=False)
 
     def update(self, prediction: torch.Tensor, label: torch.Tensor) -> None:
         """`prediction`: class ids (..., H, W); `label`: class ids with 255 = ignore, same shape."""
         prediction, label = prediction.cpu(), label.cpu()
         self.iou.update(prediction, label)
         self.acc.update(prediction, label)
+
+    def states(self) -> list[dict]:
+        return metric_states([self.iou, self.acc])
+
+    def merge(self, per_process: list[list[dict]]) -> None:
+        merge_metric_states([self.iou, self.acc], per_process)
 
     def compute(self) -> dict[str, float]:
         return {"mIoU": float(self.iou.compute()), "aAcc": float(self.acc.compute())}

@@ -42,6 +42,7 @@ __all__ = [
     "build_retinanet",
     "build_mask_rcnn",
     "build_semantic_fpn",
+    "sync_batchnorm",
 ]
 
 FPN_CHANNELS = 256
@@ -216,3 +217,14 @@ def build_mask_rcnn(variant: str = "b2", num_classes: int = 80, min_size: int = 
 def build_semantic_fpn(variant: str = "b2", num_classes: int = 150, **backbone_kwargs: Any) -> SemanticFPN:
     """Semantic FPN (ADE20K: 150 classes): FPN on all four stages, 256 ch, 128-ch head, 1/4-res logits."""
     return SemanticFPN(build_backbone(variant, out_indices=(0, 1, 2, 3), **backbone_kwargs), num_classes)
+
+
+def sync_batchnorm(model: nn.Module, world: int, device_type: str) -> tuple[nn.Module, str | None]:
+    """BatchNorm layers (the Semantic FPN head's) as SyncBatchNorm when several processes train on GPUs: the
+    statistics of the whole batch, not of each process's few images. Returns the model and, when it could
+    not convert, why (PyTorch's SyncBatchNorm runs on GPUs only; on CPUs each process keeps its own)."""
+    if world == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model, None
+    if device_type == "cpu":
+        return model, "BatchNorm is not synchronised over CPU processes (PyTorch's SyncBatchNorm needs GPUs)"
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model), None

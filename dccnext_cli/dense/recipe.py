@@ -15,10 +15,11 @@ from ..common.recipe_files import RECIPE_ROOT, build_recipe, parse_overrides, re
 from ..errors import ConfigError
 from .tasks import DENSE_TASKS, DenseTask
 
-__all__ = ["DenseRecipe", "load_dense_recipe", "RECIPE_DIR", "TASK_RECIPES"]
+__all__ = ["DenseRecipe", "load_dense_recipe", "RECIPE_DIR", "TASK_RECIPES", "AMP_MODES"]
 
 RECIPE_DIR = RECIPE_ROOT / "dense"
 TASK_RECIPES = {task.name: task.recipe for task in DENSE_TASKS.values()}  # a task name picks its recipe
+AMP_MODES = ("auto", "no", "bf16", "fp16")  # Accelerate's mixed precision; auto: bf16 on a GPU that has it
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ class DenseRecipe:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    batch_size: int = 32
+    batch_size: int = 32  # the total per optimiser step, over all processes and accumulation steps
+    grad_accum: int = 1  # micro-batches per optimiser step on each process
     iterations: int | None = 40000  # either iterations ...
     epochs: int | None = None  # ... or epochs over the data
     schedule: str = "poly"  # poly | step
@@ -43,7 +45,7 @@ class DenseRecipe:
     warmup_iters: int = 0
     warmup_ratio: float = 1e-3
     grad_clip: float | None = None
-    amp: bool = False  # bfloat16 autocast on CUDA (DCConv distances stay float32)
+    amp: str = "no"  # one of AMP_MODES (DCConv distances stay float32 under any)
     # model
     drop_path_rate: float = 0.1
     frozen_stages: int = -1
@@ -59,7 +61,8 @@ class DenseRecipe:
     workers: int = 2
     seed: int = 0
     log_every: int = 50
-    checkpoint_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # iterations between training-state checkpoints (0: only at the end)
+    keep_last: int = 2  # training-state checkpoints kept under RUN/checkpoints/
 
     def __post_init__(self) -> None:
         for name in ("betas", "step_epochs", "crop_size", "scale", "ratio_range"):
@@ -72,6 +75,13 @@ class DenseRecipe:
             raise ConfigError("a dense recipe sets exactly one of iterations and epochs")
         if (self.iterations or self.epochs) < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("iterations/epochs, batch_size and lr must be positive")
+        if self.grad_accum < 1 or self.keep_last < 1 or self.checkpoint_every < 0:
+            raise ConfigError("grad_accum and keep_last must be at least 1, checkpoint_every at least 0")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}; "
+                              "batch_size is the total per optimiser step")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
 
     @property
     def dense_task(self) -> DenseTask:

@@ -28,3 +28,18 @@ def test_dense_task_needs_its_data(run_cli, tmp_path):
     assert r.exit_code == 2 and "--task retinanet needs --data (coco:PATH)" in r.text
     r = run_cli("train", "--task", "retinanet", "--data", "imagefolder:/x", "-o", tmp_path / "x")
     assert r.exit_code == 2 and "retinanet reads coco:PATH" in r.text
+
+
+def test_dense_batch_that_does_not_split_and_a_run_folder_in_use(run_cli, ade_root, tmp_path):
+    args = ["train", "--task", "semantic-fpn", "--variant", "b0", "--data", f"ade20k:{ade_root}"]
+    r = run_cli(*args, "--batch-size", "2", "--grad-accum", "3", "-o", tmp_path / "a")
+    assert r.exit_code == 2 and "batch_size 2 is not divisible by grad_accum 3" in r.text
+    keep = tmp_path / "b"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    r = run_cli(*args, "-o", keep)
+    assert r.exit_code == 2 and "pass --resume to continue the run there or --overwrite" in r.text
+    assert [p.name for p in keep.iterdir()] == ["notes.txt"]
+    r = run_cli(*args, "--resume", keep / "checkpoints" / "step-00000002")
+    assert r.exit_code == 2 and "step-00000002 is not a usable checkpoint: no manifest" in r.text, r.text
+    assert "Traceback" not in r.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from dccnext_cli.dense.data import CocoInstances, detection_collate
 from dccnext_cli.errors import CheckpointError, ConfigError
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
-from dccnext_cli.models.weights import CheckpointMeta, save_weights
+from dccnext_cli.models.weights import CheckpointMeta, read_meta, save_weights
 
 
 def test_backbone_returns_four_normalised_stages_at_strides_4_to_32():
@@ -89,7 +91,8 @@ def test_detector_forward_and_one_training_step(task, coco_json, tmp_path):
                                       "variant=b0", "warmup_iters=0"])
     result = train_dense(recipe, f"coco:{coco_json}", tmp_path / "run", progress=False)
     assert result.iterations == 1 and torch.isfinite(torch.tensor(result.losses)).all()
-    assert result.checkpoint.is_file()
+    meta = read_meta(result.checkpoint)  # COCO names its classes: they are in the file, and it reads back
+    assert (meta.class_names, meta.dense_num_classes, meta.task) == (["square", "triangle"], 2, task)
     # that run's model is a fresh one; here take a step on ours to check gradients reach the backbone
     model.train()
     losses = model(images, targets)
@@ -112,4 +115,5 @@ def test_semantic_fpn_forward_and_one_training_step(ade_root, tmp_path):
                                                 "scale=[128,64]", "workers=0", "variant=b0", "num_classes=5"])
     result = train_dense(recipe, f"ade20k:{ade_root}", tmp_path / "run", progress=False)
     assert len(result.losses) == 2 and all(0 < loss < 10 for loss in result.losses)
-    assert (tmp_path / "run" / "log.jsonl").read_text().count("\n") == 2
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log] == ["start", "train", "train"] and log[0]["world_size"] == 1
