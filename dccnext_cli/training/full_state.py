@@ -21,7 +21,7 @@ import torch
 
 from .accelerator import engine_name
 
-__all__ = ["gather_model_state", "gather_optimizer_state", "load_full_state", "every_rank_weights_digest",
+__all__ = ["is_sharded", "gather_model_state", "gather_optimizer_state", "load_full_state", "every_rank_weights_digest",
            "StateView"]
 
 _COMPILED = "_orig_mod."
@@ -43,9 +43,27 @@ def _options(**kwargs):
     return StateDictOptions(full_state_dict=True, **kwargs)
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True when the model's parameters are FSDP shards (FSDP2 DTensors, or FSDP1 flat parameters), whoever
+    sharded it: Accelerate on GPUs, or `fully_shard` in a test on CPUs."""
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        return True
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+
+
 def gather_model_state(accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """Every process calls this; the main process gets the whole state dict, the others None."""
-    if engine_name(accelerator) in ("fsdp", "deepspeed"):
+    """Every process calls this; the main process gets the whole state dict, the others None.
+
+    FSDP: torch's full state dict, gathered into the main process's memory (what `accelerator.get_state_dict`
+    does for FSDP2). DeepSpeed: `accelerator.get_state_dict` (ZeRO-3 consolidates its partitions). DDP and one
+    process: the main process's own copy."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(model, options=_options(cpu_offload=True))
+    elif engine_name(accelerator) == "deepspeed":
         state = accelerator.get_state_dict(model)
     elif accelerator.is_main_process:
         state = accelerator.unwrap_model(model, keep_torch_compile=False).state_dict()
@@ -61,9 +79,8 @@ def gather_optimizer_state(accelerator, model: torch.nn.Module, optimizer) -> di
         return None
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    sharded = engine_name(accelerator) == "fsdp"
     inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps the real one
-    state = get_optimizer_state_dict(model, inner, options=_options(cpu_offload=sharded))
+    state = get_optimizer_state_dict(model, inner, options=_options(cpu_offload=is_sharded(model)))
     return state if accelerator.is_main_process else None
 
 
@@ -94,7 +111,7 @@ def _copy(tree: Any) -> Any:
 def every_rank_weights_digest(accelerator, model: torch.nn.Module) -> str:
     """A short digest of the whole weights, computed by each process from what it holds (shards gathered), so
     that processes that disagree show different digests. Every process calls this."""
-    if engine_name(accelerator) == "fsdp":
+    if is_sharded(model):  # every process gathers the whole weights for itself
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         state = get_model_state_dict(model, options=_options(cpu_offload=False))
