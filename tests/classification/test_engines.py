@@ -187,3 +187,17 @@ def test_two_nodes_with_local_disks_then_elastic_resume_on_one_process(imagefold
     final = json.loads(resumed.stdout)
     assert final["world_size"] == 1 and final["steps"] == 3
     assert json.loads((run / "summary.json").read_text())["samples"] == 48
+
+
+def test_a_process_without_a_saved_random_state_is_seeded_by_its_rank():
+    """Resuming on more processes than saved: the new ones draw repeatable numbers, different per rank."""
+    import torch
+
+    from dccnext_cli.training.rng_state import reseed_rng
+
+    draws = {}
+    for rank in (1, 2, 1):
+        generator = torch.Generator()
+        reseed_rng(step=5, rank=rank, generator=generator)
+        draws.setdefault(rank, []).append((torch.rand(3).tolist(), torch.rand(3, generator=generator).tolist()))
+    assert draws[1][0] == draws[1][1] and draws[1][0] != draws[2][0]
