@@ -353,6 +353,8 @@ def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, overwrite: boo
         lock_folder(run.out)
     if run.resume and run.checkpoint is not None:
         state = load_run_state(accelerator, run.checkpoint, _state_parts(run, data, parts), run.notes)
+        if state.samples == 0:  # a checkpoint from before the image count was kept
+            state.samples = state.step * run.recipe.batch_size
         if (state.world_size, state.micro_batch) != (world, run.micro):
             _reshape(run, state)
         accelerator.step = state.micro_steps
@@ -496,14 +498,16 @@ def _evaluate(run: _Run, data: _Data, parts: _Trainables, reporter) -> EvalResul
     advance, done = (lambda n: None), (lambda: None)
     if reporter is not None and run.main and hasattr(reporter, "phase"):
         advance, done = reporter.phase("evaluating", count)
+    # under FSDP and DeepSpeed through the engine (the unwrapped module may hold shards only); under DDP through
+    # the plain module, whose forward is no collective, so processes may score different numbers of batches
+    model = parts.model if engine_name(accelerator) in ("fsdp", "deepspeed") else _plain_model(run, parts)
     lockstep = None
     if shards_parameters(accelerator):  # every forward pass is a collective: all processes run as many
-        size = run.recipe.input_size
         lockstep = Lockstep(lambda mine: bool(accelerator.reduce(torch.tensor([float(mine)], device=accelerator.device),
                                                                  reduction="sum").item()),
-                            torch.zeros(1, 3, *size, device=accelerator.device))
-    try:  # through the prepared model: under FSDP / ZeRO-3 the unwrapped module has no whole weights
-        return evaluate_batches(parts.model, data.eval_batches.epoch(0), data.num_classes,
+                            torch.zeros(1, 3, *run.recipe.input_size, device=accelerator.device))
+    try:
+        return evaluate_batches(model, data.eval_batches.epoch(0), data.num_classes,
                                 device=accelerator.device, max_samples=share, autocast=accelerator.autocast,
                                 reduce=lambda t: accelerator.reduce(t, reduction="sum"), on_batch=advance,
                                 lockstep=lockstep)
