@@ -81,7 +81,13 @@ def gather_optimizer_state(accelerator, model: torch.nn.Module, optimizer) -> di
 
     inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps the real one
     state = get_optimizer_state_dict(model, inner, options=_options(cpu_offload=is_sharded(model)))
-    return state if accelerator.is_main_process else None
+    if not accelerator.is_main_process:
+        return None
+    # one spelling of the hyperparameters, whether the optimiser was built or loaded (loading reorders a group's
+    # keys and turns its tuples into lists), so a resumed run writes the very bytes an uninterrupted one does
+    groups = [{key: list(value) if isinstance(value, tuple) else value for key, value in sorted(group.items())}
+              for group in state["param_groups"]]
+    return {**state, "param_groups": groups}
 
 
 def load_full_state(accelerator, model: torch.nn.Module, optimizer, model_state: dict[str, torch.Tensor] | None,
