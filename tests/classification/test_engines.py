@@ -201,3 +201,33 @@ def test_a_process_without_a_saved_random_state_is_seeded_by_its_rank():
         reseed_rng(step=5, rank=rank, generator=generator)
         draws.setdefault(rank, []).append((torch.rand(3).tolist(), torch.rand(3, generator=generator).tolist()))
     assert draws[1][0] == draws[1][1] and draws[1][0] != draws[2][0]
+
+
+@pytest.mark.slow
+def test_one_process_run_resumes_on_two_nodes_whose_second_has_no_copy(imagefolder, tmp_path):
+    """The other direction: a checkpoint of 1 process continues on 2 "nodes"; node 1's folder stays empty (the
+    checkpoint reaches it by broadcast) and its process starts from a fresh random state, as the warning says."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    args = ["--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "1", "--batch-size", "16",
+            "--workers", "0", "--set", "eval_split=null", "--set", "checkpoint_every=1", "--set", "keep_last=3",
+            "-o", "run", "--json"]
+    first = subprocess.run([sys.executable, "-m", "dccnext_cli", "train", *args], cwd=nodes[0], env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    port = _port()
+    procs = [_launch("ddp.yaml", *args, "--resume", "run/checkpoints/step-00000002", procs=2, machines=2, rank=rank,
+                     port=port, cwd=node) for rank, node in enumerate(nodes)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    assert list(nodes[1].iterdir()) == []
+    run = nodes[0] / "run"
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    start = [e for e in log if e["event"] == "start"][-1]
+    assert (start["world_size"], start["micro_batch"], start["step"], start["samples"]) == (2, 8, 2, 32)
+    warning = [e["message"] for e in log if e["event"] == "warning" and "no longer bitwise" in e["message"]]
+    assert len(warning) == 1 and "processes 1..1 start from fresh random states" in warning[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3 and summary["samples"] == 48
+    assert {"rng-0.json", "rng-1.json"} <= {p.name for p in (run / "checkpoints" / "step-00000003").iterdir()}
