@@ -1,8 +1,9 @@
 """Hooks into the training loop for what only a test or a debugging session needs, off the hot path by default.
 
 `RankProbe` records what each process saw (a fingerprint of its labels and a sparse sample of its pixels) and
-ended with (a digest of its weights), so a distributed test can check that the ranks read different data and
-finished with identical weights. `dccnext train` adds it when the environment sets `DCCNEXT_RANK_PROBE=1`.
+ended with (a digest of its whole weights, gathered from shards under FSDP), so a distributed test can check that
+the ranks read different data and finished with identical weights. `dccnext train` adds it when the environment
+sets `DCCNEXT_RANK_PROBE=1`.
 """
 
 from __future__ import annotations
@@ -23,18 +24,10 @@ class TrainCallback(Protocol):
 
     def on_batch(self, images: torch.Tensor, labels: torch.Tensor) -> None: ...
 
-    def on_end(self, model: torch.nn.Module) -> dict[str, Any]:
-        """Entries to add to this process's record in `summary.json` ("ranks")."""
+    def on_end(self, weights_digest: str) -> dict[str, Any]:
+        """Entries to add to this process's record in `summary.json` ("ranks"); `weights_digest` is a digest
+        of the whole final weights as this process sees them (shards gathered, see training/full_state.py)."""
         ...
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A short digest of every tensor of the state dict, in name order."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class RankProbe:
@@ -50,9 +43,9 @@ class RankProbe:
         self.fingerprint.update(images.flatten(1)[:, ::997].sum(1).numpy().round(3).tobytes())
         self.samples += len(labels)
 
-    def on_end(self, model: torch.nn.Module) -> dict[str, Any]:
+    def on_end(self, weights_digest: str) -> dict[str, Any]:
         return {"samples": self.samples, "data_fingerprint": self.fingerprint.hexdigest(),
-                "weights_digest": weights_digest(model)}
+                "weights_digest": weights_digest}
 
 
 def callbacks_from_env() -> list[TrainCallback]:

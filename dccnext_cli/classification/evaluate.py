@@ -6,7 +6,7 @@ checkpoint's metadata, so `eval` scores a model exactly as its training run did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from ..errors import DataError
 from ..models.dccnext import DCCNeXt
 from ..models.weights import CheckpointMeta
 
-__all__ = ["EvalResult", "evaluate_batches", "evaluate_checkpoint", "eval_settings", "DEFAULT_EVAL_DATA"]
+__all__ = ["EvalResult", "Lockstep", "evaluate_batches", "evaluate_checkpoint", "eval_settings", "DEFAULT_EVAL_DATA"]
 
 DEFAULT_EVAL_DATA = "builtin:fashion-mnist"
 
@@ -50,33 +50,52 @@ def eval_settings(meta: CheckpointMeta) -> dict[str, Any]:
             "mean": tuple(recipe.get("mean", IMAGENET_MEAN)), "std": tuple(recipe.get("std", IMAGENET_STD))}
 
 
-@torch.no_grad()
-def evaluate_batches(model: torch.nn.Module, batches: Iterable, num_classes: int, *, device: torch.device,
-                     max_samples: int | None = None, reduce=None, autocast=None, on_batch=None) -> EvalResult:
-    """Accuracy over batches of (images, labels, skipped); `reduce` sums counts over processes when distributed."""
-    was_training = model.training
-    model.eval()
-    k = min(5, num_classes)
-    totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, samples, skipped
+@dataclass
+class Lockstep:
+    """For engines whose every forward pass is a collective (FSDP, ZeRO-3): processes keep forwarding `filler`
+    (not scored) until none has a batch left, so one that runs out first does not leave the others waiting."""
+
+    any_left: Callable[[bool], bool]  # given whether this process has a batch, whether any process has one
+    filler: torch.Tensor  # one input of the right shape, on the device
+
+
+def _batches_within(batches: Iterable, max_samples: int | None, totals: torch.Tensor) -> Iterator:
+    """(images, labels) to score, counting skipped images into `totals[4]`, up to `max_samples`."""
     for images, labels, skipped in batches:
         totals[4] += skipped
         if max_samples is not None:
             room = max_samples - int(totals[3])
             if room <= 0:
-                break
+                return
             images, labels = images[:room], labels[:room]
-        if len(labels) == 0:
+        if len(labels):
+            yield images, labels
+
+
+@torch.no_grad()
+def evaluate_batches(model: torch.nn.Module, batches: Iterable, num_classes: int, *, device: torch.device,
+                     max_samples: int | None = None, reduce=None, autocast=None, on_batch=None,
+                     lockstep: Lockstep | None = None) -> EvalResult:
+    """Accuracy over batches of (images, labels, skipped); `reduce` sums counts over processes when distributed."""
+    was_training = model.training
+    model.eval()
+    k = min(5, num_classes)
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, samples, skipped
+    mine = _batches_within(batches, max_samples, totals)
+    while True:
+        item = next(mine, None)
+        if lockstep is not None and not lockstep.any_left(item is not None):
+            break
+        if item is None:
+            if lockstep is None:
+                break
+            _forward(model, lockstep.filler, autocast)  # keeps step with processes that still have batches
             continue
-        images, labels = images.to(device), labels.to(device)
+        images, labels = item[0].to(device), item[1].to(device)
         if int(labels.max()) >= num_classes or int(labels.min()) < 0:
             raise DataError(f"a label {int(labels.max())} is outside the model's {num_classes} classes; "
                             "the data and the checkpoint do not match")
-        if autocast is not None:
-            with autocast():
-                logits = model(images)
-        else:
-            logits = model(images)
-        logits = logits.float()
+        logits = _forward(model, images, autocast)
         top = logits.topk(k, dim=1).indices
         totals[0] += (top[:, 0] == labels).sum()
         totals[1] += (top == labels[:, None]).any(dim=1).sum()
@@ -90,6 +109,13 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable, num_classes: int
     n = max(int(totals[3]), 1)
     return EvalResult(100 * float(totals[0]) / n, 100 * float(totals[1]) / n, float(totals[2]) / n, int(totals[3]),
                       int(totals[4]))
+
+
+def _forward(model: torch.nn.Module, images: torch.Tensor, autocast) -> torch.Tensor:
+    if autocast is None:
+        return model(images).float()
+    with autocast():
+        return model(images).float()
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str | None = None, *,

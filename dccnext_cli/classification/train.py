@@ -18,7 +18,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,15 @@ from ..models.config import DCCNeXtConfig
 from ..models.dccnext import DCCNeXt
 from ..models.pretrained import WarmStartReport, load_backbone_weights
 from ..models.weights import CheckpointMeta, save_weights
-from ..training.accelerator import make_accelerator, micro_batch
+from ..training.accelerator import (
+    configure_engine,
+    engine_name,
+    make_accelerator,
+    micro_batch,
+    on_main_process,
+    shards_parameters,
+)
+from ..training.full_state import StateView, every_rank_weights_digest, gather_model_state
 from ..training.run_state import (
     Trainables,
     TrainState,
@@ -51,7 +59,7 @@ from ..training.run_state import (
     save_run_state,
 )
 from .callbacks import TrainCallback
-from .evaluate import EvalResult, evaluate_batches
+from .evaluate import EvalResult, Lockstep, evaluate_batches
 from .recipe import TrainRecipe
 
 __all__ = ["TrainResult", "TrainingInterrupted", "train", "prepare_output", "RUN_FILES"]
@@ -144,17 +152,22 @@ def _micro_batch(recipe: TrainRecipe, world: int) -> int:
     return micro
 
 
+# options that set how a launch runs the recipe, not what it trains: a resumed run may change them
+LAUNCH_OPTIONS = ("grad_accum",)
+
+
 def _recipe_from_run(out: Path, recipe: TrainRecipe, explicit: dict[str, Any]) -> TrainRecipe:
-    """A resumed run keeps the recipe it was started with; a conflicting explicit value is an error."""
+    """A resumed run keeps the recipe it was started with; a conflicting explicit value is an error, except for
+    the launch options (gradient accumulation: the total batch stays the recipe's)."""
     saved_path = out / "recipe.yaml"
     if not saved_path.is_file():
         return recipe
     saved = build_recipe(TrainRecipe, yaml.safe_load(saved_path.read_text()), str(saved_path))
     for key in explicit:
-        if getattr(saved, key) != getattr(recipe, key):
+        if key not in LAUNCH_OPTIONS and getattr(saved, key) != getattr(recipe, key):
             raise ConfigError(f"{out} was started with {key}={getattr(saved, key)!r}; a resumed run keeps its "
                               f"recipe (remove the {key} option or start a new run)")
-    return saved
+    return replace(saved, **{key: getattr(recipe, key) for key in LAUNCH_OPTIONS if key in explicit})
 
 
 @dataclass
@@ -176,30 +189,30 @@ class _Run:
 
 def _prepare_run(recipe: TrainRecipe, output: str | Path | None, resume: bool | str | Path, overwrite: bool,
                  explicit: dict[str, Any]) -> _Run:
-    from accelerate.utils import broadcast_object_list
-
+    """The main process alone looks at the run folder (it may be on its node-local disk) and tells the others
+    where the run lives, which checkpoint it continues and with which recipe."""
     accelerator = make_accelerator(recipe.amp, recipe.grad_accum)
-    world, main = accelerator.num_processes, accelerator.is_main_process
-    out_holder = [str(prepare_output(output, recipe.variant, resume=bool(resume), overwrite=overwrite))
-                  if main else None]
-    out = Path(broadcast_object_list(out_holder)[0] if world > 1 else out_holder[0])
     notes: list[str] = []
-    if main and out.is_dir():
-        lock_folder(out)  # before anything is written; a second writer stops here
-        if resume:
-            recover_checkpoints(out, notes)
-    accelerator.wait_for_everyone()
-    checkpoint = None
-    if isinstance(resume, (str, Path)):
-        checkpoint = find_checkpoint(Path(resume), notes)
-        if checkpoint is None:
-            raise CheckpointError(f"--resume {resume}: no training checkpoint there")
-    elif resume:
-        checkpoint = find_checkpoint(out, notes)
-    if resume:
-        recipe = _recipe_from_run(out, recipe, explicit)
-    return _Run(recipe, accelerator, out, checkpoint, bool(resume), _micro_batch(recipe, world),
-                notes if main else [])
+
+    def decide() -> tuple[Path, Path | None, TrainRecipe]:
+        out = prepare_output(output, recipe.variant, resume=bool(resume), overwrite=overwrite)
+        if out.is_dir():
+            lock_folder(out)  # before anything is written; a second writer stops here
+            if resume:
+                recover_checkpoints(out, notes)
+        checkpoint = None
+        if isinstance(resume, (str, Path)):
+            checkpoint = find_checkpoint(Path(resume), notes)
+            if checkpoint is None:
+                raise CheckpointError(f"--resume {resume}: no training checkpoint there")
+        elif resume:
+            checkpoint = find_checkpoint(out, notes)
+        return out, checkpoint, _recipe_from_run(out, recipe, explicit) if resume else recipe
+
+    out, checkpoint, recipe = on_main_process(accelerator, decide)
+    accelerator.gradient_accumulation_steps = recipe.grad_accum  # a resumed run's own, or the one asked for now
+    return _Run(recipe, accelerator, out, checkpoint, bool(resume), _micro_batch(recipe, accelerator.num_processes),
+                notes if accelerator.is_main_process else [])
 
 
 # --------------------------------------------------------------------- data
@@ -310,6 +323,7 @@ def _build_trainables(run: _Run, data: _Data) -> _Trainables:
                                   warmup_lr_init=min(recipe.warmup_lr, peak), t_in_epochs=False)
     if recipe.compile:
         model = torch.compile(model)
+    configure_engine(run.accelerator, run.micro, recipe.grad_clip)  # DeepSpeed's "auto" micro-batch and clipping
     model, optimizer = run.accelerator.prepare(model, optimizer)
     mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
                   switch_prob=recipe.mixup_switch_prob, label_smoothing=recipe.smoothing,
@@ -327,7 +341,7 @@ def _plain_model(run: _Run, parts: _Trainables) -> torch.nn.Module:
 def _state_parts(run: _Run, data: _Data, parts: _Trainables) -> Trainables:
     """What a training checkpoint holds besides the loop's position."""
     return Trainables(_plain_model(run, parts), parts.optimizer, getattr(run.accelerator, "scaler", None),
-                      data.batches.loader.generator)
+                      data.batches.loader.generator, prepared=parts.model)
 
 
 def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, overwrite: bool) -> TrainState:
@@ -338,10 +352,11 @@ def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, overwrite: boo
         run.out.mkdir(parents=True, exist_ok=True)
         lock_folder(run.out)
     if run.resume and run.checkpoint is not None:
-        state = load_run_state(accelerator, run.checkpoint, _state_parts(run, data, parts))
+        state = load_run_state(accelerator, run.checkpoint, _state_parts(run, data, parts), run.notes)
+        if state.samples == 0:  # a checkpoint from before the image count was kept
+            state.samples = state.step * run.recipe.batch_size
         if (state.world_size, state.micro_batch) != (world, run.micro):
-            raise CheckpointError(f"{run.checkpoint} was written by {state.world_size} processes with batches of "
-                                  f"{state.micro_batch}; resume it with the same launch")
+            _reshape(run, state)
         accelerator.step = state.micro_steps
     elif run.main:
         if overwrite:  # only now, when everything has been checked
@@ -351,15 +366,35 @@ def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, overwrite: boo
     return state
 
 
+def _reshape(run: _Run, state: TrainState) -> None:
+    """Elastic resume: a checkpoint written by another launch shape (processes x micro-batch x accumulation)
+    continues at the same optimiser step and image count; each process skips the same number of optimiser
+    steps of the epoch. The images of the rest of the epoch are dealt out differently, so the run is no longer
+    the bitwise continuation of the one saved, and the user is told."""
+    world, accum = run.accelerator.num_processes, run.recipe.grad_accum
+    saved_accum = max(run.recipe.batch_size // max(state.world_size * state.micro_batch, 1), 1)
+    steps_in_epoch = state.batch // saved_accum
+    note = (f"{run.checkpoint} was written by {state.world_size} processes x {state.micro_batch} images x "
+            f"{saved_accum} accumulation steps; continuing on {world} x {run.micro} x {accum} at step {state.step} "
+            f"({state.samples} images seen), no longer bitwise the run that was saved")
+    if world > state.world_size:
+        note += f" (processes {state.world_size}..{world - 1} start from fresh random states)"
+    run.notes.append(note)
+    state.world_size, state.micro_batch = world, run.micro
+    state.batch, state.micro_steps = steps_in_epoch * accum, state.step * accum
+
+
 # --------------------------------------------------------------------- saving
 def _save_weights_file(run: _Run, data: _Data, parts: _Trainables, name: str, epoch: int,
                        metrics: dict[str, Any] | None) -> None:
+    """Every process gathers (FSDP and ZeRO-3 hold shards); the main process writes."""
+    weights = gather_model_state(run.accelerator, parts.model)
     if not run.main:
         return
     meta = CheckpointMeta(run.recipe.variant, parts.config, data.train_split.class_names, epoch,
                           input_size=tuple(run.recipe.input_size), recipe=run.recipe.to_dict(),
                           metrics={"top1": metrics["top1"], "top5": metrics["top5"]} if metrics else None)
-    save_weights(run.out / name, _plain_model(run, parts), meta)
+    save_weights(run.out / name, StateView(weights), meta)
 
 
 def _checkpoint(run: _Run, data: _Data, parts: _Trainables, state: TrainState) -> None:
@@ -417,6 +452,7 @@ def _train_one_epoch(run: _Run, data: _Data, parts: _Trainables, state: TrainSta
             parts.optimizer.step()
             parts.optimizer.zero_grad(set_to_none=True)
         state.batch += 1
+        state.samples += run.micro * accelerator.num_processes  # drawn from the data, decodable or not
         speed.images += len(labels) * accelerator.num_processes
         if not accelerator.sync_gradients:
             continue
@@ -462,10 +498,19 @@ def _evaluate(run: _Run, data: _Data, parts: _Trainables, reporter) -> EvalResul
     advance, done = (lambda n: None), (lambda: None)
     if reporter is not None and run.main and hasattr(reporter, "phase"):
         advance, done = reporter.phase("evaluating", count)
+    # under FSDP and DeepSpeed through the engine (the unwrapped module may hold shards only); under DDP through
+    # the plain module, whose forward is no collective, so processes may score different numbers of batches
+    model = parts.model if engine_name(accelerator) in ("fsdp", "deepspeed") else _plain_model(run, parts)
+    lockstep = None
+    if shards_parameters(accelerator):  # every forward pass is a collective: all processes run as many
+        lockstep = Lockstep(lambda mine: bool(accelerator.reduce(torch.tensor([float(mine)], device=accelerator.device),
+                                                                 reduction="sum").item()),
+                            torch.zeros(1, 3, *run.recipe.input_size, device=accelerator.device))
     try:
-        return evaluate_batches(_plain_model(run, parts), data.eval_batches.epoch(0), data.num_classes,
+        return evaluate_batches(model, data.eval_batches.epoch(0), data.num_classes,
                                 device=accelerator.device, max_samples=share, autocast=accelerator.autocast,
-                                reduce=lambda t: accelerator.reduce(t, reduction="sum"), on_batch=advance)
+                                reduce=lambda t: accelerator.reduce(t, reduction="sum"), on_batch=advance,
+                                lockstep=lockstep)
     finally:
         done()
 
@@ -499,7 +544,7 @@ def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainS
 def _summary(state: TrainState, world: int, epochs: int, wall_s: float, ranks: list[dict[str, Any]]) -> dict:
     return {"world_size": world, "epochs": epochs, "steps": state.step, "wall_s": round(wall_s, 1),
             "metrics": state.metrics, "best_top1": state.best_top1, "best_epoch": state.best_epoch,
-            "skipped_images": sum(r["skipped_images"] for r in ranks), "ranks": ranks}
+            "skipped_images": sum(r["skipped_images"] for r in ranks), "samples": state.samples, "ranks": ranks}
 
 
 def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, log: _Log,
@@ -508,8 +553,10 @@ def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, log: 
     from the checkpointed state only, so a run resumed after a kill here writes the same bytes."""
     accelerator = run.accelerator
     mine: dict[str, Any] = {"rank": accelerator.process_index, "skipped_images": state.skipped_images}
-    for callback in callbacks:
-        mine.update(callback.on_end(_plain_model(run, parts)))
+    if callbacks:  # a collective under FSDP: every process has the same callbacks (from the environment)
+        digest = every_rank_weights_digest(accelerator, parts.model)
+        for callback in callbacks:
+            mine.update(callback.on_end(digest))
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
@@ -556,9 +603,11 @@ def _completed(run: _Run) -> TrainResult | None:
         return None
 
 
-def _start_log(run: _Run, data: _Data, parts: _Trainables) -> _Log:
+def _start_log(run: _Run, data: _Data, parts: _Trainables, state: TrainState) -> _Log:
     log = _Log(run.out, run.main)
     log.write("start", world_size=run.accelerator.num_processes, micro_batch=run.micro,
+              grad_accum=run.recipe.grad_accum, engine=engine_name(run.accelerator), step=state.step,
+              samples=state.samples,
               steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,
               resumed_from=str(run.checkpoint) if run.checkpoint else None, data=data.uri,
               num_classes=data.num_classes, device=str(run.accelerator.device),
@@ -594,14 +643,17 @@ def _train(run: _Run, overwrite: bool, reporter, callbacks: Sequence[TrainCallba
     start_time, recipe = time.time(), run.recipe  # a resumed run keeps its own recipe
     for note in run.notes:
         _tell(run, reporter, f"[yellow]warning:[/] {note}")
-    done = _completed(run)
+    done = on_main_process(run.accelerator, lambda: _completed(run))
     if done is not None:
         _tell(run, reporter, f"{run.out} is complete ({done.steps} steps); nothing to do")
         return done
     data = _build_data(run)
     parts = _build_trainables(run, data)
+    told = len(run.notes)
     state = _restore_or_start(run, data, parts, overwrite)
-    log = _start_log(run, data, parts)
+    for note in run.notes[told:]:  # what resuming had to change (another launch shape)
+        _tell(run, reporter, f"[yellow]warning:[/] {note}")
+    log = _start_log(run, data, parts, state)
     if reporter is not None and run.main and parts.warm_start is not None:
         reporter.message(parts.warm_start.table())
     if run.main and log.tb is None:

@@ -8,6 +8,7 @@ a run that silently continued with other random numbers would no longer be the r
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from ..errors import CheckpointError
 
-__all__ = ["capture_rng", "restore_rng"]
+__all__ = ["capture_rng", "restore_rng", "reseed_rng"]
 
 
 def _bytes(t: torch.Tensor) -> list[int]:
@@ -74,3 +75,14 @@ def restore_rng(state: Any, source: str, generator: torch.Generator | None = Non
     except (KeyError, ValueError, TypeError, OverflowError, RuntimeError) as e:
         raise CheckpointError(f"{source} holds a damaged random-generator state ({e}); resume from another "
                               "checkpoint (--resume RUN/checkpoints/step-N)") from None
+
+
+def reseed_rng(step: int, rank: int, generator: torch.Generator | None = None) -> None:
+    """A process that has no saved state (a run resumed on more processes than it was saved on): every generator
+    seeded from (step, rank), so such a resume is repeatable and no two processes draw the same numbers."""
+    seed = int.from_bytes(hashlib.blake2b(f"resume-{step}-{rank}".encode(), digest_size=8).digest(), "little") >> 1
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if generator is not None:
+        generator.manual_seed(seed)

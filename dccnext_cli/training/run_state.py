@@ -2,8 +2,9 @@
 
 A checkpoint is `RUN/checkpoints/step-00001234/`:
 
-    model.safetensors       the model's tensors
-    optimizer.safetensors   the optimiser's (and fp16 grad scaler's) state, tensors + JSON structure
+    model.safetensors       the model's tensors, whole (gathered from FSDP / ZeRO-3 shards)
+    optimizer.safetensors   the optimiser's full state keyed by parameter name (see full_state.py) and the fp16
+                            grad scaler's, tensors + JSON structure
     rng-<rank>.json         every random generator of each process (see rng_state.py)
     train_state.json        the loop's position (`TrainState`)
     manifest.json           written last: every file's size and sha256, the step
@@ -13,6 +14,10 @@ it. A folder is a checkpoint only when its manifest is valid and every file matc
 (resume falls back to the previous checkpoint and says so). A checkpoint is built under a hidden temporary name
 and committed with one rename; one being replaced (the same step saved twice) is moved aside first and deleted
 only once its replacement is in place, so a kill at any moment leaves a complete checkpoint where resume finds it.
+
+The main process writes the whole checkpoint (the other processes' random states are gathered to it) and reads
+it back on resume (broadcasting to the others), so a run folder on the main node's local disk is enough, and a
+checkpoint resumes on another number of processes (see `load_run_state`).
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..common.crash_points import crash_point
-from ..errors import CheckpointError
-from .rng_state import capture_rng, restore_rng
+from ..errors import CheckpointError, ConfigError
+from .accelerator import engine_name
+from .full_state import gather_model_state, gather_optimizer_state, load_full_state
+from .rng_state import capture_rng, reseed_rng, restore_rng
 from .state_tree import load_tree, save_tree
 
 __all__ = ["TrainState", "Trainables", "save_run_state", "load_run_state", "find_checkpoint", "list_checkpoints",
@@ -58,6 +65,7 @@ class TrainState:
     skipped_images: int = 0
     micro_steps: int = 0  # Accelerate's micro-batch counter (which micro-batches sync gradients)
     metrics: dict[str, Any] | None = None  # the latest evaluation, so a resumed run reports it too
+    samples: int = 0  # training images consumed by all processes together, whatever the launch shape
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -90,6 +98,7 @@ class Trainables:
     optimizer: Any
     scaler: Any = None  # Accelerate's fp16 GradScaler, when there is one
     generator: torch.Generator | None = None  # the training DataLoader's generator
+    prepared: torch.nn.Module | None = None  # the model as `accelerator.prepare` returned it (None: `model`)
 
 
 def _folder_step(path: Path) -> int | None:
@@ -234,34 +243,49 @@ def prune_checkpoints(run_dir: Path, keep_last: int, step: int) -> None:
         shutil.rmtree(hidden, ignore_errors=True)
 
 
+def _gather_rng(accelerator, generator: torch.Generator | None) -> list[dict[str, Any]] | None:
+    """Every process's random state, on the main process (None elsewhere): one writer, whatever the disks."""
+    mine = capture_rng(generator)
+    if accelerator.num_processes == 1:
+        return [mine]
+    from accelerate.utils import gather_object
+
+    everyone = gather_object([mine])
+    return everyone if accelerator.is_main_process else None
+
+
 def save_run_state(accelerator, run_dir: Path, state: TrainState, parts: Trainables, keep_last: int) -> Path:
-    """Every process calls this: each writes its random state, the main process the rest, the manifest last,
-    then commits the folder with one rename and prunes old checkpoints."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    final = folder / f"{PREFIX}{state.step:08d}"
-    tmp = folder / f".{final.name}{_TMP}"
-    main, moment = accelerator.is_main_process, _moment(state)
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    rng = capture_rng(parts.generator)
-    _write(tmp, f"rng-{accelerator.process_index}.json", moment, lambda p: p.write_text(json.dumps(rng)))
-    if main:
-        model_state = {k: v.detach().cpu().contiguous() for k, v in parts.model.state_dict().items()}
-        _write(tmp, "model.safetensors", moment, lambda p: save_file(model_state, str(p)))
-        tree = {"optimizer": parts.optimizer.state_dict(),
-                "scaler": parts.scaler.state_dict() if parts.scaler is not None else None}
-        _write(tmp, "optimizer.safetensors", moment, lambda p: save_tree(p, tree))
-        _write(tmp, "train_state.json", moment, lambda p: p.write_text(state.to_json()))
-    accelerator.wait_for_everyone()
-    if main:
-        _write_manifest(tmp, state, accelerator.num_processes)
-        _commit(tmp, final, moment)
+    """Every process calls this (gathering sharded weights is a collective); the main process alone writes:
+    every process's random state, the weights, the optimiser, the position, the manifest last; then it commits
+    the folder with one rename and prunes old checkpoints. The other processes never touch the run folder, so
+    it may live on the main process's node-local disk."""
+    prepared = parts.prepared if parts.prepared is not None else parts.model
+    model_state = gather_model_state(accelerator, prepared)
+    optimizer_state = gather_optimizer_state(accelerator, prepared, parts.optimizer)
+    rngs = _gather_rng(accelerator, parts.generator)
+    final = Path(run_dir) / CHECKPOINT_DIR / f"{PREFIX}{state.step:08d}"
+    if accelerator.is_main_process:
+        _write_checkpoint(final, state, model_state, optimizer_state, rngs, parts.scaler, engine_name(accelerator))
         prune_checkpoints(run_dir, keep_last, state.step)
-        crash_point(f"{moment}:pruned")
+        crash_point(f"{_moment(state)}:pruned")
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_checkpoint(final: Path, state: TrainState, model_state: dict[str, torch.Tensor],
+                      optimizer_state: dict[str, Any] | None, rngs: list[dict[str, Any]], scaler, engine: str) -> None:
+    tmp, moment = final.with_name(f".{final.name}{_TMP}"), _moment(state)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for rank, rng in enumerate(rngs):
+        _write(tmp, f"rng-{rank}.json", moment, lambda p, rng=rng: p.write_text(json.dumps(rng)))
+    _write(tmp, "model.safetensors", moment, lambda p: save_file(model_state, str(p)))
+    tree = {"optimizer": optimizer_state, "scaler": scaler.state_dict() if scaler is not None else None,
+            "engine": engine}
+    _write(tmp, "optimizer.safetensors", moment, lambda p: save_tree(p, tree))
+    _write(tmp, "train_state.json", moment, lambda p: p.write_text(state.to_json()))
+    _write_manifest(tmp, state, len(rngs))
+    _commit(tmp, final, moment)
 
 
 def read_train_state(checkpoint: Path) -> TrainState:
@@ -273,26 +297,121 @@ def read_train_state(checkpoint: Path) -> TrainState:
     return TrainState.from_json(text, path)
 
 
-def load_run_state(accelerator, checkpoint: Path, parts: Trainables) -> TrainState:
-    """Every process: the loop's position, the model, the optimiser and this process's random state."""
-    checkpoint = Path(checkpoint)
+@dataclass
+class _Read:
+    """What the main process read of a checkpoint, for the others (who may have no copy of it)."""
+
+    state: TrainState
+    rngs: list[Any]
+    model: dict[str, torch.Tensor] | None = None  # main process only (broadcast as tensors, not as an object)
+    tree: dict[str, Any] | None = None  # optimiser and scaler; main process only
+    legacy_optimizer: Any = None  # an optimiser state of the first format (keyed by position): sent to all
+
+
+def _read_checkpoint(checkpoint: Path, model: torch.nn.Module) -> _Read:
+    """Main process: every file of a checkpoint, checked against the model before anything is loaded."""
     state = read_train_state(checkpoint)
     model_file = checkpoint / "model.safetensors"
     try:
-        parts.model.load_state_dict(load_file(str(model_file)), strict=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        weights = load_file(str(model_file))
+    except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot resume from {model_file}: {str(e).splitlines()[0]}") from None
+    expected = _shapes(model)
+    found = {name: tuple(t.shape) for name, t in weights.items()}
+    if expected is not None and found != expected:
+        wrong = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
+        raise CheckpointError(f"cannot resume from {model_file}: it does not fit this model ({wrong[0]})")
+    rngs = []
+    for rank in range(state.world_size):
+        rng_file = checkpoint / f"rng-{rank}.json"
+        try:
+            rngs.append(json.loads(rng_file.read_text()))
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise CheckpointError(f"cannot read {rng_file}; the checkpoint is damaged") from None
     tree = load_tree(checkpoint / "optimizer.safetensors")
+    if not isinstance(tree, dict) or "optimizer" not in tree:
+        raise CheckpointError(f"{checkpoint / 'optimizer.safetensors'} holds no optimiser entry; it is damaged")
+    legacy = tree["optimizer"] if _keyed_by_position(tree["optimizer"]) else None
+    return _Read(state, rngs, weights, tree, legacy)
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]] | None:
+    """The model's tensor names and whole shapes (DTensors report theirs), or None under FSDP1, where asking
+    is a collective that the main process cannot make alone (the strict load checks the names there)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        return None
+    return {name.replace("_orig_mod.", ""): tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _keyed_by_position(optimizer_state: Any) -> bool:
+    """The first checkpoint format stored `optimizer.state_dict()` itself: parameters numbered, not named."""
     try:
-        parts.optimizer.load_state_dict(tree["optimizer"])
+        return isinstance(optimizer_state["param_groups"][0]["params"][0], int)
+    except (TypeError, KeyError, IndexError):
+        return False
+
+
+def _share(accelerator, read: _Read | None, problem: str | None) -> _Read:
+    """The main process's reading (or its error) for every process; only small objects travel this way."""
+    if accelerator.num_processes == 1:
+        if problem:
+            raise CheckpointError(problem)
+        return read
+    from accelerate.utils import broadcast_object_list
+
+    tree = read.tree if read is not None else None
+    light = (problem, None if read is None else (read.state, read.rngs, read.legacy_optimizer, tree.get("scaler"),
+                                                  tree.get("engine"), tree.get("optimizer") is not None))
+    problem, payload = broadcast_object_list([light])[0]
+    if problem:
+        raise CheckpointError(problem)
+    if read is None:  # the optimiser's tensors come by broadcast when they are loaded; here only whether any
+        state, rngs, legacy, scaler, engine, has_optimizer = payload
+        read = _Read(state, rngs, None, {"optimizer": {} if has_optimizer else None, "scaler": scaler,
+                                         "engine": engine}, legacy)
+    return read
+
+
+def load_run_state(accelerator, checkpoint: Path, parts: Trainables, notes: list[str] | None = None) -> TrainState:
+    """Every process: the loop's position, the model, the optimiser and this process's random state. The main
+    process reads the checkpoint and broadcasts it, so the others need no copy, and the process count may differ
+    from the one that wrote it (a process without a saved random state gets a fresh one, seeded by its rank)."""
+    if engine_name(accelerator) == "deepspeed":
+        raise ConfigError("resuming under DeepSpeed is not supported (its optimiser state cannot be stored "
+                          "without pickle); resume the run with configs/accelerate/fsdp.yaml or ddp.yaml")
+    read, problem = None, None
+    if accelerator.is_main_process:
+        try:
+            read = _read_checkpoint(Path(checkpoint), parts.model)
+        except CheckpointError as e:
+            problem = str(e)
+    read = _share(accelerator, read, problem)
+    _load_weights_and_optimizer(accelerator, Path(checkpoint), parts, read, notes)
+    rank = accelerator.process_index
+    if rank < len(read.rngs):
+        restore_rng(read.rngs[rank], str(Path(checkpoint) / f"rng-{rank}.json"), parts.generator)
+    else:
+        reseed_rng(read.state.step, rank, parts.generator)
+    return read.state
+
+
+def _load_weights_and_optimizer(accelerator, checkpoint: Path, parts: Trainables, read: _Read,
+                                notes: list[str] | None) -> None:
+    prepared = parts.prepared if parts.prepared is not None else parts.model
+    tree = read.tree or {}
+    fresh = tree.get("optimizer") is None
+    if fresh and notes is not None and accelerator.is_main_process:
+        notes.append(f"{checkpoint} holds no optimiser state (written under {tree.get('engine', 'DeepSpeed')}): "
+                     "the optimiser's moments start again")
+    try:
+        load_full_state(accelerator, prepared, parts.optimizer, read.model,
+                        None if read.legacy_optimizer is not None else tree.get("optimizer"),
+                        with_optimizer=not fresh and read.legacy_optimizer is None)
+        if read.legacy_optimizer is not None:
+            parts.optimizer.load_state_dict(read.legacy_optimizer)
         if parts.scaler is not None and tree.get("scaler") is not None:
             parts.scaler.load_state_dict(tree["scaler"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
         raise CheckpointError(f"cannot resume the optimiser from {checkpoint}: {str(e).splitlines()[0]}") from None
-    rng_file = checkpoint / f"rng-{accelerator.process_index}.json"
-    try:
-        rng = json.loads(rng_file.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"cannot read {rng_file}; the checkpoint is damaged") from None
-    restore_rng(rng, str(rng_file), parts.generator)
-    return state

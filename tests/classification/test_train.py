@@ -1,5 +1,5 @@
 """`dccnext train` end to end on small real data: files written, corrupt images counted, the run folder
-protected, bad input refused, and exact resumption after SIGKILL."""
+protected, bad input refused, and exact resumption after SIGKILL. Several processes: test_engines.py."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(imagefolder, tmp_path):
     """Map-style data: the resumed run ends with exactly the weights of a run that was never stopped, and at
     no moment is a checkpoint folder present but incomplete."""
-    args = ["--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "5", "--batch-size", "8",
+    args = ["--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "3", "--batch-size", "8",
             "--workers", "0", "--set", "eval_split=null", "--set", "checkpoint_every=1", "--set", "keep_last=3",
             "--set", "warmup_epochs=1", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -102,7 +102,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(imagefolder, tmp_
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     steps_done = max(int(name.split("-")[1]) for name in seen_complete)
-    assert steps_done < 5 * CLASSES * TRAIN_PER_CLASS // 8
+    assert steps_done < 3 * CLASSES * TRAIN_PER_CLASS // 8
     resumed = subprocess.run([sys.executable, "-m", "dccnext_cli", "train", *args, "-o", str(killed),
                               "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -114,36 +114,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(imagefolder, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert all(p.name.startswith("step-") for p in (killed / "checkpoints").iterdir())  # no stale temporaries
     assert len(list((killed / "checkpoints").glob("step-*"))) == 3  # keep_last
-
-
-def test_two_cpu_processes_through_accelerate_launch(imagefolder, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` on CPUs: a real group of 2, different data per rank,
-    identical weights at the end (DDP averaged the gradients)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           "-m", "dccnext_cli", "train", "--data", f"imagefolder:{imagefolder}", "--res", "32", "--epochs", "1",
-           "--batch-size", "16", "--workers", "0", "--set", "log_every=1", "--set", "eval_samples=7", "-o", str(out),
-           "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DCCNEXT_RANK_PROBE": "1"}  # per-rank fingerprints and digests
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 2
-    ranks = summary["ranks"]
-    assert [r["rank"] for r in ranks] == [0, 1]
-    assert ranks[0]["samples"] == ranks[1]["samples"] == CLASSES * TRAIN_PER_CLASS // 2
-    assert ranks[0]["data_fingerprint"] != ranks[1]["data_fingerprint"]
-    assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
-    assert summary["metrics"]["samples"] == 7  # eval_samples is a total over processes (4 + 3)
-    assert "Grad strides do not match" not in done.stderr
-    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
-    assert start["world_size"] == 2 and start["micro_batch"] == 8
 
 
 def test_ctrl_c_says_how_to_resume(imagefolder, tmp_path):
