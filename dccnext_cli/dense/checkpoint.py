@@ -26,7 +26,7 @@ def save_dense_checkpoint(path: str | Path, model: nn.Module, recipe: DenseRecip
     """The project's weights format; task, classes, builder options and training size go into the metadata.
 
     `state`: the tensors to write when they are not `model.state_dict()` (a launch's gathered state dict, from
-    `accelerator.get_state_dict` on every process); `model` then only describes the backbone.
+    `training.full_state.gather_model_state` on every process); `model` then only describes the backbone.
     """
     task = recipe.dense_task
     config = backbone_network(model).config  # a backbone's: num_classes 0, unless the classes are named

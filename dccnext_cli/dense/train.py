@@ -7,7 +7,7 @@ The same loop shape as classification's, in named stages: `_prepare_run` (the Ac
 what to resume), `_build_data` (each process's share of every global batch, `batches.py`), `_build_trainables`
 (the model, SyncBatchNorm on GPUs, AdamW without weight decay on 1-D parameters, `accelerator.prepare`),
 `_restore_or_start`, the iterations (`_train_steps`), and `_finish` (the last training-state checkpoint, the
-weights file from `accelerator.get_state_dict` on every process, the sharded evaluation, summary.json).
+weights file gathered on every process (`gather_model_state`), the sharded evaluation, summary.json).
 
 The recipe's `batch_size` is the total per optimiser step: each process takes `batch / (processes x
 grad_accum)` images per micro-batch. The lr is the recipe's times `lr_factor` of the optimiser step: linear
@@ -35,6 +35,7 @@ from ..common.progress import StepProgress
 from ..common.run_lock import lock_folder, unlock_folder
 from ..errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from ..training.accelerator import make_accelerator, micro_batch
+from ..training.full_state import gather_model_state
 from ..training.run_state import (
     Trainables,
     TrainState,
@@ -214,7 +215,7 @@ def _build_trainables(run: _Run, data: _Data, weights: str | Path | None) -> _Tr
 
 # --------------------------------------------------------------------- stage 4: restore or start
 def _state_parts(run: _Run, parts: _Trainables) -> Trainables:
-    return Trainables(parts.plain, parts.optimizer, getattr(run.accelerator, "scaler", None))
+    return Trainables(parts.plain, parts.optimizer, getattr(run.accelerator, "scaler", None), prepared=parts.model)
 
 
 def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, weights: str | Path | None,
@@ -327,7 +328,7 @@ def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, eval_
     _same_buffers(accelerator, parts.plain)
     if not saved:
         _checkpoint(run, parts, state)
-    weights = accelerator.get_state_dict(parts.model)  # every process: a collective under FSDP / ZeRO-3
+    weights = gather_model_state(accelerator, parts.model)  # every process: a collective under FSDP / ZeRO-3
     path = run.out / "model.safetensors"
     if run.main:
         save_dense_checkpoint(path, parts.plain, recipe, data.class_names, data.num_classes, state.step,
