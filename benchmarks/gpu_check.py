@@ -5,7 +5,7 @@
 
 Writes `gpu_check.json` and `gpu_check.md` to `--out` (default benchmarks/results). Sections:
 
-1. parity: cluster indices and the cluster convolution (blocked PyTorch path, Triton, Triton deterministic) on the
+1. parity: cluster indices and the cluster convolution (PyTorch kernels, Triton, Triton deterministic) on the
    device against the float64 reference on the CPU, outputs and gradients; b0 logits on the device against the
    CPU model.
 2. the cluster convolution's forward + backward at (B, 14, 14, 640), K = 12: the PyTorch path against Triton.
@@ -38,7 +38,7 @@ from dccnext_cli.models import dcconv  # noqa: E402
 from dccnext_cli.models.dccnext import create_dccnext  # noqa: E402
 from dccnext_cli.models.settings import use_operator_settings  # noqa: E402
 
-KERNELS = ("blocked", "triton", "triton-deterministic")
+KERNELS = ("pytorch", "triton", "triton-deterministic")
 MODELS = ("dccnext_b2", "control_b2", "convformer_s18")
 
 
