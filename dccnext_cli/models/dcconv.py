@@ -24,6 +24,11 @@ rows (memory O(chunk x N), not O(N^2); independent of the batch, so an image's i
 what else is in the batch), and selected with `topk` plus an exact fix-up that reproduces a stable sort's
 tie rule (equal distances -> lower token index first). Exported graphs select with a stable sort, or for
 ONNX (which has no Sort) with `cluster_indices_topk`; the switches live in `models/settings.py`.
+
+Eager mode has a CPU path (cache-sized blocks, and two shortcuts that read a flag back from the tensor) and a
+device path (`on_device_path`: whole-tensor ops, exact keyed top-k for every row, nothing read back, a launch
+count that does not grow with batch x tokens; the Triton kernels by default on CUDA). Every formulation sums
+in float32 and returns the input's dtype (`accumulation_dtype`), gradients included.
 """
 
 from __future__ import annotations
@@ -324,9 +329,9 @@ def cluster_conv_reference(
     """The paper's formulation (eq. 6): gather (B, N, K, E), multiply by W[:K], sum over K (in float32)."""
     batch, num_tokens, channels = tokens.shape
     k = idx.shape[-1]
-    acc = accumulation_dtype(tokens, weight)
-    gathered = tokens.reshape(batch * num_tokens, channels)[_flat_indices(idx, num_tokens)]  # (B*N, K, E)
-    out = (_as_dtype(gathered, acc) * _as_dtype(weight[:k], acc)).sum(1).view(batch, num_tokens, channels)
+    acc = accumulation_dtype(tokens, weight)  # cast before the gather: its backward sums in acc too
+    gathered = _as_dtype(tokens.reshape(batch * num_tokens, channels), acc)[_flat_indices(idx, num_tokens)]
+    out = (gathered * _as_dtype(weight[:k], acc)).sum(1).view(batch, num_tokens, channels)  # gathered: (B*N, K, E)
     out = out if bias is None else out + _as_dtype(bias, acc)
     return _as_dtype(out, tokens.dtype)
 
