@@ -465,7 +465,7 @@ class _ClusterConv(torch.autograd.Function):
         grad_input, grad_weight = _backward_kernel(
             grad, flat, slots, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         )
-        grad_bias = _bias_grad(grad, ctx.bias_dtype) if ctx.bias_dtype and ctx.needs_input_grad[3] else None
+        grad_bias = _bias_grad(grad, ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[3] else None
         return grad_input, None, grad_weight, grad_bias
 
 
@@ -554,13 +554,14 @@ def cluster_conv(
     flat = tokens.reshape(batch * num_tokens, channels).contiguous()
     slots = _flat_indices(idx, num_tokens).t().contiguous()  # (K, B*N): one contiguous row per slot
     kernels = _eager_kernels(flat)
-    if kernels != "pytorch" and not torch.compiler.is_compiling():
+    watched = torch.compiler.is_compiling() or watched_by_dispatch_mode()  # then the custom op, seen as one op
+    if kernels != "pytorch" and not watched:
         from .dcconv_triton import TritonClusterConv  # on first use: Triton fixes its interpret mode at import
 
         out = TritonClusterConv.apply(flat, slots, weight, bias, kernels == "triton-deterministic")
         return out.view(batch, num_tokens, channels)
     weight = weight[:k]
-    if torch.compiler.is_compiling() or watched_by_dispatch_mode():
+    if watched:
         out = _cluster_conv_op(flat, slots, weight, bias)
     else:
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (flat, weight, bias)):
