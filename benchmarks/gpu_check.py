@@ -5,10 +5,11 @@
 
 Writes `gpu_check.json` and `gpu_check.md` to `--out` (default benchmarks/results). Sections:
 
-1. parity: cluster indices and the cluster convolution (blocked PyTorch path, Triton, Triton deterministic) on the
+1. parity: cluster indices and the cluster convolution (PyTorch kernels, Triton, Triton deterministic) on the
    device against the float64 reference on the CPU, outputs and gradients; b0 logits on the device against the
-   CPU model.
-2. the cluster convolution's forward + backward at (B, 14, 14, 640), K = 12: the PyTorch path against Triton.
+   CPU model; on CUDA, DCConv's forward + backward under CUDA's sync debug mode (no host synchronisation).
+2. the cluster convolution's forward + backward at (B, 14, 14, 640), K = 12: the PyTorch kernels (device path,
+   and the CPU path's blocks) against Triton.
 3. B2, its control and timm's convformer_s18: training step (bf16 autocast, eager and compiled) img/s and peak
    memory, inference img/s, the 1280x800 backbone forward, and the 2048x2048 forward of b0.
 
@@ -38,7 +39,8 @@ from dccnext_cli.models import dcconv  # noqa: E402
 from dccnext_cli.models.dccnext import create_dccnext  # noqa: E402
 from dccnext_cli.models.settings import use_operator_settings  # noqa: E402
 
-KERNELS = ("blocked", "triton", "triton-deterministic")
+KERNELS = ("pytorch", "triton", "triton-deterministic")
+OP_VARIANTS = (("pytorch", "device"), ("pytorch", "cpu"), ("triton", "device"), ("triton-deterministic", "device"))
 MODELS = ("dccnext_b2", "control_b2", "convformer_s18")
 
 
@@ -117,7 +119,25 @@ def parity(device: torch.device, shape: tuple[int, int, int, int]) -> list[dict]
         cpu_logits = model(image)
         dev_logits = model.to(device)(image.to(device)).cpu()
     rows.append({"check": "b0 logits", "max_abs_out": float((cpu_logits - dev_logits).abs().max())})
+    if device.type == "cuda":
+        rows.append(_sync_free(device, shape))
     return rows
+
+
+def _sync_free(device: torch.device, shape: tuple[int, int, int, int]) -> dict:
+    """DCConv forward + backward (default settings: the device path) with CUDA's sync debug mode set to raise."""
+    layer = dcconv.DCConv(shape[-1], 12, 8).to(device)
+    x = torch.randn(*shape, device=device, requires_grad=True)
+    layer(x).sum().backward()  # warm-up: Triton compiles its kernels
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layer(x).sum().backward()
+        return {"check": "DCConv fwd+bwd, no host sync", "equal": True}
+    except RuntimeError as error:
+        return {"check": "DCConv fwd+bwd, no host sync", "equal": False, "error": str(error).splitlines()[0]}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 # --------------------------------------------------------------------- 2. the op
@@ -129,12 +149,13 @@ def op_speed(device: torch.device, shape: tuple[int, int, int, int], repeats: in
     bias = torch.zeros(channels, device=device, requires_grad=True)
     grad = torch.randn_like(x)
     rows = []
-    for kernels in KERNELS:
-        def step(kernels: str = kernels) -> None:
-            with use_operator_settings(eager_kernels=kernels):
+    for kernels, path in OP_VARIANTS:
+        def step(kernels: str = kernels, path: str = path) -> None:
+            with use_operator_settings(eager_kernels=kernels, eager_path=path):
                 dcconv.cluster_conv(x, idx, weight, bias).backward(grad)
 
-        rows.append({"kernels": kernels, "shape": list(shape), "fwd_bwd_ms": 1000 * _time(step, device, repeats)})
+        name = kernels if path == "device" else f"{kernels}, {path} path"
+        rows.append({"kernels": name, "shape": list(shape), "fwd_bwd_ms": 1000 * _time(step, device, repeats)})
     return rows
 
 

@@ -24,11 +24,18 @@ rows (memory O(chunk x N), not O(N^2); independent of the batch, so an image's i
 what else is in the batch), and selected with `topk` plus an exact fix-up that reproduces a stable sort's
 tie rule (equal distances -> lower token index first). Exported graphs select with a stable sort, or for
 ONNX (which has no Sort) with `cluster_indices_topk`; the switches live in `models/settings.py`.
+
+Eager mode has a CPU path (cache-sized blocks, and two shortcuts that read a flag back from the tensor) and a
+device path (`on_device_path`: whole-tensor ops, exact keyed top-k for every row, nothing read back, a launch
+count that does not grow with batch x tokens; the Triton kernels by default on CUDA). Every formulation sums
+in float32 and returns the input's dtype (`accumulation_dtype`), gradients included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 
 import torch
 import torch.nn as nn
@@ -162,6 +169,19 @@ def watched_by_dispatch_mode() -> bool:
     return torch._C._len_torch_dispatch_stack() > 0
 
 
+def on_device_path(tensor: torch.Tensor) -> bool:
+    """True when the eager operator takes its device path for `tensor` (`operator_settings().eager_path`).
+
+    The device path never reads a value back to the host (no `.item()`, no tensor used as a Python bool, no
+    `torch.equal`) and launches a number of kernels that does not grow with batch x tokens: whole-tensor ops,
+    the exact top-k selection for every row instead of a repair of the rows that need it, every slot gathered.
+    The CPU path keeps its cache-sized blocks and those two shortcuts. "auto" takes the device path for any
+    tensor not on the CPU; tests force it on the CPU.
+    """
+    path = operator_settings().eager_path
+    return path == "device" or (path == "auto" and tensor.device.type != "cpu")
+
+
 def _centred_subvectors(tokens: torch.Tensor, subvector_interval: int) -> torch.Tensor:
     """float32 sub-vectors (B, N, S), each channel shifted by its per-image mean over the tokens.
 
@@ -173,23 +193,33 @@ def _centred_subvectors(tokens: torch.Tensor, subvector_interval: int) -> torch.
     in float64 (float32 in exported graphs), so the shift is the same whatever else is in the batch.
     """
     sub = tokens[..., ::subvector_interval].float()
-    wide = sub if exporting() else sub.double()  # exported graphs stay float32 (ONNX Runtime refused the mix)
+    return _centred(sub, sub if exporting() else sub.double())  # exported: float32 (ONNX Runtime refused the mix)
+
+
+def _centred(sub: torch.Tensor, wide: torch.Tensor) -> torch.Tensor:
+    """`sub` (B, N, S) less its per-image channel means rounded to the grid, mean and spread taken over `wide`
+    (the same values, float32 or float64). Plain ops only: TorchScript compiles it (`cluster_indices_sorted`)."""
     std, mean = torch.std_mean(wide, dim=1, keepdim=True, correction=0)
     step = torch.exp2(torch.floor(torch.log2(std.clamp_min(2.0 ** -100))))
     shift = torch.nan_to_num(torch.round(mean / step) * step, nan=0.0, posinf=0.0, neginf=0.0)  # NaN/inf tokens
-    return sub - shift.float()
+    return sub - shift.to(sub.dtype)
 
 
-def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements: int) -> torch.Tensor:
+def _indices_chunked(
+        sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements: int, on_device: bool = False
+) -> torch.Tensor:
     """(B, N, k) nearest-token indices of float32 sub-vectors (B, N, S), query rows in chunks.
 
     Chunks hold `chunk_elements // N` query rows, a count that depends on N alone, for as many images as fit:
     a matmul's rounding can depend on its shape (one row takes a matrix-vector path), so every image's
     product keeps one shape and an image gets the same indices alone and inside any batch (tested on near
-    ties). The selection is exact, whatever the grouping.
+    ties). The selection is exact, whatever the grouping. `on_device`: select every row by its unique keys
+    (`_nearest_keyed`), which needs no host-side choice of rows to repair.
     """
     batch, num_tokens, _ = sub.shape
     select = _nearest_sorted if exact_sort else _nearest_topk
+    if on_device and not exact_sort:
+        select = _nearest_keyed
     if exporting():  # one block: a chunk count that depends on H and W would pin exported graphs to one size
         dist = pairwise_sq_distances(sub, sub)
         dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
@@ -210,13 +240,13 @@ def _indices_chunked(sub: torch.Tensor, k: int, exact_sort: bool, chunk_elements
 
 
 @torch.library.custom_op("dccnext::cluster_indices", mutates_args=())
-def _cluster_indices_op(sub: torch.Tensor, k: int, chunk_elements: int) -> torch.Tensor:
+def _cluster_indices_op(sub: torch.Tensor, k: int, chunk_elements: int, on_device: bool = False) -> torch.Tensor:
     """Opaque to torch.compile, so the data-dependent tie repair runs eagerly inside a compiled graph."""
-    return _indices_chunked(sub, k, exact_sort=False, chunk_elements=chunk_elements)
+    return _indices_chunked(sub, k, exact_sort=False, chunk_elements=chunk_elements, on_device=on_device)
 
 
 @_cluster_indices_op.register_fake
-def _(sub: torch.Tensor, k: int, chunk_elements: int) -> torch.Tensor:
+def _(sub: torch.Tensor, k: int, chunk_elements: int, on_device: bool = False) -> torch.Tensor:
     return sub.new_empty((sub.shape[0], sub.shape[1], k), dtype=torch.int64)
 
 
@@ -233,7 +263,7 @@ def cluster_indices(
     are computed in float32 without gradient (also under autocast), and ties of the computed float32
     distances go to the lower token index, so that any correct implementation (chunked, exported) returns the
     same indices. Query rows are processed per image in chunks of at most `chunk_elements` distances
-    (default: `operator_settings().distance_chunk_elements`).
+    (default: `operator_settings().distance_chunk_elements`, or `device_distance_elements` on the device path).
     """
     if cluster_size < 1:
         raise ValueError(f"cluster_size must be >= 1, got {cluster_size}")
@@ -243,7 +273,9 @@ def cluster_indices(
         return cluster_indices_topk(x, cluster_size, subvector_interval)
     tokens = _as_tokens(x)
     k = effective_cluster_size(cluster_size, tokens.shape[1])
-    chunk = chunk_elements or operator_settings().distance_chunk_elements
+    on_device = on_device_path(tokens)
+    settings = operator_settings()
+    chunk = chunk_elements or (settings.device_distance_elements if on_device else settings.distance_chunk_elements)
     with torch.no_grad(), _autocast_disabled(tokens.device):
         sub = _centred_subvectors(tokens, subvector_interval)  # contiguous: matmuls on a strided view are slower
         if sub.device.type == "meta":  # shapes only (the FLOP count): no chunk loop, any resolution at once
@@ -251,8 +283,8 @@ def cluster_indices(
         if exporting():
             return _indices_chunked(sub, k, exact_sort=True, chunk_elements=chunk)
         if torch.compiler.is_compiling() or watched_by_dispatch_mode():
-            return _cluster_indices_op(sub, k, chunk)
-        return _indices_chunked(sub, k, exact_sort=False, chunk_elements=chunk)
+            return _cluster_indices_op(sub, k, chunk, on_device)
+        return _indices_chunked(sub, k, exact_sort=False, chunk_elements=chunk, on_device=on_device)
 
 
 def cluster_indices_topk(x: torch.Tensor, cluster_size: int, subvector_interval: int = 8) -> torch.Tensor:
@@ -271,6 +303,17 @@ def cluster_indices_topk(x: torch.Tensor, cluster_size: int, subvector_interval:
         return torch.topk(dist, k, dim=-1, largest=False, sorted=True).indices
 
 
+def accumulation_dtype(tokens: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The precision rule of every cluster convolution: sums in float32 (float64 when an operand is float64),
+    whatever the input's dtype; the result comes back in the input's dtype."""
+    return torch.promote_types(torch.promote_types(tokens.dtype, weight.dtype), torch.float32)
+
+
+def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` in `dtype`, with no op at all when it already is (exported float32 graphs stay as they were)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def _flat_indices(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Batch-local indices (B, N, K) -> indices into the flattened (B*N) token axis."""
     offsets = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1) * num_tokens
@@ -283,12 +326,14 @@ def cluster_conv_reference(
         weight: torch.Tensor,
         bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The paper's formulation (eq. 6): gather (B, N, K, E), multiply by W[:K], sum over K."""
+    """The paper's formulation (eq. 6): gather (B, N, K, E), multiply by W[:K], sum over K (in float32)."""
     batch, num_tokens, channels = tokens.shape
     k = idx.shape[-1]
-    gathered = tokens.reshape(batch * num_tokens, channels)[_flat_indices(idx, num_tokens)]  # (B*N, K, E)
-    out = (gathered * weight[:k]).sum(1).view(batch, num_tokens, channels)
-    return out if bias is None else out + bias
+    acc = accumulation_dtype(tokens, weight)  # cast before the gather: its backward sums in acc too
+    gathered = _as_dtype(tokens.reshape(batch * num_tokens, channels), acc)[_flat_indices(idx, num_tokens)]
+    out = (gathered * _as_dtype(weight[:k], acc)).sum(1).view(batch, num_tokens, channels)  # gathered: (B*N, K, E)
+    out = out if bias is None else out + _as_dtype(bias, acc)
+    return _as_dtype(out, tokens.dtype)
 
 
 def cluster_conv_plain(
@@ -297,38 +342,54 @@ def cluster_conv_plain(
         weight: torch.Tensor,
         bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One slot at a time in plain out-of-place aten ops: no (B, N, K, E) tensor, exportable."""
+    """One slot at a time in plain out-of-place aten ops (float32 sums): no (B, N, K, E) tensor, exportable."""
     batch, num_tokens, channels = tokens.shape
-    flat = tokens.reshape(batch * num_tokens, channels)
+    acc = accumulation_dtype(tokens, weight)
+    flat = _as_dtype(tokens.reshape(batch * num_tokens, channels), acc)
+    weight = _as_dtype(weight, acc)
     flat_idx = _flat_indices(idx, num_tokens)
     out = flat.index_select(0, flat_idx[:, 0]) * weight[0]
     for slot in range(1, idx.shape[-1]):
         out = torch.addcmul(out, flat.index_select(0, flat_idx[:, slot]), weight[slot])
     out = out.view(batch, num_tokens, channels)
-    return out if bias is None else out + bias
+    out = out if bias is None else out + _as_dtype(bias, acc)
+    return _as_dtype(out, tokens.dtype)
 
 
 # --- the fast operator: kernels shared by the eager autograd function and the torch.library op ---
 
 def _is_centre(index: torch.Tensor) -> bool:
-    """True when slot `index` is each row itself (slot 0 of `cluster_indices`): no gather needed."""
+    """True when slot `index` is each row itself (slot 0 of `cluster_indices`): no gather needed.
+
+    Reads a flag back to the host (`torch.equal`): the CPU path only."""
     return torch.equal(index, torch.arange(index.shape[0], device=index.device, dtype=index.dtype))
+
+
+def _blocking(flat: torch.Tensor, slots: torch.Tensor, block_rows: int) -> tuple[int, bool]:
+    """(rows per block, centre slot read in place): cache-sized blocks and the centre check on the CPU path;
+    on the device path one block (a launch count independent of batch x tokens) and every slot gathered."""
+    if on_device_path(flat):
+        return max(1, flat.shape[0]), False
+    return block_rows, _is_centre(slots[0])
 
 
 def _forward_kernel(
         flat: torch.Tensor, slots: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """out = bias + sum_k W[k] * flat[slots[k]], accumulated in place, `block_rows` output rows at a time.
+    """out = bias + sum_k W[k] * flat[slots[k]], accumulated in place in float32, `block_rows` rows at a time.
 
     Blocking keeps the output block and the gather buffer in cache while the K slots stream through it
     (about 2x faster than whole-tensor passes on CPU); buffers are reused, never re-allocated per slot.
-    A slot that is the row itself (the centre) is read in place instead of gathered.
+    A slot that is the row itself (the centre) is read in place instead of gathered. The sums are float32
+    whatever flat's dtype (W stays float32 under autocast); the result is cast back to flat's dtype.
     """
-    rows, step = flat.shape[0], operator_settings().block_rows
-    out = torch.empty_like(flat)
+    rows = flat.shape[0]
+    step, centre = _blocking(flat, slots, operator_settings().block_rows)
+    acc = accumulation_dtype(flat, weight)
+    out = torch.empty(flat.shape, dtype=acc, device=flat.device)
     buf = flat.new_empty((min(step, rows), flat.shape[1]))
-    centre = _is_centre(slots[0])
-    weights = weight.unbind(0)
+    weights = _as_dtype(weight, acc).unbind(0)
+    bias = None if bias is None else _as_dtype(bias, acc)
     for start, index in zip(range(0, rows, step), slots.split(step, dim=1), strict=False):
         block = out[start:start + step]
         tmp = buf[:block.shape[0]]
@@ -340,7 +401,7 @@ def _forward_kernel(
             torch.addcmul(bias, first, weights[0], out=block)
         for slot in range(1, len(ids)):
             block.addcmul_(torch.index_select(flat, 0, ids[slot], out=tmp), weights[slot])
-    return out
+    return _as_dtype(out, flat.dtype)
 
 
 def _backward_kernel(
@@ -349,30 +410,43 @@ def _backward_kernel(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """grad_input = sum_k scatter_add(slots[k], grad * W[k]); grad_W[k] = sum_rows flat[slots[k]] * grad.
 
-    Blocked over output rows (`backward_block_rows`) like the forward; grad_W accumulates in float32
-    partial sums per block.
-    The centre slot (if any) is added in place instead of scattered.
+    Blocked over output rows (`backward_block_rows`) like the forward. Both sums are float32 whatever the
+    dtypes (products of bfloat16 values are exact in float32); grad_input comes back in flat's dtype, grad_W
+    in W's. The centre slot (if any) is added in place instead of scattered.
     """
-    rows, step = flat.shape[0], operator_settings().backward_block_rows
-    grad_input = torch.zeros_like(flat) if need_input else None
-    grad_weight = torch.zeros_like(weight) if need_weight else None
-    buf = grad.new_empty((min(step, rows), grad.shape[1]))
-    centre = _is_centre(slots[0])
-    weights = weight.unbind(0)
+    rows, channels = flat.shape
+    step, centre = _blocking(flat, slots, operator_settings().backward_block_rows)
+    acc = accumulation_dtype(flat, weight)
+    grad_input = torch.zeros((rows, channels), dtype=acc, device=flat.device) if need_input else None
+    grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
+    products = torch.empty((min(step, rows), channels), dtype=acc, device=flat.device)
+    gathered = products if flat.dtype == acc else flat.new_empty(products.shape)
+    weights = _as_dtype(weight, acc).unbind(0)
     for start, index in zip(range(0, rows, step), slots.split(step, dim=1), strict=False):  # 0 rows: 1 split
-        g = grad[start:start + step]
-        tmp = buf[:g.shape[0]]
+        g = _as_dtype(grad[start:start + step], acc)
+        tmp, rows_buf = products[:g.shape[0]], gathered[:g.shape[0]]
         for slot, ids in enumerate(index.unbind(0)):
             in_place = centre and slot == 0
             if need_weight:
-                rows_in = flat[start:start + step] if in_place else torch.index_select(flat, 0, ids, out=tmp)
+                rows_in = flat[start:start + step] if in_place else torch.index_select(flat, 0, ids, out=rows_buf)
                 grad_weight[slot] += torch.mul(rows_in, g, out=tmp).sum(0)
             if need_input:
                 if in_place:
                     grad_input[start:start + step].addcmul_(g, weights[slot])
                 else:
                     grad_input.index_add_(0, ids, torch.mul(g, weights[slot], out=tmp))
-    return grad_input, grad_weight
+    grad_input = None if grad_input is None else _as_dtype(grad_input, flat.dtype)
+    return grad_input, None if grad_weight is None else _as_dtype(grad_weight, weight.dtype)
+
+
+def _bias_grad(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The sum over rows of the output gradient, accumulated in float32, returned in the bias's dtype."""
+    return _as_dtype(grad.sum(0, dtype=torch.promote_types(grad.dtype, torch.float32)), dtype)
+
+
+def _remember_bias(ctx, bias: torch.Tensor | None) -> None:
+    """The backward needs the bias's dtype, not its values: nothing more is saved."""
+    ctx.bias_dtype = None if bias is None else bias.dtype
 
 
 class _ClusterConv(torch.autograd.Function):
@@ -381,7 +455,7 @@ class _ClusterConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat, slots, weight, bias):
         ctx.save_for_backward(flat, slots, weight)
-        ctx.has_bias = bias is not None
+        _remember_bias(ctx, bias)
         return _forward_kernel(flat, slots, weight, bias)
 
     @staticmethod
@@ -391,17 +465,19 @@ class _ClusterConv(torch.autograd.Function):
         grad_input, grad_weight = _backward_kernel(
             grad, flat, slots, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         )
-        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        grad_bias = _bias_grad(grad, ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[3] else None
         return grad_input, None, grad_weight, grad_bias
 
 
 @torch.library.custom_op("dccnext::cluster_conv", mutates_args=())
-def _cluster_conv_op(flat: torch.Tensor, slots: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return _forward_kernel(flat, slots, weight)
+def _cluster_conv_op(
+        flat: torch.Tensor, slots: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    return _forward_kernel(flat, slots, weight, bias)
 
 
 @_cluster_conv_op.register_fake
-def _(flat: torch.Tensor, slots: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _(flat: torch.Tensor, slots: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     return torch.empty_like(flat)
 
 
@@ -419,14 +495,15 @@ def _(grad, flat, slots, weight):
 
 
 def _op_setup_context(ctx, inputs, output):
-    flat, slots, weight = inputs
+    flat, slots, weight, bias = inputs
     ctx.save_for_backward(flat, slots, weight)
+    _remember_bias(ctx, bias)
 
 
 def _op_backward(ctx, grad):
     flat, slots, weight = ctx.saved_tensors
     grad_input, grad_weight = _cluster_conv_backward_op(grad, flat, slots, weight)
-    return grad_input, None, grad_weight
+    return grad_input, None, grad_weight, None if ctx.bias_dtype is None else _bias_grad(grad, ctx.bias_dtype)
 
 
 _cluster_conv_op.register_autograd(_op_backward, setup_context=_op_setup_context)
@@ -465,7 +542,8 @@ def cluster_conv(
 
     Picks the formulation for the context: plain aten ops when exporting or on the meta device, the
     Inductor-fused gather (or the custom op, see `compile_impl`) under torch.compile, else the fast
-    autograd function: the blocked PyTorch kernels or the Triton ones (`eager_kernels`).
+    autograd function: the PyTorch kernels (CPU or device path, `on_device_path`) or the Triton ones
+    (`eager_kernels`). Every one sums in float32 and returns the tokens' dtype (`accumulation_dtype`).
     """
     if exporting() or tokens.device.type == "meta":
         return cluster_conv_plain(tokens, idx, weight, bias)
@@ -475,23 +553,35 @@ def cluster_conv(
     k = idx.shape[-1]
     flat = tokens.reshape(batch * num_tokens, channels).contiguous()
     slots = _flat_indices(idx, num_tokens).t().contiguous()  # (K, B*N): one contiguous row per slot
-    kernels = operator_settings().eager_kernels
-    if kernels != "blocked" and not torch.compiler.is_compiling():
+    kernels = _eager_kernels(flat)
+    watched = torch.compiler.is_compiling() or watched_by_dispatch_mode()  # then the custom op, seen as one op
+    if kernels != "pytorch" and not watched:
         from .dcconv_triton import TritonClusterConv  # on first use: Triton fixes its interpret mode at import
 
         out = TritonClusterConv.apply(flat, slots, weight, bias, kernels == "triton-deterministic")
         return out.view(batch, num_tokens, channels)
-    weight = weight[:k].to(tokens.dtype)
-    if torch.compiler.is_compiling() or watched_by_dispatch_mode():
-        out = _cluster_conv_op(flat, slots, weight)
-        out = out if bias is None else out + bias
+    weight = weight[:k]
+    if watched:
+        out = _cluster_conv_op(flat, slots, weight, bias)
     else:
-        bias = None if bias is None else bias.to(tokens.dtype)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (flat, weight, bias)):
             out = _ClusterConv.apply(flat, slots, weight, bias)
         else:  # inference: the kernel alone, without the autograd function around it
             out = _forward_kernel(flat, slots, weight, bias)
     return out.view(batch, num_tokens, channels)
+
+
+def _eager_kernels(flat: torch.Tensor) -> str:
+    """`operator_settings().eager_kernels` with "auto" resolved: Triton for CUDA tensors where it is installed."""
+    kernels = operator_settings().eager_kernels
+    if kernels != "auto":
+        return kernels
+    return "triton" if flat.is_cuda and _triton_installed() else "pytorch"
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 # FX: the clustering depends on the values, so symbolic tracing (torch.fx, torchvision's feature extraction,
@@ -502,11 +592,12 @@ torch.fx.wrap("cluster_conv")
 
 def cluster_indices_sorted(x: torch.Tensor, cluster_size: int, subvector_interval: int) -> torch.Tensor:
     """`cluster_indices` of a (B, H, W, E) map by the definition, in plain ops: one block of distances and a
-    stable sort. What TorchScript runs (it cannot script the chunked fast path)."""
+    stable sort. What TorchScript runs (it cannot script the chunked fast path); centred in float32."""
     batch, height, width, channels = x.shape
     k = min(cluster_size, height * width)
     with torch.no_grad():
         sub = x.reshape(batch, height * width, channels)[:, :, ::subvector_interval].float()
+        sub = _centred(sub, sub)
         dist = pairwise_sq_distances(sub, sub)
         dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
         return _nearest_sorted(dist, k)

@@ -153,7 +153,7 @@ class TritonClusterConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat, slots, weight, bias, deterministic: bool = False):
         ctx.save_for_backward(flat, slots, weight)
-        ctx.has_bias, ctx.deterministic = bias is not None, deterministic
+        ctx.bias_dtype, ctx.deterministic = None if bias is None else bias.dtype, deterministic
         return cluster_conv_forward(flat, slots, weight, bias)
 
     @staticmethod
@@ -163,4 +163,4 @@ class TritonClusterConv(torch.autograd.Function):
         full_grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         full_grad_weight[:slots.shape[0]] = grad_weight  # slots k >= K' (small maps) get no gradient
         return (grad_input, None, full_grad_weight.to(weight.dtype),
-                grad_bias.to(weight.dtype) if ctx.has_bias else None, None)
+                None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype), None)

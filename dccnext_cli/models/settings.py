@@ -44,12 +44,21 @@ class OperatorSettings:
     block_rows: int = 512
     # Rows per block of its backward: five ops per slot and block, so fewer, larger blocks pay (measured).
     backward_block_rows: int = 1024
-    # The eager cluster convolution: "blocked" (PyTorch ops in cache-sized row blocks, the CPU path), "triton"
-    # (models/dcconv_triton.py: a fixed number of kernel launches whatever the batch; float32 accumulation,
-    # atomic scatter-add backward) or "triton-deterministic" (backward through the reverse index). The Triton
-    # kernels need CUDA, or TRITON_INTERPRET=1 set before their first use (slow; how the tests run them).
-    # "blocked" stays the default on every device until the GPU check (benchmarks/) has timed both.
-    eager_kernels: Literal["blocked", "triton", "triton-deterministic"] = "blocked"
+    # Which eager operator runs: "cpu" (cache-sized row blocks; two shortcuts read a flag back from the tensor:
+    # the centre slot read in place, and top-k's tie repair done on the few rows that need it), "device" (whole-
+    # tensor ops, nothing read back to the host, a number of kernel launches that does not grow with batch x
+    # tokens) or "auto": "device" for tensors on any device but the CPU. Both give the same numbers.
+    eager_path: Literal["auto", "cpu", "device"] = "auto"
+    # On the device path, distances (query rows x tokens, images grouped) computed at once: 64M floats (256 MiB,
+    # plus 512 MiB of int64 selection keys), so at (64, 14, 14, C) or a 1280x800 stage 3 a few launches in all.
+    device_distance_elements: int = 1 << 26
+    # The eager cluster convolution's kernels: "pytorch" (aten ops: in cache-sized row blocks on the "cpu" path,
+    # in one block on the "device" path), "triton" (models/dcconv_triton.py: a fixed number of kernel launches
+    # whatever the batch; atomic scatter-add backward), "triton-deterministic" (backward through the reverse
+    # index) or "auto": Triton for CUDA tensors where Triton is installed, else "pytorch". Every choice
+    # accumulates in float32 (float64 for float64 inputs) and returns the input's dtype. The Triton kernels
+    # need CUDA, or TRITON_INTERPRET=1 set before their first use (slow; how the tests run them on the CPU).
+    eager_kernels: Literal["auto", "pytorch", "triton", "triton-deterministic"] = "auto"
     # Cluster selection in exported graphs: "sort" (stable sort: torch.export, TorchScript) or "topk"
     # (ONNX has no Sort; its TopK puts equal values in index order, the stable sort's tie rule).
     export_indices: Literal["sort", "topk"] = "sort"
@@ -58,13 +67,15 @@ class OperatorSettings:
         for name in ("ffn_chunk_bytes",):
             if getattr(self, name) < 0:
                 raise ConfigError(f"operator setting {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("distance_chunk_elements", "block_rows", "backward_block_rows"):
+        for name in ("distance_chunk_elements", "device_distance_elements", "block_rows", "backward_block_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"operator setting {name} must be >= 1, got {getattr(self, name)}")
         if self.compile_impl not in ("inductor", "custom_op"):
             raise ConfigError(f"compile_impl must be 'inductor' or 'custom_op', got {self.compile_impl!r}")
-        if self.eager_kernels not in ("blocked", "triton", "triton-deterministic"):
-            raise ConfigError(f"eager_kernels must be 'blocked', 'triton' or 'triton-deterministic', "
+        if self.eager_path not in ("auto", "cpu", "device"):
+            raise ConfigError(f"eager_path must be 'auto', 'cpu' or 'device', got {self.eager_path!r}")
+        if self.eager_kernels not in ("auto", "pytorch", "triton", "triton-deterministic"):
+            raise ConfigError(f"eager_kernels must be 'auto', 'pytorch', 'triton' or 'triton-deterministic', "
                               f"got {self.eager_kernels!r}")
         if self.export_indices not in ("sort", "topk"):
             raise ConfigError(f"export_indices must be 'sort' or 'topk', got {self.export_indices!r}")

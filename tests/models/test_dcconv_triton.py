@@ -103,12 +103,12 @@ def test_bfloat16_accumulates_in_float32(kernels):
     assert float(naive) == 256.0, "the case is one that bfloat16 accumulation gets wrong"
 
 
-def test_dcconv_layer_with_triton_kernels_equals_the_blocked_path(kernels):
+def test_dcconv_layer_with_triton_kernels_equals_the_pytorch_kernels(kernels):
     layer = dcconv.DCConv(24, cluster_size=6, subvector_interval=2).to(DEVICE)
     torch.nn.init.normal_(layer.bias)
     x = torch.randn(2, 4, 5, 24, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     outputs, grads = {}, {}
-    for kernels_name in ("blocked", "triton", "triton-deterministic"):
+    for kernels_name in ("pytorch", "triton", "triton-deterministic"):
         layer.zero_grad()
         xi = x.clone().requires_grad_()
         with use_operator_settings(eager_kernels=kernels_name):
@@ -117,6 +117,6 @@ def test_dcconv_layer_with_triton_kernels_equals_the_blocked_path(kernels):
         outputs[kernels_name] = out.detach()
         grads[kernels_name] = [xi.grad, layer.weight.grad.clone(), layer.bias.grad.clone()]
     for name in ("triton", "triton-deterministic"):
-        torch.testing.assert_close(outputs[name], outputs["blocked"], rtol=1e-5, atol=1e-5)
-        for g, r in zip(grads[name], grads["blocked"], strict=True):
+        torch.testing.assert_close(outputs[name], outputs["pytorch"], rtol=1e-5, atol=1e-5)
+        for g, r in zip(grads[name], grads["pytorch"], strict=True):
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
