@@ -17,7 +17,8 @@ from torchvision.models.feature_extraction import NodePathTracer, create_feature
 import dccnext_cli  # noqa: F401  (registers the models)
 from dccnext_cli import ConfigError
 
-VARIANTS = [f"dccnext_b{i}" for i in range(5)]
+# b3 and b4 take minutes in these tests on 2 cores and add no code path of their own: `-m slow` runs them
+VARIANTS = [pytest.param(f"dccnext_b{i}", marks=pytest.mark.slow) if i >= 3 else f"dccnext_b{i}" for i in range(5)]
 SIZE = 64  # stage 3 has 4x4 = 16 tokens (> K = 12), stage 4 2x2
 FEATURE_CLASSES = ("list", "dict", "hook", "fx", "getter")
 
