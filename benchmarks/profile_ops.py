@@ -50,7 +50,7 @@ def report(mode: str, batch: int, top: int, repeats: int) -> str:
         lines += [f"### {name}: {total:.1f} ms in all", "", "| op | ms | share |", "|---|---:|---:|"]
         lines += [f"| `{op}` | {ms:.1f} | {100 * ms / total:.0f} % |" for op, ms in rows[:top]]
         lines.append("")
-        print("\n".join(lines[-top - 4:]), flush=True)
+        print("\n".join(lines[-min(top, len(rows)) - 5:]), flush=True)
     return "\n".join(lines)
 
 
@@ -60,8 +60,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     md = report(args.mode, args.batch, args.top, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"profile_{args.mode.replace(' ', '_')}_b{args.batch}.md"
