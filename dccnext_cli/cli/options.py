@@ -121,8 +121,8 @@ CheckpointOpt = Annotated[
 ]
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", help="Number format of the weights and activations: fp32 (float32, as trained) or bf16 "
-                        "(bfloat16: about 1.3x faster on CPUs with AVX512-BF16 or AMX; accuracy within a few tenths "
-                        "of a point). DCConv's distances stay float32 either way.")]
+                        "(bfloat16: 1.4-2x faster on CPUs with AVX512-BF16 or AMX; top-1 within a few hundredths "
+                        "of a point in our check). DCConv's distances stay float32 either way.")]
 DEFAULT_PRECISION_OPT = Precision(DEFAULT_PRECISION)
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs instead of refusing.")]
 
