@@ -50,3 +50,14 @@ def test_several_threads_keep_the_onednn_convolution(shape, conv):
         torch.set_num_threads(before)
     assert "aten::_slow_conv2d_forward" not in ops
     assert ("aten::mkldnn_convolution" in ops) is conv
+
+
+def test_compiled_graphs_choose_for_their_thread_count(one_thread):
+    layer = PointwiseLinear(32, 64, bias=False)
+    x = torch.randn(1, 5, 5, 32)
+    compiled = torch.compile(layer, dynamic=False)
+    with torch.no_grad():
+        compiled(x)
+    ops, out = _ops(compiled, x)
+    assert "aten::_slow_conv2d_forward" not in ops and "aten::mkldnn_convolution" not in ops
+    torch.testing.assert_close(out, F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
