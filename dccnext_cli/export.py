@@ -50,6 +50,7 @@ __all__ = [
     "ExportResult",
     "load_source",
     "export_model",
+    "write_onnx_graph",
 ]
 
 ONNX_OPSET = 18
@@ -322,19 +323,28 @@ class _Exportable(nn.Module):
         return self.inner(x)
 
 
-def _write_onnx(module, reference, out: Path, resolution, inputs, features: bool) -> list[ParityCheck]:
-    example = _example(reference if isinstance(reference, DCCNeXt) else reference.model, resolution, "float32")
+def write_onnx_graph(module: nn.Module, example: torch.Tensor, out: Path,
+                     output_names: Sequence[str] = ("logits",)) -> None:
+    """The one ONNX export call: the dynamo exporter at opset `ONNX_OPSET`, dynamic batch, height and width, input
+    'images'. `export` writes users' files with it and `benchmarks/deploy.py` exports its peer models (timm's)
+    with it, so both time and ship the same kind of graph. `module.forward` must name its argument `x`."""
+    resolution = tuple(example.shape[-2:])
     # ONNX has no Sort: the clustering selects with TopK, whose ties go to the lower index (the same rule)
     with use_operator_settings(export_indices="topk"), contextlib.redirect_stdout(sys.stderr):
         program = torch.onnx.export(
             module, (example,), dynamo=True, opset_version=ONNX_OPSET, dynamic_shapes=_dynamic_shapes(resolution),
-            input_names=["images"], output_names=_output_names(features), verbose=False,
+            input_names=["images"], output_names=list(output_names), verbose=False,
         )
 
     def write(tmp: str) -> None:
         program.save(tmp, external_data=False)
 
     atomic_write(out, write)
+
+
+def _write_onnx(module, reference, out: Path, resolution, inputs, features: bool) -> list[ParityCheck]:
+    example = _example(reference if isinstance(reference, DCCNeXt) else reference.model, resolution, "float32")
+    write_onnx_graph(module, example, out, _output_names(features))
     return check_onnx(out, reference, inputs, features)
 
 

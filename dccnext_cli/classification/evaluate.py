@@ -20,6 +20,7 @@ from ..data.loading import build_loader
 from ..data.sources import open_split, parse_data
 from ..errors import DataError
 from ..models.dccnext import DCCNeXt
+from ..models.precision import DEFAULT_PRECISION, to_precision
 from ..models.weights import CheckpointMeta
 
 __all__ = ["EvalResult", "Lockstep", "evaluate_batches", "evaluate_checkpoint", "eval_settings", "DEFAULT_EVAL_DATA"]
@@ -75,8 +76,11 @@ def _batches_within(batches: Iterable, max_samples: int | None, totals: torch.Te
 @torch.no_grad()
 def evaluate_batches(model: torch.nn.Module, batches: Iterable, num_classes: int, *, device: torch.device,
                      max_samples: int | None = None, reduce=None, autocast=None, on_batch=None,
-                     lockstep: Lockstep | None = None) -> EvalResult:
-    """Accuracy over batches of (images, labels, skipped); `reduce` sums counts over processes when distributed."""
+                     lockstep: Lockstep | None = None, dtype: torch.dtype | None = None) -> EvalResult:
+    """Accuracy over batches of (images, labels, skipped); `reduce` sums counts over processes when distributed.
+
+    `dtype` casts the images (to the model's own format, see `models.precision`); logits are scored in float32.
+    """
     was_training = model.training
     model.eval()
     k = min(5, num_classes)
@@ -91,7 +95,7 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable, num_classes: int
                 break
             _forward(model, lockstep.filler, autocast)  # keeps step with processes that still have batches
             continue
-        images, labels = item[0].to(device), item[1].to(device)
+        images, labels = item[0].to(device, dtype), item[1].to(device)
         if int(labels.max()) >= num_classes or int(labels.min()) < 0:
             raise DataError(f"a label {int(labels.max())} is outside the model's {num_classes} classes; "
                             "the data and the checkpoint do not match")
@@ -121,9 +125,14 @@ def _forward(model: torch.nn.Module, images: torch.Tensor, autocast) -> torch.Te
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str | None = None, *,
                         batch_size: int = 256, workers: int = 0, max_samples: int | None = None,
                         image_column: str | None = None, label_column: str | None = None,
-                        device: str | torch.device | None = None, progress=None) -> EvalResult:
-    """Score a checkpoint; by default on its training run's evaluation split, else the embedded test split."""
+                        device: str | torch.device | None = None, progress=None,
+                        precision: str = DEFAULT_PRECISION) -> EvalResult:
+    """Score a checkpoint; by default on its training run's evaluation split, else the embedded test split.
+
+    `precision` ("fp32" or "bf16", `models.precision`) is the format the weights and activations run in.
+    """
     model, meta = DCCNeXt.from_checkpoint(checkpoint)
+    dtype = to_precision(model, precision)
     recipe = meta.recipe or {}
     data = data or recipe.get("data") or DEFAULT_EVAL_DATA
     split = split or (recipe.get("eval_split") if data == recipe.get("data") else None) or (
@@ -144,12 +153,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         progress.start(total, title=f"evaluating {Path(checkpoint).name} on {data} ({split})")
     try:
         result = evaluate_batches(model, batches.epoch(0), meta.num_classes, device=device, max_samples=max_samples,
-                                  on_batch=progress.advance if progress is not None else None)
+                                  on_batch=progress.advance if progress is not None else None, dtype=dtype)
     finally:
         if progress is not None:
             progress.stop()
     if result.samples == 0:
         raise DataError(f"no image of {data} ({split}) could be read; nothing was evaluated")
     result.extra = {"checkpoint": str(checkpoint), "data": data, "split": split,
-                    "resolution": list(settings["resolution"])}
+                    "resolution": list(settings["resolution"]), "precision": precision}
     return result

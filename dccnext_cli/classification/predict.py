@@ -10,6 +10,7 @@ import torch
 from ..common.device import default_device
 from ..data.images import eval_transform, load_image
 from ..models.dccnext import DCCNeXt
+from ..models.precision import DEFAULT_PRECISION, to_precision
 from .evaluate import eval_settings
 
 __all__ = ["Prediction", "predict"]
@@ -26,9 +27,14 @@ class Prediction:
 
 @torch.no_grad()
 def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 32,
-            device: str | torch.device | None = None) -> list[Prediction]:
-    """Every image is loaded (and checked) before the model runs, so a bad file fails fast."""
+            device: str | torch.device | None = None, precision: str = DEFAULT_PRECISION) -> list[Prediction]:
+    """Every image is loaded (and checked) before the model runs, so a bad file fails fast.
+
+    `precision` ("fp32" or "bf16", `models.precision`) is the format the weights and activations run in;
+    probabilities are computed in float32 either way.
+    """
     model, meta = DCCNeXt.from_checkpoint(checkpoint)
+    dtype = to_precision(model, precision)
     transform = eval_transform(**eval_settings(meta))
     tensors = [transform(load_image(p)) for p in images]
     device = default_device(device)
@@ -37,7 +43,7 @@ def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, ba
     k = min(top_k, meta.num_classes)
     out: list[Prediction] = []
     for start in range(0, len(tensors), batch_size):
-        probs = model(torch.stack(tensors[start:start + batch_size]).to(device)).float().softmax(dim=1)
+        probs = model(torch.stack(tensors[start:start + batch_size]).to(device, dtype)).float().softmax(dim=1)
         values, indices = probs.topk(k, dim=1)
         for i, (vals, idx) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):
             out.append(Prediction(str(images[start + i]), [(names[j], v) for j, v in zip(idx, vals, strict=True)]))

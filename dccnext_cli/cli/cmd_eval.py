@@ -14,11 +14,21 @@ from ..common.progress import StepProgress
 from ..errors import ConfigError
 from ..models.weights import read_meta
 from ..tasks import get_task, is_dense
-from .options import DATA_SOURCES, DEFAULT_TASK, JsonOpt, TaskOpt, format_resolution, print_json
+from .options import (
+    DATA_SOURCES,
+    DEFAULT_PRECISION_OPT,
+    DEFAULT_TASK,
+    JsonOpt,
+    PrecisionOpt,
+    TaskOpt,
+    format_resolution,
+    print_json,
+)
 
 EXAMPLES = """\
 dccnext eval --checkpoint model.safetensors
 dccnext eval --checkpoint b2.safetensors --data imagefolder:/data/imagenet
+dccnext eval --checkpoint b2.safetensors --precision bf16
 """
 
 
@@ -35,6 +45,7 @@ def eval_cmd(
         workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
         limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Score at most this many images.")] = None,
         task: TaskOpt = DEFAULT_TASK,
+        precision: PrecisionOpt = DEFAULT_PRECISION_OPT,
         json_out: JsonOpt = False,
 ) -> None:
     """Score a checkpoint: top-1 and top-5, or COCO AP and mIoU for a dense one.
@@ -69,7 +80,7 @@ def eval_cmd(
     from ..classification.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data, split, batch_size=batch_size, workers=workers, max_samples=limit,
-                                 progress=StepProgress("image", enabled=not json_out))
+                                 progress=StepProgress("image", enabled=not json_out), precision=precision.value)
     if json_out:
         print_json({**result.to_dict(), "resolution": format_resolution(result.extra["resolution"])})
         return

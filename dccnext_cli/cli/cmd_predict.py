@@ -9,11 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .options import JsonOpt, print_json
+from .options import DEFAULT_PRECISION_OPT, JsonOpt, PrecisionOpt, print_json
 
 EXAMPLES = """\
 dccnext predict --checkpoint model.safetensors shirt.png boot.png
 dccnext predict --checkpoint b2.safetensors --top 3 --json cat.jpg
+dccnext predict --checkpoint b2.safetensors --precision bf16 cat.jpg
 """
 
 
@@ -23,6 +24,7 @@ def predict_cmd(
         checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A dccnext .safetensors file.",
                                                  dir_okay=False)],
         top: Annotated[int, typer.Option("--top", min=1, help="How many classes to list.")] = 5,
+        precision: PrecisionOpt = DEFAULT_PRECISION_OPT,
         json_out: JsonOpt = False,
 ) -> None:
     """Classify images: the top classes by name, with probabilities.
@@ -31,7 +33,7 @@ def predict_cmd(
     """
     from ..classification.predict import predict
 
-    predictions = predict(checkpoint, images, top_k=top)
+    predictions = predict(checkpoint, images, top_k=top, precision=precision.value)
     if json_out:
         print_json([p.to_dict() for p in predictions])
         return

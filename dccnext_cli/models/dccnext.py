@@ -54,9 +54,32 @@ def pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     The choice depends on the tensor (rank, device), so FX keeps this function as one leaf call
     (`torch.fx.wrap` below) instead of tracing into it.
     """
-    if x.ndim == 4 and operator_settings().pointwise_as_conv_on_cpu and x.device.type == "cpu":
+    if (x.ndim == 4 and operator_settings().pointwise_as_conv_on_cpu and x.device.type == "cpu"
+            and _onednn_takes_pointwise(x)):
         return F.conv2d(x.permute(0, 3, 1, 2), weight[:, :, None, None], bias).permute(0, 2, 3, 1)
     return F.linear(x, weight, bias)
+
+
+def _onednn_takes_pointwise(x: torch.Tensor) -> bool:
+    """False where PyTorch would run a float32 1x1 convolution on its im2col fallback instead of oneDNN.
+
+    PyTorch hands such a convolution to oneDNN only with more than one thread or a batch of 16 or more, and
+    for a batch of one only above 20480 input elements (`ConvParams::use_mkldnn`). With one thread (a 1-CPU
+    container, `torch.set_num_threads(1)`) and a small batch, the fallback took 60 % of B2's batch-1 forward;
+    with the linear instead, B2 ran about as fast as convformer_s18. A compiled graph makes the choice for the
+    thread count it was compiled under (Inductor's convolution calls the same aten kernel); exported graphs keep
+    the convolution, since they run elsewhere.
+    """
+    if x.dtype != torch.float32 or exporting():
+        return True
+    batch = x.shape[0]
+    return (batch >= 16 or _several_threads()) and (batch > 1 or x.numel() > 20480)
+
+
+@torch.compiler.assume_constant_result
+def _several_threads() -> bool:
+    """torch's intra-op thread count > 1; a constant to torch.compile (which cannot trace the call)."""
+    return torch.get_num_threads() > 1
 
 
 torch.fx.wrap("pointwise_linear")
