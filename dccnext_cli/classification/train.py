@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +26,7 @@ import torch
 import yaml
 
 from ..common.crash_points import crash_point
-from ..common.files import atomic_write_text, check_writable
+from ..common.files import atomic_write_text, check_writable, remove_run_files
 from ..common.recipe_files import build_recipe
 from ..common.run_lock import lock_folder, unlock_folder
 from ..data.images import eval_transform
@@ -134,15 +133,6 @@ def prepare_output(output: str | Path | None, variant: str, *, resume: bool, ove
         raise OutputExistsError(f"{out} already holds a run ({owned[0].name}); pass --resume to continue it or "
                                 "--overwrite to start again")
     return out
-
-
-def _clear_run(out: Path) -> None:
-    for name in RUN_FILES:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
 
 
 def _micro_batch(recipe: TrainRecipe, world: int) -> int:
@@ -360,7 +350,7 @@ def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, overwrite: boo
         accelerator.step = state.micro_steps
     elif run.main:
         if overwrite:  # only now, when everything has been checked
-            _clear_run(run.out)
+            remove_run_files(run.out, RUN_FILES)
         atomic_write_text(run.out / "recipe.yaml", yaml.safe_dump(run.recipe.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()
     return state

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["atomic_write", "atomic_write_text", "check_writable"]
+__all__ = ["atomic_write", "atomic_write_text", "check_writable", "remove_run_files"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -47,3 +48,13 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
         raise ConfigError(f"{option} {path}: {parent} is a file, not a folder; choose another place")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: the folder {parent} is not writable; choose another place")
+
+
+def remove_run_files(folder: Path, names: tuple[str, ...]) -> None:
+    """Delete a run's own files and folders (`--overwrite`), and nothing else the folder holds."""
+    for name in names:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

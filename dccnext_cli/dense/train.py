@@ -19,7 +19,6 @@ iterations and at the end; `resume` continues the newest. Each task computes its
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from ..common.crash_points import crash_point
-from ..common.files import atomic_write_text
+from ..common.files import atomic_write_text, remove_run_files
 from ..common.progress import StepProgress
 from ..common.run_lock import lock_folder, unlock_folder
 from ..errors import CheckpointError, ConfigError, DataError, OutputExistsError
@@ -230,9 +229,7 @@ def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, weights: str |
         accelerator.step = state.micro_steps
     elif run.main:
         if run.overwrite:  # only now, when everything has been checked
-            for name in RUN_FILES:
-                path = run.out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            remove_run_files(run.out, RUN_FILES)
         atomic_write_text(run.out / "recipe.yaml", yaml.safe_dump(
             {**run.recipe.to_dict(), "weights": str(weights) if weights else None, "data": str(data_spec)},
             sort_keys=False))
