@@ -57,6 +57,7 @@ from ..training.run_state import (
     recover_checkpoints,
     save_run_state,
 )
+from ..training.shards import all_gather_objects
 from .callbacks import TrainCallback
 from .evaluate import EvalResult, Lockstep, evaluate_batches
 from .recipe import TrainRecipe
@@ -547,12 +548,7 @@ def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, log: 
         digest = every_rank_weights_digest(accelerator, parts.model)
         for callback in callbacks:
             mine.update(callback.on_end(digest))
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        ranks = gather_object([mine])
-    else:
-        ranks = [mine]
+    ranks = all_gather_objects(accelerator, mine)
     summary = _summary(state, accelerator.num_processes, run.recipe.epochs, wall_s, ranks)
     if summary["skipped_images"]:
         log.write("warning", message=f"{summary['skipped_images']} images could not be decoded and were skipped")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, DCCNeXtError
+from .shards import from_main
 
 __all__ = ["mixed_precision", "make_accelerator", "micro_batch", "requested_engine", "engine_name",
            "shards_parameters", "fill_deepspeed_config", "configure_engine", "on_main_process"]
@@ -123,10 +124,7 @@ def on_main_process(accelerator, decide: Callable[[], Any]) -> Any:
             result = decide()
         except DCCNeXtError as e:
             error = e
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        result, error = broadcast_object_list([(result, error)])[0]
+    result, error = from_main(accelerator, (result, error))
     if error is not None:
         raise error
     return result

@@ -39,6 +39,7 @@ from ..errors import CheckpointError, ConfigError
 from .accelerator import engine_name
 from .full_state import gather_model_state, gather_optimizer_state, load_full_state
 from .rng_state import capture_rng, reseed_rng, restore_rng
+from .shards import all_gather_objects, from_main
 from .state_tree import load_tree, save_tree
 
 __all__ = ["TrainState", "Trainables", "save_run_state", "load_run_state", "find_checkpoint", "list_checkpoints",
@@ -245,12 +246,7 @@ def prune_checkpoints(run_dir: Path, keep_last: int, step: int) -> None:
 
 def _gather_rng(accelerator, generator: torch.Generator | None) -> list[dict[str, Any]] | None:
     """Every process's random state, on the main process (None elsewhere): one writer, whatever the disks."""
-    mine = capture_rng(generator)
-    if accelerator.num_processes == 1:
-        return [mine]
-    from accelerate.utils import gather_object
-
-    everyone = gather_object([mine])
+    everyone = all_gather_objects(accelerator, capture_rng(generator))
     return everyone if accelerator.is_main_process else None
 
 
@@ -359,12 +355,10 @@ def _share(accelerator, read: _Read | None, problem: str | None) -> _Read:
         if problem:
             raise CheckpointError(problem)
         return read
-    from accelerate.utils import broadcast_object_list
-
     tree = read.tree if read is not None else None
     light = (problem, None if read is None else (read.state, read.rngs, read.legacy_optimizer, tree.get("scaler"),
                                                   tree.get("engine"), tree.get("optimizer") is not None))
-    problem, payload = broadcast_object_list([light])[0]
+    problem, payload = from_main(accelerator, light)
     if problem:
         raise CheckpointError(problem)
     if read is None:  # the optimiser's tensors come by broadcast when they are loaded; here only whether any

@@ -2,7 +2,8 @@
 
 Metrics are never averaged over processes (a mean of per-process mIoU or AP is not the data set's): each
 process contributes what it accumulated, and the metric is computed once on the union, in the data set's
-order, so a sharded evaluation equals a single-process one.
+order, so a sharded evaluation equals a single-process one. The two collectives here (`all_gather_objects`,
+`from_main`) are also how checkpoints gather random states and share what the main process read.
 """
 
 from __future__ import annotations
