@@ -46,8 +46,10 @@ class Plan:
         return cls(rounds=((2, 7), (1, 3)))
 
 
-def onnx_session(model: nn.Module, folder: Path, name: str):
-    """Export `model` the way `dccnext export --format onnx` does and open it in onnxruntime (CPU)."""
+def onnx_session(model: nn.Module, folder: Path, name: str, profile: bool = False):
+    """Export `model` the way `dccnext export --format onnx` does and open it in onnxruntime (CPU).
+
+    `profile`: onnxruntime's own profiler records every node (`end_profiling` names its file)."""
     import onnxruntime as ort
 
     from dccnext_cli.export import write_onnx_graph
@@ -56,6 +58,9 @@ def onnx_session(model: nn.Module, folder: Path, name: str):
     write_onnx_graph(_NamedInput(model).eval(), torch.randn(2, 3, *SIZE), path)
     options = ort.SessionOptions()  # graph optimisations: the default, ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(folder / f"{name}-profile")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

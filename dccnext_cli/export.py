@@ -329,8 +329,10 @@ def write_onnx_graph(module: nn.Module, example: torch.Tensor, out: Path,
     'images'. `export` writes users' files with it and `benchmarks/deploy.py` exports its peer models (timm's)
     with it, so both time and ship the same kind of graph. `module.forward` must name its argument `x`."""
     resolution = tuple(example.shape[-2:])
-    # ONNX has no Sort: the clustering selects with TopK, whose ties go to the lower index (the same rule)
-    with use_operator_settings(export_indices="topk"), contextlib.redirect_stdout(sys.stderr):
+    # ONNX has no Sort: the clustering selects with TopK, whose ties go to the lower index (the same rule); the
+    # GELU is written in the op order onnxruntime fuses into one Gelu node, the cluster convolution as one gather
+    onnx_forms = {"export_indices": "topk", "export_gelu": "erf", "export_cluster_conv": "gather"}
+    with use_operator_settings(**onnx_forms), contextlib.redirect_stdout(sys.stderr):
         program = torch.onnx.export(
             module, (example,), dynamo=True, opset_version=ONNX_OPSET, dynamic_shapes=_dynamic_shapes(resolution),
             input_names=["images"], output_names=list(output_names), verbose=False,

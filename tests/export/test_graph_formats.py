@@ -78,3 +78,19 @@ def test_onnx_on_flat_images(source, exported):
     flat[1] = -0.3
     (check,) = check_onnx(path, source[0], [flat], features=False)
     assert check.max_abs_diff <= TOL and check.ok
+
+
+def test_onnxruntime_fuses_the_ffn_gelu(source, exported, tmp_path):
+    """The ONNX export writes the exact GELU in the op order onnxruntime fuses: after its graph optimisations
+    every ConvFFN runs one Gelu node and no Erf is left (the order torch writes by default stays five ops)."""
+    import onnx
+    import onnxruntime as ort
+
+    path, _ = exported("onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("Gelu") == sum(source[0].config.depths)
+    assert "Erf" not in ops
