@@ -8,7 +8,8 @@ sub-sample, and a depthwise kernel of K slots mixes the gathered cluster:
 The cluster convolution has three formulations that give the same numbers:
 
 - `cluster_conv_reference`: the paper's gather-multiply-sum; it materialises (B, N, K, E). Tests hold
-  the others to it.
+  the others to it. The ONNX export writes it too (`export_cluster_conv="gather"`): onnxruntime runs its
+  three ops faster than the loop's 3K.
 - the plain loop over K (`cluster_conv_plain`): aten ops only, what `torch.export`, ONNX export, tracing
   and scripting see (`exporting()` is the switch).
 - the fast operator used in eager mode: an autograd function whose forward accumulates one slot at a time
@@ -21,9 +22,10 @@ Cluster indices come from float32 distances of the centred sub-vectors (their pe
 subtracted: the same distances, without the cancellation a shared offset causes) in one matmul of
 augmented rows per image, computed in chunks of `operator_settings().distance_chunk_elements // N` query
 rows (memory O(chunk x N), not O(N^2); independent of the batch, so an image's indices never depend on
-what else is in the batch), and selected with `topk` plus an exact fix-up that reproduces a stable sort's
-tie rule (equal distances -> lower token index first). Exported graphs select with a stable sort, or for
-ONNX (which has no Sort) with `cluster_indices_topk`; the switches live in `models/settings.py`.
+what else is in the batch), and selected with a `topk` of the bits read as int32 plus an exact fix-up that
+reproduces a stable sort's tie rule (equal distances -> lower token index first). Exported graphs select with
+a stable sort, or for ONNX (which has no Sort) with `cluster_indices_topk`; the switches live in
+`models/settings.py`.
 
 Eager mode has a CPU path (cache-sized blocks, and two shortcuts that read a flag back from the tensor) and a
 device path (`on_device_path`: whole-tensor ops, exact keyed top-k for every row, nothing read back, a launch
@@ -338,8 +340,11 @@ def cluster_conv_reference(
     batch, num_tokens, channels = tokens.shape
     k = idx.shape[-1]
     acc = accumulation_dtype(tokens, weight)  # cast before the gather: its backward sums in acc too
-    gathered = _as_dtype(tokens.reshape(batch * num_tokens, channels), acc)[_flat_indices(idx, num_tokens)]
-    out = (gathered * _as_dtype(weight[:k], acc)).sum(1).view(batch, num_tokens, channels)  # gathered: (B*N, K, E)
+    flat = _as_dtype(tokens.reshape(batch * num_tokens, channels), acc)
+    # index_select of the flattened indices: an ONNX Gather (indexing by the 2-D indices exports as GatherND,
+    # which onnxruntime ran 1.2-2x slower); Inductor makes the same fused loop of either
+    gathered = flat.index_select(0, _flat_indices(idx, num_tokens).reshape(-1)).view(batch * num_tokens, k, channels)
+    out = (gathered * _as_dtype(weight[:k], acc)).sum(1).view(batch, num_tokens, channels)
     out = out if bias is None else out + _as_dtype(bias, acc)
     return _as_dtype(out, tokens.dtype)
 
