@@ -84,6 +84,7 @@ class TrainResult:
     metrics: dict[str, Any] | None = None
     skipped_images: int = 0
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    samples: int = 0  # training images drawn (resumed runs included), whatever the launch shape
 
 
 TENSORBOARD_OFF = ("TensorBoard is off (not installed): scalars go to log.jsonl only; "
@@ -568,7 +569,8 @@ def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, log: 
 
 def _result(out: Path, summary: dict[str, Any], wall_s: float) -> TrainResult:
     return TrainResult(out, out / "model.safetensors", summary["epochs"], summary["steps"], summary["world_size"],
-                       wall_s, summary["metrics"], summary["skipped_images"], summary["ranks"])
+                       wall_s, summary["metrics"], summary["skipped_images"], summary["ranks"],
+                       summary.get("samples", 0))
 
 
 def _completed(run: _Run) -> TrainResult | None:

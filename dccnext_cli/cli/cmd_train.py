@@ -143,7 +143,8 @@ def _merge_options(sets: dict[str, Any], explicit: dict[str, Any]) -> dict[str, 
 def _report(result, variant: str, json_out: bool, console: Console) -> None:
     """The run's summary: one JSON document, or a small table on stderr."""
     summary = {"output": str(result.output), "weights": str(result.weights), "epochs": result.epochs,
-               "steps": result.steps, "world_size": result.world_size, "wall_s": round(result.wall_s, 1),
+               "steps": result.steps, "samples": result.samples, "world_size": result.world_size,
+               "wall_s": round(result.wall_s, 1),
                "metrics": result.metrics, "skipped_images": result.skipped_images}
     if json_out:
         print_json(summary)

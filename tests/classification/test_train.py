@@ -25,6 +25,7 @@ def test_train_streaming_imagefolder_writes_run_and_counts_corrupt(run_cli, imag
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["skipped_images"] >= 1 and summary["steps"] == (CLASSES * TRAIN_PER_CLASS + 1) // 16
+    assert summary["samples"] == summary["steps"] * 16  # images drawn for training: steps x (8 x 2)
     assert summary["metrics"]["samples"] == 16 and 0 <= summary["metrics"]["top1"] <= 100
     for name in ("model.safetensors", "best.safetensors", "recipe.yaml", "log.jsonl", "summary.json"):
         assert (out / name).is_file(), name
