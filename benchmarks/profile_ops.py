@@ -65,7 +65,8 @@ def profile_model(name: str, mode: str, batch: int, repeats: int) -> list[tuple[
 
 
 def report(mode: str, batch: int, top: int, repeats: int) -> str:
-    lines = [f"## {mode}, batch {batch}: self CPU ms per forward ({repeats} forwards)", ""]
+    measure = "node ms per run, onnxruntime's profiler" if mode == "onnxruntime" else "self CPU ms per forward"
+    lines = [f"## {mode}, batch {batch}: {measure} ({repeats} runs)", ""]
     for name in MODELS:
         rows = profile_model(name, mode, batch, repeats)
         total = sum(ms for _, ms in rows)

@@ -163,7 +163,6 @@ def _nearest_topk(dist: torch.Tensor, k: int) -> torch.Tensor:
     exact &= bits[..., k - 1] <= _POS_INF_BITS
     if not exact.all():
         rows = exact.logical_not_().nonzero(as_tuple=True)
-        out = out.contiguous()
         out[rows] = _nearest_keyed(dist[rows], k)
     return out
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,19 +79,10 @@ class OperatorSettings:
         for name in ("distance_chunk_elements", "device_distance_elements", "block_rows", "backward_block_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"operator setting {name} must be >= 1, got {getattr(self, name)}")
-        if self.compile_impl not in ("inductor", "custom_op"):
-            raise ConfigError(f"compile_impl must be 'inductor' or 'custom_op', got {self.compile_impl!r}")
-        if self.eager_path not in ("auto", "cpu", "device"):
-            raise ConfigError(f"eager_path must be 'auto', 'cpu' or 'device', got {self.eager_path!r}")
-        if self.eager_kernels not in ("auto", "pytorch", "triton", "triton-deterministic"):
-            raise ConfigError(f"eager_kernels must be 'auto', 'pytorch', 'triton' or 'triton-deterministic', "
-                              f"got {self.eager_kernels!r}")
-        if self.export_indices not in ("sort", "topk"):
-            raise ConfigError(f"export_indices must be 'sort' or 'topk', got {self.export_indices!r}")
-        if self.export_gelu not in ("aten", "erf"):
-            raise ConfigError(f"export_gelu must be 'aten' or 'erf', got {self.export_gelu!r}")
-        if self.export_cluster_conv not in ("loop", "gather"):
-            raise ConfigError(f"export_cluster_conv must be 'loop' or 'gather', got {self.export_cluster_conv!r}")
+        for name, choices in _choices().items():
+            if getattr(self, name) not in choices:
+                listed = " or ".join([", ".join(map(repr, choices[:-1])), repr(choices[-1])])
+                raise ConfigError(f"{name} must be {listed}, got {getattr(self, name)!r}")
 
     def replace(self, **changes: Any) -> OperatorSettings:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -97,6 +90,13 @@ class OperatorSettings:
             known = ", ".join(f.name for f in dataclasses.fields(self))
             raise ConfigError(f"unknown operator setting(s) {', '.join(sorted(unknown))}; known: {known}")
         return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Each Literal field's allowed values, read once from the annotations."""
+    hints = typing.get_type_hints(OperatorSettings)
+    return {name: typing.get_args(hint) for name, hint in hints.items() if typing.get_origin(hint) is Literal}
 
 
 _current = OperatorSettings()
