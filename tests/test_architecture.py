@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dccnext_cli.common",),
     ("dccnext_cli.models", "dccnext_cli.data", "dccnext_cli.training"),
     ("dccnext_cli.classification", "dccnext_cli.dense"),
-    ("dccnext_cli.tasks", "dccnext_cli.export", "dccnext_cli.viz"),
+    ("dccnext_cli.tasks", "dccnext_cli.export", "dccnext_cli.viz", "dccnext_cli.benchmark"),
     ("dccnext_cli.cli",),
     ("dccnext_cli", "dccnext_cli.__main__"),  # the public API and `python -m`: nothing imports them
 ]

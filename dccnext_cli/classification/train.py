@@ -30,7 +30,7 @@ from ..common.files import atomic_write_text, check_writable, remove_run_files
 from ..common.recipe_files import build_recipe
 from ..common.run_lock import lock_folder, unlock_folder
 from ..data.images import eval_transform
-from ..data.loading import Batches, build_loader, train_transform
+from ..data.loading import Batches, build_loader, device_finish, train_transform
 from ..data.sources import ImageSplit, open_split, parse_data
 from ..errors import CheckpointError, ConfigError, DataError, DCCNeXtError, OutputExistsError
 from ..models.config import DCCNeXtConfig
@@ -245,9 +245,10 @@ def _build_data(run: _Run) -> _Data:
     samples = train_split.num_samples or recipe.train_samples
     if samples is None:
         raise ConfigError(f"{source.uri} is a stream of unknown length; set --set train_samples=N for the schedule")
-    batches = build_loader(train_split, train_transform(recipe), run.micro, train=True, seed=recipe.seed, rank=rank,
-                           world=world, workers=recipe.workers, shuffle_buffer=recipe.shuffle_buffer,
-                           samples_per_epoch=samples)
+    device_side = accelerator.device.type == "cuda"  # uint8 batches, normalised and erased on the GPU
+    batches = build_loader(train_split, train_transform(recipe, device_side), run.micro, train=True, seed=recipe.seed,
+                           rank=rank, world=world, workers=recipe.workers, shuffle_buffer=recipe.shuffle_buffer,
+                           samples_per_epoch=samples, finish=device_finish(recipe) if device_side else None)
     micro_per_epoch = batches.steps_per_epoch
     if recipe.train_samples:  # caps an epoch of any source (a quick run: --set train_samples=N)
         micro_per_epoch = min(micro_per_epoch, recipe.train_samples // (run.micro * world))
@@ -431,7 +432,7 @@ def _train_one_epoch(run: _Run, data: _Data, parts: _Trainables, state: TrainSta
         _check_labels(labels, data)
         for callback in callbacks:
             callback.on_batch(images, labels)
-        images, labels = images.to(accelerator.device), labels.to(accelerator.device)
+        images, labels = data.batches.to_device(images, accelerator.device), labels.to(accelerator.device)
         targets = labels
         if parts.mixup is not None:
             images, targets = parts.mixup(images, labels)

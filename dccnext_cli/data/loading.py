@@ -22,10 +22,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from ..errors import ImageError
+from .device_batches import CpuSide, DeviceFinish, SampleSide, collate_planned
+from .erasing import ErasePlanner
 from .images import decode_image
 from .sources import ImageSplit
 
-__all__ = ["decode_record", "seeded", "EpochBatchSampler", "build_loader", "Batches", "train_transform"]
+__all__ = ["decode_record", "seeded", "EpochBatchSampler", "build_loader", "Batches", "train_transform", "device_finish"]
 
 log = logging.getLogger("dccnext.data")
 
@@ -63,14 +65,23 @@ def seeded(*key: int):
             np.random.set_state(np_state)
 
 
-def train_transform(recipe) -> Callable:
+def train_transform(recipe, device_side: bool = False) -> CpuSide | SampleSide:
+    """The recipe's augmentation: whole on the CPU, or up to uint8 pixels + an erasing plan (device_side, for a
+    GPU: data/device_batches.py). Erasing is drawn as timm draws it, in two halves (data/erasing.py)."""
     from timm.data import create_transform
 
-    return create_transform(
+    pil = create_transform(
         input_size=(3, *recipe.input_size), is_training=True, scale=recipe.scale, ratio=recipe.ratio,
         hflip=recipe.hflip, color_jitter=recipe.color_jitter, auto_augment=recipe.auto_augment,
-        interpolation=recipe.interpolation, mean=recipe.mean, std=recipe.std, re_prob=recipe.re_prob,
-        re_mode=recipe.re_mode)
+        interpolation=recipe.interpolation, mean=recipe.mean, std=recipe.std, re_prob=0.0,
+        use_prefetcher=device_side)
+    planner = ErasePlanner(recipe.re_prob, recipe.re_mode)
+    return SampleSide(pil, planner) if device_side else CpuSide(pil, planner)
+
+
+def device_finish(recipe) -> DeviceFinish:
+    """What the device path does on the device to the batches of `train_transform(recipe, device_side=True)`."""
+    return DeviceFinish(tuple(recipe.mean), tuple(recipe.std), recipe.re_mode)
 
 
 class MapImages(Dataset):
@@ -83,13 +94,15 @@ class MapImages(Dataset):
     def __len__(self) -> int:
         return len(self.split.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        # EpochBatchSampler hands (epoch, index): persistent workers keep their own copy of this object
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         image, label = decode_record(self.split.dataset[int(index)], self.split.image_column, self.split.label_column)
         if image is None:
             return None
         if self.seed is None:
             return self.transform(image), label
-        with seeded(self.seed, self.epoch, int(index)):
+        with seeded(self.seed, epoch, int(index)):
             return self.transform(image), label
 
 
@@ -133,14 +146,15 @@ class EpochBatchSampler(Sampler):
         per_rank = len(range(self.rank, self.n, self.world))
         return -(-per_rank // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        """Batches of (epoch, index): the epoch travels with each index to the workers."""
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
         else:
             order = torch.arange(self.n)
         mine = order[self.rank::self.world].tolist()
         for b in range(self.skip, len(self)):
-            yield mine[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(self.epoch, i) for i in mine[b * self.batch_size:(b + 1) * self.batch_size]]
 
 
 @dataclass
@@ -152,6 +166,13 @@ class Batches:
     sampler: EpochBatchSampler | None = None
     dataset: Dataset | None = None
     train: bool = True
+    finish: DeviceFinish | None = None  # the device path's last steps, run on the device by `to_device`
+
+    def to_device(self, images, device: torch.device) -> torch.Tensor:
+        """A batch's images on `device`, ready for the model (the device path normalises and erases there)."""
+        if self.finish is not None:
+            return self.finish(images, device)
+        return images.to(device, non_blocking=True)
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator:
         """The micro-batches of one epoch, after skipping the first `skip_batches` (a resumed run)."""
@@ -184,15 +205,23 @@ class Batches:
 
 def build_loader(split: ImageSplit, transform: Callable, batch_size: int, *, train: bool, seed: int = 0,
                  rank: int = 0, world: int = 1, workers: int = 0, shuffle_buffer: int = 10000,
-                 samples_per_epoch: int | None = None) -> Batches:
-    """Training (shuffled, sharded, equal batch counts) or evaluation (in order, sharded, nothing dropped)."""
-    common = dict(collate_fn=collate_skipping, num_workers=workers, persistent_workers=False,
-                  generator=torch.Generator().manual_seed(seed))
+                 samples_per_epoch: int | None = None, finish: DeviceFinish | None = None) -> Batches:
+    """Training (shuffled, sharded, equal batch counts) or evaluation (in order, sharded, nothing dropped).
+
+    With `finish` (and `train_transform(..., device_side=True)`), batches are pinned uint8 + erasing plans that
+    `Batches.to_device` finishes on the device."""
+    device_side = isinstance(transform, SampleSide)
+    if device_side != (finish is not None):
+        raise ValueError("a device-side transform and `finish` go together")
+    common = dict(collate_fn=collate_planned if device_side else collate_skipping, num_workers=workers,
+                  pin_memory=device_side and torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
     if not split.streaming:
         dataset = MapImages(split, transform, seed if train else None)
         sampler = EpochBatchSampler(len(dataset), batch_size, rank=rank, world=world, shuffle=train, seed=seed,
                                     drop_last=train)
-        return Batches(DataLoader(dataset, batch_sampler=sampler, **common), len(sampler), sampler, dataset, train)
+        # workers live across epochs: each index carries its epoch (EpochBatchSampler), so none reads a stale one
+        loader = DataLoader(dataset, batch_sampler=sampler, persistent_workers=workers > 0, **common)
+        return Batches(loader, len(sampler), sampler, dataset, train, finish)
     from datasets.distributed import split_dataset_by_node
 
     stream = split.dataset
@@ -209,5 +238,6 @@ def build_loader(split: ImageSplit, transform: Callable, batch_size: int, *, tra
         steps = None
     else:
         steps = max(total // (batch_size * world) if train else -(-total // (batch_size * world)), 1)
-    return Batches(DataLoader(StreamImages(split, transform), batch_size=batch_size, drop_last=train, **common),
-                   steps, train=train)
+    # a stream is re-pointed between epochs (Batches.epoch), so its workers are made anew each time
+    return Batches(DataLoader(StreamImages(split, transform), batch_size=batch_size, drop_last=train,
+                              persistent_workers=False, **common), steps, train=train, finish=finish)

@@ -94,6 +94,11 @@ def _module_totals(counts: dict[str, dict[Any, int]]) -> dict[str, int]:
     return {name: sum(ops.values()) for name, ops in counts.items()}
 
 
+def _under(name: str, prefix: str) -> bool:
+    """`name` is the module `prefix` or inside it; the prefix "" is the whole model."""
+    return not prefix or name == prefix or name.startswith(prefix + ".")
+
+
 def count_model(
         model: nn.Module,
         resolution: tuple[int, int],
@@ -136,12 +141,12 @@ def count_model(
 
     report_parts = []
     for label, prefix in parts.items():
-        params = sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix + ".") or n == prefix)
+        params = sum(p.numel() for n, p in model.named_parameters() if _under(n, prefix))
         dense = counted(prefix)
         dist = clus = 0
         grid = None
         for name, layer in dcc_modules.items():
-            if not name.startswith(prefix + "."):
+            if not _under(name, prefix):
                 continue
             dense -= counted(name)  # the counter saw part of the clustering; the rule replaces all of it
             _, height, width, channels = dcc_shapes[name]
