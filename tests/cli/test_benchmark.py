@@ -32,7 +32,7 @@ def test_benchmark_writes_timm_columns_for_both_models(run_cli, tmp_path):
     convformer = timm.create_model("convformer_s18")
     assert float(rows[1]["param_count"]) == round(sum(p.numel() for p in convformer.parameters()) / 1e6, 2)
     speed = [float(row["infer_samples_per_sec"]) for row in rows]
-    assert float(rows[1]["infer_ratio"]) == round(speed[1] / speed[0], 3)
+    assert abs(float(rows[1]["infer_ratio"]) - speed[1] / speed[0]) < 2e-3  # img/s are rounded to 0.01
     assert "x first" in result.output and "wrote 2 rows" in result.output
 
 
