@@ -108,11 +108,11 @@ def benchmark(
 ) -> None:
     """Speed and memory of DCCNeXt beside any timm model, in timm's columns.
 
-    img/s, ms per step, peak memory, parameters and GMACs of each model. Every model of a setting is built afresh, warmed up, then timed in interleaved rounds (the order rotates
-    each round) so that a drifting machine moves all of them alike; the median is reported, with the ratio
-    to the first model. Rows carry timm's benchmark.py column names (infer_samples_per_sec, infer_step_time,
-    infer_batch_size, infer_img_size, infer_gmacs, param_count, train_*), so --csv files sit beside timm's
-    published tables.
+    img/s, ms per step, peak memory, parameters and GMACs of each model. Every model of a setting is built
+    afresh, warmed up, then timed in interleaved rounds (the order rotates each round) so that a drifting
+    machine moves all of them alike; the median is reported, with the ratio to the first model. Rows carry
+    timm's benchmark.py column names (infer_samples_per_sec, infer_step_time, infer_batch_size, infer_img_size,
+    infer_gmacs, param_count, train_*), so --csv files sit beside timm's published tables.
     """
     resolutions = [parse_resolution(r) for r in (res or ["224"])]
     changes = parse_model_sets(set_)

@@ -58,7 +58,7 @@ class DeviceFinish:
         mean = torch.tensor(self.mean, device=device).mul_(255).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=device).mul_(255).view(1, -1, 1, 1)
         images = pixels.float().sub_(mean).div_(std)
-        for image, rectangles in zip(images, batch.plans):
+        for image, rectangles in zip(images, batch.plans, strict=True):
             erase(image, rectangles, self.mode)
         return images
 

@@ -27,7 +27,8 @@ from .erasing import ErasePlanner
 from .images import decode_image
 from .sources import ImageSplit
 
-__all__ = ["decode_record", "seeded", "EpochBatchSampler", "build_loader", "Batches", "train_transform", "device_finish"]
+__all__ = ["decode_record", "seeded", "EpochBatchSampler", "build_loader", "Batches", "train_transform",
+           "device_finish"]
 
 log = logging.getLogger("dccnext.data")
 

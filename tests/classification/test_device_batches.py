@@ -50,6 +50,6 @@ def test_device_path_with_workers_and_a_resumed_epoch(imagefolder):
         cpu_batches = [images for images, _, _ in cpu.epoch(epoch)]
         dev_batches = [dev.to_device(planned, torch.device("cpu")) for planned, _, _ in dev.epoch(epoch, 1)]
         assert len(dev_batches) == len(cpu_batches) - 1
-        for got, want in zip(dev_batches, cpu_batches[1:]):
+        for got, want in zip(dev_batches, cpu_batches[1:], strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
     assert cpu.loader.persistent_workers and dev.loader.persistent_workers
