@@ -264,6 +264,8 @@ def ablation(shapes: dict) -> list[dict]:
 
 def ddp(device: torch.device, shapes: dict) -> dict:
     processes = torch.cuda.device_count() if device.type == "cuda" else 2
+    if processes < 2:  # accelerate refuses --multi_gpu with one process, and NCCL two processes on one GPU
+        return {"processes": processes, "ok": None, "note": "DDP needs two GPUs; this machine has one"}
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                 str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "-m", "dccnext_cli"]
