@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..common.device import default_device
 from ..common.progress import StepProgress
+from ..models.precision import DEFAULT_PRECISION, precision_dtype
 from ..training.shards import all_gather_objects, from_main, shard_range
 from .checkpoint import load_dense_model
 from .data import SegAugment
@@ -42,12 +43,20 @@ def evaluate_dense(
         progress: bool = True,
         scale: tuple[int, int] = (2048, 512),
         accelerator=None,
+        *,
+        workers: int = 0,
+        limit: int | None = None,
+        split: str | None = None,
+        precision: str = DEFAULT_PRECISION,
 ) -> dict[str, float]:
     """COCO AP (bbox; segm for mask-rcnn) or mIoU/aAcc of `model` (or a dense checkpoint path) on `data`.
 
     Detectors are called in eval mode on images in [0, 1] and must return torchvision's output dicts;
     segmentation models return logits at any resolution, which are upsampled to the label's size.
     `accelerator`: every process of a launch calls this and scores its block; all of them get the metrics.
+    `limit`: the first N images only; `split`: train or validation (default); `precision` bf16: the forward
+    passes under bfloat16 autocast (torchvision's box operations stay float32). The result also counts the
+    `images` scored.
     """
     if isinstance(model, (str, Path)):
         model, meta = load_dense_model(model)
@@ -59,23 +68,28 @@ def evaluate_dense(
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     dev = accelerator.device if accelerator else default_device(device)
     model = model.to(dev).eval()
-    dataset = task.open_data(data, train=False, num_classes=num_classes, augment=SegAugment(scale=scale))
-    loader = dense_loader(Subset(dataset, shard_range(len(dataset), rank, world)), task, batch_size, False, 0, 0)
+    dataset = task.open_data(data, train=False, num_classes=num_classes, augment=SegAugment(scale=scale),
+                             split=split)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    share = shard_range(count, rank, world)
+    loader = dense_loader(Subset(dataset, share), task, batch_size, False, workers, 0)
     evaluator = task.make_evaluator(num_classes, dataset)
     bar = StepProgress("batch", enabled=progress and rank == 0)
     title = f"evaluating {task.name}" + (f" (1/{world} of the images each)" if world > 1 else "")
     bar.start(len(loader), title=title if progress and rank == 0 else "")
+    dtype = precision_dtype(precision)
     try:
         for images, targets in loader:
-            task.evaluate_batch(model, images, targets, evaluator, dev)
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                task.evaluate_batch(model, images, targets, evaluator, dev)
             bar.advance()
     finally:
         bar.stop()
     if world == 1:
-        return evaluator.compute()
+        return {**evaluator.compute(), "images": count}
     per_process = all_gather_objects(accelerator, evaluator.states())
     metrics = None
     if rank == 0:
         evaluator.merge(per_process)
-        metrics = evaluator.compute()
+        metrics = {**evaluator.compute(), "images": count}
     return from_main(accelerator, metrics)

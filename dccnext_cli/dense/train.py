@@ -25,46 +25,37 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.utils.data import Dataset
 
 from ..common.crash_points import crash_point
-from ..common.files import atomic_write_text, remove_run_files
+from ..common.files import atomic_write_text
 from ..common.progress import StepProgress
-from ..common.run_lock import lock_folder, unlock_folder
-from ..errors import CheckpointError, ConfigError, DataError, OutputExistsError
-from ..training.accelerator import make_accelerator, micro_batch
+from ..errors import DataError, DCCNeXtError
+from ..training.accelerator import make_accelerator, micro_batch, on_main_process
 from ..training.full_state import gather_model_state
-from ..training.run_state import (
-    Trainables,
-    TrainState,
-    find_checkpoint,
-    load_run_state,
-    read_train_state,
-    recover_checkpoints,
-    save_run_state,
-)
+from ..training.run_folder import RunFolder, Teller
+from ..training.run_state import Trainables, TrainState
+from ..training.saving import SaveSchedule
 from .batches import BatchPlan, SeededItems
-from .checkpoint import save_dense_checkpoint
+from .checkpoint import backbone_network, save_dense_checkpoint
 from .data import SegAugment
 from .evaluate import evaluate_dense
 from .models import sync_batchnorm
 from .recipe import DenseRecipe
 from .tasks import build_dense_model
 
-__all__ = ["DenseTrainResult", "train_dense", "lr_factor", "RUN_FILES"]
-
-RUN_FILES = ("model.safetensors", "recipe.yaml", "log.jsonl", "metrics.json", "summary.json", "checkpoints")
+__all__ = ["DenseTrainResult", "train_dense", "lr_factor"]
 
 
 @dataclass
 class DenseTrainResult:
-    checkpoint: Path  # the weights file, RUN/model.safetensors
-    iterations: int
+    output: Path  # the run folder
+    weights: Path  # RUN/model.safetensors
+    steps: int  # optimiser steps (iterations) of the run
     losses: list[float] = field(default_factory=list)  # per iteration this call ran, mean over processes
     metrics: dict[str, float] | None = None
     world_size: int = 1
-    resumed_from: Path | None = None
+    resumed_from: Path | None = None  # the train state continued
 
 
 def lr_factor(it: int, total: int, recipe: DenseRecipe, iters_per_epoch: int) -> float:
@@ -82,75 +73,32 @@ def lr_factor(it: int, total: int, recipe: DenseRecipe, iters_per_epoch: int) ->
 # --------------------------------------------------------------------- stage 1: the launch and the run folder
 @dataclass
 class _Run:
-    recipe: DenseRecipe
-    accelerator: Any
-    out: Path
-    checkpoint: Path | None  # the training-state checkpoint to continue from
-    overwrite: bool
-    notes: list[str] = field(default_factory=list)  # told to the user and written to the log
+    folder: RunFolder
+
+    @property
+    def recipe(self) -> DenseRecipe:
+        return self.folder.recipe
+
+    @property
+    def accelerator(self):
+        return self.folder.accelerator
 
     @property
     def main(self) -> bool:
-        return self.accelerator.is_main_process
+        return self.folder.main
 
 
-def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """A new run needs an empty (or new) folder; --resume continues one; --overwrite replaces the run's files."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"-o {out} is a file; give a folder for the run")
-    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
-        raise OutputExistsError(f"{out} is not empty; choose another folder, pass --resume to continue the run "
-                                "there or --overwrite to start it again")
-
-
-def _prepare_run(recipe: DenseRecipe, output: str | Path, resume: bool | str | Path, overwrite: bool) -> _Run:
+def _prepare_run(recipe: DenseRecipe, output: str | Path, resume: bool | str | Path, overwrite: bool,
+                 explicit: dict[str, Any] | None) -> _Run:
     accelerator = make_accelerator(recipe.amp, recipe.grad_accum)
-    micro_batch(recipe.batch_size, accelerator.num_processes, recipe.grad_accum)  # refuses an uneven split
-    out = Path(output)
-    _check_output(out, bool(resume), overwrite)  # every process: nothing is written yet
-    notes: list[str] = []
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        lock_folder(out)  # one writer per run folder
-        if resume:
-            recover_checkpoints(out, notes)
-    accelerator.wait_for_everyone()
+    folder = RunFolder.open(accelerator, recipe, Path(output), resume=resume, overwrite=overwrite, explicit=explicit)
+    accelerator.gradient_accumulation_steps = folder.recipe.grad_accum
     try:
-        checkpoint = _checkpoint_to_resume(out, resume, recipe, notes)
-    except (CheckpointError, ConfigError):
-        if accelerator.is_main_process:
-            unlock_folder(out)
+        micro_batch(folder.recipe.batch_size, accelerator.num_processes, folder.recipe.grad_accum)  # an uneven split
+    except DCCNeXtError:
+        folder.close()
         raise
-    return _Run(recipe, accelerator, out, checkpoint, overwrite and not resume,
-                notes if accelerator.is_main_process else [])
-
-
-def _checkpoint_to_resume(out: Path, resume: bool | str | Path, recipe: DenseRecipe, notes: list[str]) -> Path | None:
-    if not resume:
-        return None
-    checkpoint = find_checkpoint(Path(resume) if isinstance(resume, (str, Path)) else out, notes)
-    if isinstance(resume, (str, Path)) and checkpoint is None:
-        raise CheckpointError(f"--resume {resume}: no training checkpoint there")
-    if checkpoint is not None:
-        _check_same_recipe(out, recipe)
-    return checkpoint
-
-
-RESUME_MAY_CHANGE = ("workers", "log_every", "checkpoint_every", "keep_last")  # how, not what, the run trains
-
-
-def _check_same_recipe(out: Path, recipe: DenseRecipe) -> None:
-    """A resumed run trains what it was started to train: any other recipe value is refused, naming it."""
-    try:
-        saved = yaml.safe_load((out / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return  # no record to compare with (a checkpoint passed from elsewhere)
-    if not isinstance(saved, dict):
-        return
-    for key, value in recipe.to_dict().items():
-        if key not in RESUME_MAY_CHANGE and key in saved and saved[key] != value:
-            raise ConfigError(f"{out} was started with {key}={saved[key]!r}, not {value!r}; resume with the "
-                              "options it was started with (see its recipe.yaml)")
+    return _Run(folder)
 
 
 # --------------------------------------------------------------------- stage 2: data
@@ -178,7 +126,7 @@ def _build_data(run: _Run, data: str | Dataset) -> _Data:
 # --------------------------------------------------------------------- stage 3: model and optimiser
 @dataclass
 class _Trainables:
-    model: nn.Module  # prepared (DDP on several processes)
+    model: nn.Module  # prepared (DDP on several processes; torch.compile under --compile)
     plain: nn.Module  # the same module without wrappers: the weights' real names
     optimizer: Any
     total: int  # optimiser steps of the whole run
@@ -204,52 +152,23 @@ def _build_trainables(run: _Run, data: _Data, weights: str | Path | None) -> _Tr
                               freeze_norms=recipe.freeze_norms, **task.build_options(recipe))
     model, note = sync_batchnorm(model, accelerator.num_processes, accelerator.device.type)
     if note and run.main:
-        run.notes.append(note)
+        run.folder.notes.append(note)
+    if recipe.grad_checkpointing:
+        backbone_network(model).set_grad_checkpointing(True)
     set_seed(recipe.seed, device_specific=True)  # each process its own drop path
     optimizer = _optimizer(model, recipe)
+    if recipe.compile:
+        model = torch.compile(model)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     total = recipe.iterations or recipe.epochs * data.plan.steps_per_epoch
-    return _Trainables(prepared, accelerator.unwrap_model(prepared), optimizer, total)
+    return _Trainables(prepared, accelerator.unwrap_model(prepared, keep_torch_compile=False), optimizer, total)
 
 
-# --------------------------------------------------------------------- stage 4: restore or start
 def _state_parts(run: _Run, parts: _Trainables) -> Trainables:
     return Trainables(parts.plain, parts.optimizer, getattr(run.accelerator, "scaler", None), prepared=parts.model)
 
 
-def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, weights: str | Path | None,
-                      data_spec: str | Dataset) -> TrainState:
-    accelerator, world = run.accelerator, run.accelerator.num_processes
-    state = TrainState(world_size=world, micro_batch=data.plan.micro)
-    if run.checkpoint is not None:
-        state = load_run_state(accelerator, run.checkpoint, _state_parts(run, parts))
-        if (state.world_size, state.micro_batch) != (world, data.plan.micro):
-            raise CheckpointError(f"{run.checkpoint} was written by {state.world_size} processes with micro-batches "
-                                  f"of {state.micro_batch}; resume it with the same launch")
-        accelerator.step = state.micro_steps
-    elif run.main:
-        if run.overwrite:  # only now, when everything has been checked
-            remove_run_files(run.out, RUN_FILES)
-        atomic_write_text(run.out / "recipe.yaml", yaml.safe_dump(
-            {**run.recipe.to_dict(), "weights": str(weights) if weights else None, "data": str(data_spec)},
-            sort_keys=False))
-    accelerator.wait_for_everyone()
-    return state
-
-
 # --------------------------------------------------------------------- the iterations
-def _log(run: _Run, event: str, **values: Any) -> None:
-    if run.main:
-        with open(run.out / "log.jsonl", "a") as log:
-            log.write(json.dumps({"event": event, **values}) + "\n")
-
-
-def _checkpoint(run: _Run, parts: _Trainables, state: TrainState) -> None:
-    """The full training state; every process takes part."""
-    state.micro_steps = run.accelerator.step
-    save_run_state(run.accelerator, run.out, state, _state_parts(run, parts), run.recipe.keep_last)
-
-
 def _micro_step(run: _Run, parts: _Trainables, images, targets) -> dict[str, torch.Tensor]:
     """Forward and backward of one micro-batch; the optimiser steps on the last of each accumulation window."""
     accelerator, recipe = run.accelerator, run.recipe
@@ -276,7 +195,8 @@ def _step_losses(run: _Run, window: list[dict[str, torch.Tensor]], step: int) ->
     return dict(zip(names, values, strict=True))
 
 
-def _train_steps(run: _Run, data: _Data, parts: _Trainables, state: TrainState, bar: StepProgress) -> list[float]:
+def _train_steps(run: _Run, data: _Data, parts: _Trainables, state: TrainState, bar: StepProgress,
+                 saving: SaveSchedule) -> list[float]:
     """Iterations until the schedule's end, each a window of `grad_accum` micro-batches per process."""
     accelerator, recipe, plan = run.accelerator, run.recipe, data.plan
     losses, window = [], []
@@ -293,12 +213,17 @@ def _train_steps(run: _Run, data: _Data, parts: _Trainables, state: TrainState, 
             it, state.step = state.step, state.step + 1
             values, window = _step_losses(run, window, it), []
             losses.append(values["loss"])
+            state.samples += recipe.batch_size
             bar.update(state.step, loss=values["loss"], lr=lr)
             if it % recipe.log_every == 0 or state.step == parts.total:
-                _log(run, "train", iteration=it, lr=lr, **values)
-            if recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0 and state.step < parts.total:
-                _checkpoint(run, parts, state)
-            crash_point(f"iteration-{state.step}")
+                run.folder.log.write("train", step=state.step, iteration=it, lr=lr, **values)
+            save, stop = saving.due(state.step)
+            if save and state.step < parts.total:  # the last train state is written by `_finish`
+                run.folder.save(state, _state_parts(run, parts))
+                saving.saved()
+            crash_point(f"step-{state.step}")
+            if stop and state.step < parts.total:
+                raise KeyboardInterrupt
             if state.step == parts.total:
                 break
         if state.batch == plan.micro_per_epoch:
@@ -319,47 +244,28 @@ def _same_buffers(accelerator, model: nn.Module) -> None:
 
 def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, eval_data, progress: bool,
             saved: bool) -> tuple[Path, dict[str, float] | None]:
-    """The last checkpoint (unless resumed from it), the weights file, the evaluation, summary.json: all
-    derived from the checkpointed state, so a run killed anywhere here resumes to the same files."""
-    accelerator, recipe = run.accelerator, run.recipe
+    """The last train state (unless resumed from it), the weights file, the evaluation, summary.json: all
+    derived from the saved state, so a run killed anywhere here resumes to the same files."""
+    accelerator, recipe, out = run.accelerator, run.recipe, run.folder.out
     _same_buffers(accelerator, parts.plain)
     if not saved:
-        _checkpoint(run, parts, state)
+        run.folder.save(state, _state_parts(run, parts))
     weights = gather_model_state(accelerator, parts.model)  # every process: a collective under FSDP / ZeRO-3
-    path = run.out / "model.safetensors"
     if run.main:
-        save_dense_checkpoint(path, parts.plain, recipe, data.class_names, data.num_classes, state.step,
-                              state=weights)
+        save_dense_checkpoint(out / "model.safetensors", parts.plain, recipe, data.class_names, data.num_classes,
+                              state.step, state=weights)
     crash_point("final:weights")
     metrics = None
     if eval_data is not None:
         metrics = evaluate_dense(parts.plain, eval_data, recipe.dense_task, num_classes=data.num_classes,
                                  progress=progress, scale=recipe.scale, accelerator=accelerator)
         if run.main:
-            atomic_write_text(run.out / "metrics.json", json.dumps(metrics, indent=2))
-        _log(run, "eval", iteration=state.step, **metrics)
-    if run.main:
-        summary = {"world_size": accelerator.num_processes, "iterations": state.step, "metrics": metrics}
-        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
-        crash_point("final:summary")
+            atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        run.folder.log.write("eval", step=state.step, **metrics)
+    run.folder.finish({"world_size": accelerator.num_processes, "steps": state.step, "metrics": metrics})
+    crash_point("final:summary")
     accelerator.wait_for_everyone()
-    return path, metrics
-
-
-def _completed(run: _Run) -> DenseTrainResult | None:
-    """A resumed run whose summary records the checkpoint's last iteration: nothing to do."""
-    if run.checkpoint is None:
-        return None
-    try:
-        summary = json.loads((run.out / "summary.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    state = read_train_state(run.checkpoint)
-    if not isinstance(summary, dict) or summary.get("iterations") != state.step \
-            or not (run.out / "model.safetensors").is_file():
-        return None
-    return DenseTrainResult(run.out / "model.safetensors", state.step, [], summary.get("metrics"),
-                            run.accelerator.num_processes, run.checkpoint)
+    return out / "model.safetensors", metrics
 
 
 def train_dense(
@@ -371,43 +277,50 @@ def train_dense(
         progress: bool = True,
         overwrite: bool = False,
         resume: bool | str | Path = False,
+        explicit: dict[str, Any] | None = None,
 ) -> DenseTrainResult:
     """Fine-tune `recipe.task` on `data` (`coco:PATH`, `ade20k:PATH` or a Dataset) into the run folder `output`.
 
     `weights`: ImageNet weights for the backbone (a dccnext checkpoint or ConvFormer weights). Writes
-    `model.safetensors` (what `dccnext eval` reads), `recipe.yaml`, `log.jsonl`, `checkpoints/` (the training
-    state) and `summary.json`; evaluates on `eval_data` at the end (`metrics.json`). `resume`: True continues
-    the newest checkpoint under `output` (or starts the run), a path names a run folder or one checkpoint.
+    `model.safetensors` (what `dccnext eval` reads), `recipe.yaml`, `log.jsonl`, `checkpoints/` (the train
+    states) and `summary.json`; evaluates on `eval_data` at the end (`metrics.json`). `resume`: True continues
+    the newest train state under `output` (or starts the run), a path names one train state. `explicit`: the
+    recipe keys the user gave (None: all of them), which a resumed run's recipe must agree with.
     Under `accelerate launch`, every process calls this.
     """
-    run = _prepare_run(recipe, output, resume, overwrite)
+    run = _prepare_run(recipe, output, resume, overwrite, explicit)
     try:
         return _train(run, data, weights, eval_data, progress)
     finally:
-        if run.main:
-            unlock_folder(run.out)
+        run.folder.close()
 
 
 def _train(run: _Run, data: str | Dataset, weights, eval_data, progress: bool) -> DenseTrainResult:
-    done = _completed(run)
+    folder, world = run.folder, run.accelerator.num_processes
+    bar = StepProgress("iteration", enabled=progress and run.main)
+    tell = Teller(run.main, bar)
+    tell.notes(folder.notes)
+    done = on_main_process(run.accelerator, folder.completed)
     if done is not None:
-        return done
+        tell(f"{folder.out} is complete ({done['steps']} steps); nothing to do")
+        return DenseTrainResult(folder.out, folder.out / "model.safetensors", done["steps"], [], done.get("metrics"),
+                                world, folder.train_state)
     dense = _build_data(run, data)
     parts = _build_trainables(run, dense, weights)
-    state = _restore_or_start(run, dense, parts, weights, data)
-    _log(run, "start", world_size=run.accelerator.num_processes, micro_batch=dense.plan.micro,
-         grad_accum=run.recipe.grad_accum, iterations=parts.total, device=str(run.accelerator.device),
-         resumed_from=str(run.checkpoint) if run.checkpoint else None)
-    bar = StepProgress("iteration", enabled=progress and run.main)
+    folder.start({**run.recipe.to_dict(), "weights": str(weights) if weights else None, "data": str(data)})
+    state = folder.restore(dense.plan.micro, _state_parts(run, parts))
+    folder.log.write("start", world_size=world, micro_batch=dense.plan.micro, grad_accum=run.recipe.grad_accum,
+                     iterations=parts.total, step=state.step, device=str(run.accelerator.device),
+                     resumed_from=str(folder.train_state) if folder.train_state else None)
+    tell.start(folder, state)
     bar.start(parts.total, state.step, title=f"training {run.recipe.task}" if bar.enabled else "")
-    for note in run.notes:  # what resuming skipped or completed, and what this launch cannot do
-        _log(run, "warning", message=note)
-        if bar.enabled:
-            bar.message(f"warning: {note}")
     resumed_at_end = state.step == parts.total
     try:
-        losses = _train_steps(run, dense, parts, state, bar)
+        with SaveSchedule(run.accelerator, run.recipe.checkpoint_every, run.recipe.checkpoint_minutes) as saving:
+            losses = _train_steps(run, dense, parts, state, bar, saving)
+    except KeyboardInterrupt:
+        raise folder.interrupted(state.step) from None
     finally:
         bar.stop()
     path, metrics = _finish(run, dense, parts, state, eval_data, progress, saved=resumed_at_end)
-    return DenseTrainResult(path, state.step, losses, metrics, run.accelerator.num_processes, run.checkpoint)
+    return DenseTrainResult(folder.out, path, state.step, losses, metrics, world, folder.train_state)

@@ -2,7 +2,7 @@
 a single-process one, and `--resume` after a SIGKILL.
 
 The launches are real `accelerate launch --multi_gpu --num_processes 2` runs on CPUs (gloo); a kill is the
-process SIGKILLing itself at a named moment (`DCCNEXT_CRASH_AT=iteration-N`, common/crash_points.py).
+process SIGKILLing itself at a named moment (`DCCNEXT_CRASH_AT=step-N`, common/crash_points.py).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(ade_root, tmp_p
     killed = tmp_path / "killed"
     args = ["train", *SEG_ARGS, "--data", f"ade20k:{ade_root}", "--set", "iterations=3", "--set",
             "checkpoint_every=2", "--grad-accum", "2", "-o", str(killed)]
-    proc = subprocess.run([sys.executable, "-m", "dccnext_cli", *args], env=_env(DCCNEXT_CRASH_AT="iteration-3"),
+    proc = subprocess.run([sys.executable, "-m", "dccnext_cli", *args], env=_env(DCCNEXT_CRASH_AT="step-3"),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [p.name for p in list_checkpoints(killed)] == ["step-00000002"] and not (killed / "summary.json").exists()
@@ -204,11 +204,11 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(ade_root, tmp_p
     resumed = train_dense(load_dense_recipe("semantic-fpn", sets), f"ade20k:{ade_root}", killed, progress=False,
                           resume=True)
     assert resumed.resumed_from.name == "step-00000002" and resumed.losses == full.losses[2:]
-    _same_weights(full.checkpoint, resumed.checkpoint)
+    _same_weights(full.weights, resumed.weights)
     assert [e["resumed_from"] is not None for e in _log(killed) if e["event"] == "start"] == [False, True]
     again = train_dense(load_dense_recipe("semantic-fpn", sets), f"ade20k:{ade_root}", killed, progress=False,
                         resume=True)
-    assert again.losses == [] and again.iterations == 3  # a finished run resumed again does nothing
+    assert again.losses == [] and again.steps == 3  # a finished run resumed again does nothing
 
 
 @pytest.mark.slow
@@ -232,7 +232,7 @@ def test_two_processes_sigkill_then_resume_ends_with_the_uninterrupted_weights(a
     common = [*SEG_ARGS, "--data", f"ade20k:{ade_root}", "--set", "iterations=4", "--set", "checkpoint_every=2"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert _launch_two([*common, "-o", str(full)], _env()).returncode == 0
-    crashed = _launch_two([*common, "-o", str(killed)], _env(DCCNEXT_CRASH_AT="iteration-3"))
+    crashed = _launch_two([*common, "-o", str(killed)], _env(DCCNEXT_CRASH_AT="step-3"))
     assert crashed.returncode != 0 and not (killed / "summary.json").exists()
     assert [p.name for p in list_checkpoints(killed)] == ["step-00000002"]
     assert sorted(p.name for p in list_checkpoints(killed)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
@@ -245,7 +245,7 @@ def test_two_processes_sigkill_then_resume_ends_with_the_uninterrupted_weights(a
 @pytest.mark.slow
 def test_eval_command_on_two_processes_equals_one(ade_root, tmp_path):
     recipe = load_dense_recipe("semantic-fpn", [*SEG_SETS, "iterations=1"])
-    weights = train_dense(recipe, f"ade20k:{ade_root}", tmp_path / "run", progress=False).checkpoint
+    weights = train_dense(recipe, f"ade20k:{ade_root}", tmp_path / "run", progress=False).weights
     done = _launch_two(["--checkpoint", str(weights), "--data", f"ade20k:{ade_root}", "--json"], _env(),
                        command="eval")
     assert done.returncode == 0, done.stderr[-3000:]
