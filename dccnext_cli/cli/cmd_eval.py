@@ -85,7 +85,7 @@ def eval_cmd(
 
 def _eval_dense(task: DenseTask, checkpoint: Path, data: str | None, split: str | None, batch_size: int,
                 workers: int, limit: int | None, precision: str, json_out: bool) -> None:
-    from ..dense.evaluate import evaluate_dense
+    from ..dense.evaluate import score_dense
 
     if data is None:
         raise ConfigError(f"--task {task.name} needs --data ({task.data_scheme}:PATH)")
@@ -94,13 +94,12 @@ def _eval_dense(task: DenseTask, checkpoint: Path, data: str | None, split: str 
         from ..training.accelerator import make_accelerator
 
         accelerator = make_accelerator("no", 1)
-    metrics = evaluate_dense(checkpoint, data, task, batch_size=batch_size, progress=not json_out,
-                             accelerator=accelerator, workers=workers, limit=limit, split=split,
-                             precision=precision)
+    score = score_dense(checkpoint, data, task, batch_size=batch_size, progress=not json_out,
+                        accelerator=accelerator, workers=workers, limit=limit, split=split, precision=precision)
     if accelerator is not None and not accelerator.is_main_process:
         return
-    report = {"checkpoint": str(checkpoint), "task": task.name, "split": split or "validation",
-              "precision": precision, **metrics}
+    report = {"checkpoint": str(checkpoint), "task": task.name, "split": split or "validation", **score.metrics,
+              "images": score.images, "batches": score.batches, "dtype": score.dtype}
     if json_out:
         print_json(report)
     else:

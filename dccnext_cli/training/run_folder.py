@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from ..common.crash_points import crash_point
 from ..common.files import atomic_write_text, check_writable, remove_run_files
 from ..common.recipe_files import build_recipe
 from ..common.run_lock import lock_folder, unlock_folder
@@ -280,6 +281,7 @@ class Teller:
         if folder.main and folder.log.tb is None:
             folder.log.write("note", message=TENSORBOARD_OFF)
             self(TENSORBOARD_OFF)
+        crash_point("run:started")  # tests: the options resolved, recipe.yaml written, no step taken yet
 
     def stop(self) -> None:
         if self.reporter is not None:
