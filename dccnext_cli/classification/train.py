@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,15 +35,14 @@ from ..models.weights import CheckpointMeta, save_weights
 from ..training.accelerator import (
     configure_engine,
     engine_name,
-    make_accelerator,
     micro_batch,
+    micro_step,
     on_main_process,
     shards_parameters,
 )
 from ..training.full_state import StateView, every_rank_weights_digest, gather_model_state
-from ..training.run_folder import RunFolder, Teller
+from ..training.run_folder import RunFolder, Teller, TrainResult
 from ..training.run_state import Trainables, TrainState, prune_checkpoints, read_train_state
-from ..training.saving import SaveSchedule
 from ..training.shards import all_gather_objects
 from .callbacks import TrainCallback
 from .evaluate import EvalResult, Lockstep, evaluate_batches
@@ -52,58 +51,11 @@ from .recipe import TrainRecipe
 __all__ = ["TrainResult", "train"]
 
 
-@dataclass
-class TrainResult:
-    output: Path
-    weights: Path
-    epochs: int
-    steps: int
-    world_size: int
-    wall_s: float
-    metrics: dict[str, Any] | None = None
-    skipped_images: int = 0
-    ranks: list[dict[str, Any]] = field(default_factory=list)
-    samples: int = 0  # training images drawn (resumed runs included), whatever the launch shape
-
-
 def _micro_batch(recipe: TrainRecipe, world: int) -> int:
     micro = micro_batch(recipe.batch_size, world, recipe.grad_accum)
     if recipe.uses_mixup and micro % 2:
         raise ConfigError(f"Mixup/CutMix needs an even batch per process, got {micro}; change batch_size")
     return micro
-
-
-@dataclass
-class _Run:
-    """Stage 1, the launch: who we are in the process group, the run folder (what it resumes, with which recipe)."""
-
-    folder: RunFolder
-    micro: int  # images per process per micro-batch
-
-    @property
-    def recipe(self) -> TrainRecipe:
-        return self.folder.recipe
-
-    @property
-    def accelerator(self):
-        return self.folder.accelerator
-
-    @property
-    def out(self) -> Path:
-        return self.folder.out
-
-    @property
-    def main(self) -> bool:
-        return self.folder.main
-
-
-def _prepare_run(recipe: TrainRecipe, output: str | Path | None, resume: bool | str | Path, overwrite: bool,
-                 explicit: dict[str, Any] | None) -> _Run:
-    accelerator = make_accelerator(recipe.amp, recipe.grad_accum)
-    out = Path(output) if output is not None else Path("runs") / f"{recipe.variant}-{datetime.now():%Y%m%d-%H%M%S}"
-    folder = RunFolder.open(accelerator, recipe, out, resume=resume, overwrite=overwrite, explicit=explicit)
-    accelerator.gradient_accumulation_steps = folder.recipe.grad_accum  # a resumed run's own, or the one asked for
-    return _Run(folder, _micro_batch(folder.recipe, accelerator.num_processes))
 
 
 # --------------------------------------------------------------------- data
@@ -131,7 +83,7 @@ def _open_eval_split(source, recipe: TrainRecipe) -> ImageSplit | None:
                         "--set eval_split=null trains without one)") from None
 
 
-def _build_data(run: _Run) -> _Data:
+def _build_data(run: RunFolder) -> _Data:
     recipe, accelerator = run.recipe, run.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     source = parse_data(recipe.data)
@@ -191,7 +143,7 @@ def _criterion(recipe: TrainRecipe):
     return torch.nn.CrossEntropyLoss()
 
 
-def _build_trainables(run: _Run, data: _Data) -> _Trainables:
+def _build_trainables(run: RunFolder, data: _Data) -> _Trainables:
     from accelerate.utils import set_seed
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
@@ -223,26 +175,20 @@ def _build_trainables(run: _Run, data: _Data) -> _Trainables:
                        warm_start)
 
 
-def _plain_model(run: _Run, parts: _Trainables) -> torch.nn.Module:
+def _plain_model(run: RunFolder, parts: _Trainables) -> torch.nn.Module:
     """The model without DDP and torch.compile wrappers: the weights' real names."""
     return run.accelerator.unwrap_model(parts.model, keep_torch_compile=False)
 
 
 # --------------------------------------------------------------------- state: restore or start
-def _state_parts(run: _Run, data: _Data, parts: _Trainables) -> Trainables:
+def _state_parts(run: RunFolder, data: _Data, parts: _Trainables) -> Trainables:
     """What a training checkpoint holds besides the loop's position."""
     return Trainables(_plain_model(run, parts), parts.optimizer, getattr(run.accelerator, "scaler", None),
                       data.batches.loader.generator, prepared=parts.model)
 
 
-def _restore_or_start(run: _Run, data: _Data, parts: _Trainables) -> TrainState:
-    """Stage 4: the loop's position, from the train state being resumed or fresh (writing recipe.yaml)."""
-    run.folder.start(run.recipe.to_dict())
-    return run.folder.restore(run.micro, _state_parts(run, data, parts))
-
-
 # --------------------------------------------------------------------- saving
-def _save_weights_file(run: _Run, data: _Data, parts: _Trainables, name: str, epoch: int,
+def _save_weights_file(run: RunFolder, data: _Data, parts: _Trainables, name: str, epoch: int,
                        metrics: dict[str, Any] | None) -> None:
     """Every process gathers (FSDP and ZeRO-3 hold shards); the main process writes."""
     weights = gather_model_state(run.accelerator, parts.model)
@@ -252,12 +198,6 @@ def _save_weights_file(run: _Run, data: _Data, parts: _Trainables, name: str, ep
                           input_size=tuple(run.recipe.input_size), recipe=run.recipe.to_dict(),
                           metrics={"top1": metrics["top1"], "top5": metrics["top5"]} if metrics else None)
     save_weights(run.out / name, StateView(weights), meta)
-
-
-def _save_state(run: _Run, data: _Data, parts: _Trainables, state: TrainState, saving: SaveSchedule) -> None:
-    """The full train state; every process takes part."""
-    run.folder.save(state, _state_parts(run, data, parts))
-    saving.saved()
 
 
 # --------------------------------------------------------------------- one epoch
@@ -284,8 +224,8 @@ def _check_labels(labels: torch.Tensor, data: _Data) -> None:
                         "set --set num_classes=N")
 
 
-def _train_one_epoch(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, reporter,
-                     callbacks: Sequence[TrainCallback], speed: _Throughput, saving: SaveSchedule) -> None:
+def _train_one_epoch(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, epoch: int, reporter,
+                     callbacks: Sequence[TrainCallback], speed: _Throughput) -> None:
     accelerator, recipe, model = run.accelerator, run.recipe, parts.model
     for images, labels, skipped in data.batches.epoch(epoch, skip_batches=state.batch):
         if state.batch >= data.micro_per_epoch:
@@ -300,14 +240,8 @@ def _train_one_epoch(run: _Run, data: _Data, parts: _Trainables, state: TrainSta
         targets = labels
         if parts.mixup is not None:
             images, targets = parts.mixup(images, labels)
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                loss = parts.criterion(model(images), targets)
-            accelerator.backward(loss)
-            if recipe.grad_clip and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            parts.optimizer.step()
-            parts.optimizer.zero_grad(set_to_none=True)
+        loss = micro_step(accelerator, model, parts.optimizer, recipe.grad_clip,
+                          lambda m, x, y: {"loss": parts.criterion(m(x), y)}, images, targets)["loss"]
         state.batch += 1
         state.samples += run.micro * accelerator.num_processes  # drawn from the data, decodable or not
         speed.images += len(labels) * accelerator.num_processes
@@ -316,15 +250,15 @@ def _train_one_epoch(run: _Run, data: _Data, parts: _Trainables, state: TrainSta
         state.step += 1
         parts.scheduler.step_update(state.step)
         _report_step(run, data, parts, state, epoch, loss, reporter, speed)
-        save, stop = saving.due(state.step)
+        save, stop = run.saving.due(state.step)
         if save:
-            _save_state(run, data, parts, state, saving)
+            run.save(state, _state_parts(run, data, parts))
         crash_point(f"step-{state.step}")
         if stop:
             raise KeyboardInterrupt
 
 
-def _report_step(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, loss: torch.Tensor,
+def _report_step(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, epoch: int, loss: torch.Tensor,
                  reporter, speed: _Throughput) -> None:
     """Every `log_every` steps (and at the end of an epoch): the mean loss over processes, lr and img/s."""
     lr = parts.optimizer.param_groups[0]["lr"]
@@ -337,13 +271,13 @@ def _report_step(run: _Run, data: _Data, parts: _Trainables, state: TrainState, 
     if not math.isfinite(loss_value):
         raise DataError(f"the loss became {loss_value} at step {state.step}; lower the lr")
     rate = speed.rate()
-    run.folder.log.write("train", epoch=epoch, step=state.step, loss=round(loss_value, 5), lr=lr, img_s=round(rate, 1))
+    run.log.write("train", epoch=epoch, step=state.step, loss=round(loss_value, 5), lr=lr, img_s=round(rate, 1))
     if show:
         reporter.update(state.step, loss=loss_value, lr=lr, img_s=rate)
 
 
 # --------------------------------------------------------------------- evaluate and save
-def _eval_share(run: _Run, data: _Data) -> tuple[int | None, int | None]:
+def _eval_share(run: RunFolder, data: _Data) -> tuple[int | None, int | None]:
     """This process's part of `eval_samples` (a total over all processes; None: all its images), and how many
     images it will score (None: a stream of unknown length)."""
     total, world, rank = run.recipe.eval_samples, run.accelerator.num_processes, run.accelerator.process_index
@@ -353,7 +287,7 @@ def _eval_share(run: _Run, data: _Data) -> tuple[int | None, int | None]:
     return share, min(known) if known else None
 
 
-def _evaluate(run: _Run, data: _Data, parts: _Trainables, reporter) -> EvalResult:
+def _evaluate(run: RunFolder, data: _Data, parts: _Trainables, reporter) -> EvalResult:
     """The end-of-epoch evaluation, with its own progress bar on the main process."""
     accelerator, (share, count) = run.accelerator, _eval_share(run, data)
     advance, done = (lambda n: None), (lambda: None)
@@ -376,8 +310,8 @@ def _evaluate(run: _Run, data: _Data, parts: _Trainables, reporter) -> EvalResul
         done()
 
 
-def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, reporter,
-                       saving: SaveSchedule) -> None:
+def _evaluate_and_save(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, epoch: int,
+                       reporter) -> None:
     """End of an epoch: evaluate when due (keeping the best weights), then checkpoint; an epoch before the last
     also writes the weights (the last one's are written by `_finish`, after its checkpoint)."""
     recipe = run.recipe
@@ -385,7 +319,7 @@ def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainS
     if data.eval_batches is not None and (last or (recipe.eval_every and (epoch + 1) % recipe.eval_every == 0)):
         metrics = _evaluate(run, data, parts, reporter)
         state.metrics = metrics.to_dict()
-        run.folder.log.write("eval", epoch=epoch, step=state.step, **state.metrics)
+        run.log.write("eval", epoch=epoch, step=state.step, **state.metrics)
         if reporter is not None and run.main:
             reporter.message(f"epoch {epoch + 1}/{recipe.epochs}: top-1 {metrics.top1:.2f}%  "
                              f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
@@ -395,7 +329,7 @@ def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainS
             crash_point(f"epoch{epoch}:best")
     state.epoch = epoch + 1
     if not recipe.checkpoint_every or last:
-        _save_state(run, data, parts, state, saving)
+        run.save(state, _state_parts(run, data, parts))
     if not last:
         _save_weights_file(run, data, parts, "model.safetensors", state.epoch, state.metrics)
         crash_point(f"epoch{epoch}:weights")
@@ -408,7 +342,7 @@ def _summary(state: TrainState, world: int, epochs: int, wall_s: float, ranks: l
             "skipped_images": sum(r["skipped_images"] for r in ranks), "samples": state.samples, "ranks": ranks}
 
 
-def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, callbacks: Sequence[TrainCallback],
+def _finish(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, callbacks: Sequence[TrainCallback],
             wall_s: float) -> TrainResult:
     """After the last train state: the final weights, then the summary (the run's commit mark), both derived
     from the saved state only, so a run resumed after a kill here writes the same bytes."""
@@ -421,13 +355,12 @@ def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, callb
     ranks = all_gather_objects(accelerator, mine)
     summary = _summary(state, accelerator.num_processes, run.recipe.epochs, wall_s, ranks)
     if summary["skipped_images"]:
-        run.folder.log.write("warning", message=f"{summary['skipped_images']} images could not be decoded and "
-                                                "were skipped")
+        run.log.write("warning", message=f"{summary['skipped_images']} images could not be decoded and were skipped")
     if run.main:  # a save interrupted before its pruning is finished here
         prune_checkpoints(run.out, run.recipe.keep_last, state.step)
     _save_weights_file(run, data, parts, "model.safetensors", state.epoch, state.metrics)
     crash_point("final:weights")
-    run.folder.finish(summary)
+    run.finish(summary)
     crash_point("final:summary")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -435,15 +368,15 @@ def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, callb
 
 
 def _result(out: Path, summary: dict[str, Any], wall_s: float) -> TrainResult:
-    return TrainResult(out, out / "model.safetensors", summary["epochs"], summary["steps"], summary["world_size"],
-                       wall_s, summary["metrics"], summary["skipped_images"], summary["ranks"],
+    return TrainResult(out, out / "model.safetensors", summary["steps"], summary["world_size"], summary["metrics"],
+                       summary["epochs"], wall_s, summary["skipped_images"], summary["ranks"],
                        summary.get("samples", 0))
 
 
-def _completed(run: _Run) -> TrainResult | None:
+def _completed(run: RunFolder) -> TrainResult | None:
     """A resumed run whose summary records its newest train state: nothing to do."""
-    summary = run.folder.completed()
-    if summary is None or read_train_state(run.folder.train_state).epoch < run.recipe.epochs:
+    summary = run.completed()
+    if summary is None or read_train_state(run.train_state).epoch < run.recipe.epochs:
         return None
     try:
         return _result(run.out, summary, float(summary.get("wall_s", 0.0)))
@@ -451,16 +384,14 @@ def _completed(run: _Run) -> TrainResult | None:
         return None
 
 
-def _start_log(run: _Run, data: _Data, parts: _Trainables, state: TrainState) -> None:
-    log = run.folder.log
-    log.write("start", world_size=run.accelerator.num_processes, micro_batch=run.micro,
-              grad_accum=run.recipe.grad_accum, engine=engine_name(run.accelerator), step=state.step,
-              samples=state.samples,
-              steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,
-              resumed_from=str(run.folder.train_state) if run.folder.train_state else None, data=data.uri,
-              num_classes=data.num_classes, device=str(run.accelerator.device),
-              mixed_precision=run.accelerator.mixed_precision, pretrained=parts.loaded,
-              warm_start=parts.warm_start.to_dict() if parts.warm_start else None)
+def _start_log(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState) -> None:
+    run.log.write("start", world_size=run.accelerator.num_processes, micro_batch=run.micro,
+                  grad_accum=run.recipe.grad_accum, engine=engine_name(run.accelerator), step=state.step,
+                  samples=state.samples, steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,
+                  resumed_from=str(run.train_state) if run.train_state else None, data=data.uri,
+                  num_classes=data.num_classes, device=str(run.accelerator.device),
+                  mixed_precision=run.accelerator.mixed_precision, pretrained=parts.loaded,
+                  warm_start=parts.warm_start.to_dict() if parts.warm_start else None)
 
 
 def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool | str | Path = False,
@@ -473,25 +404,27 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
     user gave (None: all of them), which a resumed run's recipe must agree with. `callbacks` see every batch
     and add to each process's entry of the summary (see `callbacks.RankProbe`).
     """
-    run = _prepare_run(recipe, output, resume, overwrite, explicit)
+    out = Path(output) if output is not None else Path("runs") / f"{recipe.variant}-{datetime.now():%Y%m%d-%H%M%S}"
+    run = RunFolder.launch(recipe, out, resume=resume, overwrite=overwrite, explicit=explicit, micro=_micro_batch)
     try:
         return _train(run, reporter, callbacks)
     finally:
-        run.folder.close()
+        run.close()
 
 
-def _train(run: _Run, reporter, callbacks: Sequence[TrainCallback]) -> TrainResult:
+def _train(run: RunFolder, reporter, callbacks: Sequence[TrainCallback]) -> TrainResult:
     start_time, recipe, tell = time.time(), run.recipe, Teller(run.main, reporter)  # a resumed run's own recipe
-    tell.notes(run.folder.notes)
+    tell.notes(run.notes)
     done = on_main_process(run.accelerator, lambda: _completed(run))
     if done is not None:
         tell(f"{run.out} is complete ({done.steps} steps); nothing to do")
         return done
     data = _build_data(run)
     parts = _build_trainables(run, data)
-    state = _restore_or_start(run, data, parts)
+    run.start(recipe.to_dict())
+    state = run.restore(_state_parts(run, data, parts))
     _start_log(run, data, parts, state)
-    tell.start(run.folder, state)
+    tell.start(run, state)
     if parts.warm_start is not None:
         tell(parts.warm_start.table())
     parts.scheduler.step_update(state.step)
@@ -499,16 +432,16 @@ def _train(run: _Run, reporter, callbacks: Sequence[TrainCallback]) -> TrainResu
         reporter.start(parts.total_steps, state.step, f"training {recipe.variant} on {data.uri}")
     speed = _Throughput()
     try:
-        with SaveSchedule(run.accelerator, recipe.checkpoint_every, recipe.checkpoint_minutes, reporter) as saving:
+        with run.saving:
             parts.model.train()
             for epoch in range(state.epoch, recipe.epochs):
                 state.epoch = epoch
-                _train_one_epoch(run, data, parts, state, epoch, reporter, callbacks, speed, saving)
+                _train_one_epoch(run, data, parts, state, epoch, reporter, callbacks, speed)
                 state.batch = 0
-                _evaluate_and_save(run, data, parts, state, epoch, reporter, saving)
+                _evaluate_and_save(run, data, parts, state, epoch, reporter)
                 speed.reset()  # img/s counts training only
     except KeyboardInterrupt:
         tell.stop()
-        raise run.folder.interrupted(state.step) from None
+        raise run.interrupted(state.step) from None
     tell.stop()
     return _finish(run, data, parts, state, callbacks, time.time() - start_time)

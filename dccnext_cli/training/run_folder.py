@@ -2,7 +2,7 @@
 
     folder = RunFolder.open(accelerator, recipe, output, resume=..., overwrite=..., explicit=...)
     folder.start(recipe_dict)                      # lock, --overwrite's removal, recipe.yaml (a new run only)
-    state = folder.restore(micro, parts)           # the newest complete train state, or a fresh TrainState
+    state = folder.restore(parts)                  # the newest complete train state, or a fresh TrainState
     folder.save(state, parts)                      # a train state under checkpoints/step-N (every process calls)
     folder.finish(summary)                         # summary.json: the run's commit mark
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -35,19 +36,12 @@ from ..common.files import atomic_write_text, check_writable, remove_run_files
 from ..common.recipe_files import build_recipe
 from ..common.run_lock import lock_folder, unlock_folder
 from ..errors import CheckpointError, ConfigError, DCCNeXtError, OutputExistsError
-from .accelerator import on_main_process
-from .run_state import (
-    Trainables,
-    TrainState,
-    find_checkpoint,
-    list_checkpoints,
-    load_run_state,
-    read_train_state,
-    recover_checkpoints,
-    save_run_state,
-)
+from . import run_state as states
+from .accelerator import make_accelerator, on_main_process
+from .run_state import Trainables, TrainState
+from .saving import SaveSchedule
 
-__all__ = ["RunFolder", "RunLog", "Teller", "RUN_FILES", "LAUNCH_KEYS", "TrainingInterrupted", "TENSORBOARD_OFF"]
+__all__ = ["RunFolder", "RunLog", "Teller", "TrainResult", "RUN_FILES", "LAUNCH_KEYS", "TrainingInterrupted"]
 
 RUN_FILES = ("model.safetensors", "best.safetensors", "recipe.yaml", "log.jsonl", "metrics.json", "summary.json",
              "checkpoints", "tb")
@@ -55,6 +49,24 @@ RUN_FILES = ("model.safetensors", "best.safetensors", "recipe.yaml", "log.jsonl"
 LAUNCH_KEYS = ("grad_accum", "workers", "log_every", "checkpoint_every", "checkpoint_minutes", "keep_last")
 TENSORBOARD_OFF = ("TensorBoard is off (not installed): scalars go to log.jsonl only; "
                    "pip install 'dccnext-cli[tensorboard]' to have them under tb/")
+
+
+@dataclass
+class TrainResult:
+    """What `train` and `train_dense` return: where the run is, how far it went, what it measured."""
+
+    output: Path  # the run folder
+    weights: Path  # RUN/model.safetensors
+    steps: int  # optimiser steps (iterations) of the run
+    world_size: int = 1
+    metrics: dict[str, Any] | None = None
+    epochs: int = 0
+    wall_s: float = 0.0
+    skipped_images: int = 0
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+    samples: int = 0  # training images drawn (resumed runs included), whatever the launch shape
+    losses: list[float] = field(default_factory=list)  # dense: per iteration this call ran, mean over processes
+    resumed_from: Path | None = None  # the train state continued
 
 
 class TrainingInterrupted(DCCNeXtError):
@@ -102,10 +114,6 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
                                 "--overwrite to start again")
 
 
-def _option(key: str) -> str:
-    return {"input_size": "--res", "pretrained": "--weights"}.get(key, "--" + key.replace("_", "-"))
-
-
 def recipe_of_run(out: Path, recipe: Any, explicit: dict[str, Any] | None) -> Any:
     """The recipe a resumed run continues: its recipe.yaml's, with the launch keys given now; an explicit value
     that disagrees with it is refused. No recipe.yaml (a train state from elsewhere): the one given."""
@@ -121,7 +129,7 @@ def recipe_of_run(out: Path, recipe: Any, explicit: dict[str, Any] | None) -> An
     for key in sorted(asked - set(LAUNCH_KEYS)):
         if getattr(saved, key) != getattr(recipe, key):
             raise ConfigError(f"{out} was started with {key}={getattr(saved, key)!r}, not {getattr(recipe, key)!r}; "
-                              f"a resumed run keeps its recipe (remove {_option(key)} or start a new run)")
+                              "a resumed run keeps its recipe (see its recipe.yaml), or start a new run")
     return replace(saved, **{key: getattr(recipe, key) for key in LAUNCH_KEYS if key in asked})
 
 
@@ -137,10 +145,27 @@ class RunFolder:
     overwrite: bool
     notes: list[str] = field(default_factory=list)  # what resuming skipped, completed or changed; main process
     log: RunLog | None = None
+    micro: int = 0  # images per process per micro-batch, once the loop knows it
+    saving: SaveSchedule | None = None  # when to write a train state (steps, minutes, Ctrl-C); from `start`
 
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @classmethod
+    def launch(cls, recipe: Any, output: Path, *, resume: bool | str | Path, overwrite: bool,
+               explicit: dict[str, Any] | None, micro: Callable[[Any, int], int]) -> RunFolder:
+        """The Accelerator, then the run folder (see `open`) and the images per process per micro-batch of the
+        recipe it runs (`micro(recipe, processes)`, which refuses a batch that does not split)."""
+        accelerator = make_accelerator(recipe.amp, recipe.grad_accum)
+        run = cls.open(accelerator, recipe, output, resume=resume, overwrite=overwrite, explicit=explicit)
+        accelerator.gradient_accumulation_steps = run.recipe.grad_accum  # a resumed run's own, or the one asked
+        try:
+            run.micro = micro(run.recipe, accelerator.num_processes)
+        except DCCNeXtError:
+            run.close()
+            raise
+        return run
 
     @classmethod
     def open(cls, accelerator, recipe: Any, output: Path, *, resume: bool | str | Path, overwrite: bool,
@@ -153,10 +178,11 @@ class RunFolder:
             if output.is_dir():
                 lock_folder(output)  # before anything is written; a second writer stops here
                 if resume:
-                    recover_checkpoints(output, notes)
+                    states.recover_checkpoints(output, notes)
             if not resume:
                 return None, recipe
-            train_state = find_checkpoint(Path(resume) if isinstance(resume, (str, Path)) else output, notes)
+            train_state = states.find_checkpoint(Path(resume) if isinstance(resume, (str, Path)) else output,
+                                                 notes)
             if train_state is None and isinstance(resume, (str, Path)):
                 raise CheckpointError(f"--resume {resume}: no train state there")
             return train_state, recipe_of_run(output, recipe, explicit)
@@ -178,7 +204,7 @@ class RunFolder:
             summary = json.loads((self.out / "summary.json").read_text())
         except (OSError, ValueError, UnicodeDecodeError):
             return None
-        state = read_train_state(self.train_state)
+        state = states.read_train_state(self.train_state)
         if not isinstance(summary, dict) or summary.get("steps") != state.step \
                 or not (self.out / "model.safetensors").is_file():
             return None
@@ -195,14 +221,15 @@ class RunFolder:
                     remove_run_files(self.out, RUN_FILES)
                 atomic_write_text(self.out / "recipe.yaml", yaml.safe_dump(recipe_record, sort_keys=False))
         self.log = RunLog(self.out, self.main)
+        self.saving = SaveSchedule(self.accelerator, self.recipe.checkpoint_every, self.recipe.checkpoint_minutes)
 
-    def restore(self, micro: int, parts: Trainables) -> TrainState:
+    def restore(self, parts: Trainables) -> TrainState:
         """Every process: the position, weights, optimiser and random states of the train state continued (the
         main process reads it, the others receive it), reshaped to this launch; or a fresh start."""
-        accelerator, world = self.accelerator, self.accelerator.num_processes
+        accelerator, world, micro = self.accelerator, self.accelerator.num_processes, self.micro
         state = TrainState(world_size=world, micro_batch=micro)
         if self.train_state is not None:
-            state = load_run_state(accelerator, self.train_state, parts, self.notes)
+            state = states.load_run_state(accelerator, self.train_state, parts, self.notes)
             if state.samples == 0:  # a train state from before the image count was kept
                 state.samples = state.step * self.recipe.batch_size
             if (state.world_size, state.micro_batch) != (world, micro):
@@ -228,12 +255,14 @@ class RunFolder:
     def save(self, state: TrainState, parts: Trainables) -> Path:
         """A train state at `state.step` (every process calls this; the main process writes)."""
         state.micro_steps = self.accelerator.step
-        return save_run_state(self.accelerator, self.out, state, parts, self.recipe.keep_last)
+        saved = states.save_run_state(self.accelerator, self.out, state, parts, self.recipe.keep_last)
+        self.saving.saved()
+        return saved
 
     def kept(self) -> str:
         """Which train state a stopped run keeps, for the user."""
-        states = list_checkpoints(self.out)
-        return f"kept {states[-1].relative_to(self.out)}" if states else "no train state yet: it starts again"
+        kept = states.list_checkpoints(self.out)
+        return f"kept {kept[-1].relative_to(self.out)}" if kept else "no train state yet: it starts again"
 
     def finish(self, summary: dict[str, Any]) -> None:
         """summary.json, written last: the mark of a finished run."""

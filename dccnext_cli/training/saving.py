@@ -13,15 +13,16 @@ import sys
 import threading
 import time
 
+from .shards import from_main
+
 __all__ = ["SaveSchedule"]
 
 
 class SaveSchedule:
     """Use as a context around the loop (it owns SIGINT meanwhile); ask `due(step)` after every optimiser step."""
 
-    def __init__(self, accelerator, every: int, minutes: float, reporter=None):
+    def __init__(self, accelerator, every: int, minutes: float):
         self.accelerator, self.every, self.seconds = accelerator, every, minutes * 60
-        self.reporter = reporter
         self.last = time.monotonic()
         self.stop_requested = False
         self._previous = None
@@ -45,19 +46,10 @@ class SaveSchedule:
                   file=sys.stderr, flush=True)
 
     def due(self, step: int) -> tuple[bool, bool]:
-        """(save now, then stop), the same on every process."""
+        """(save now, then stop), the same on every process: the main process's clock and Ctrl-C decide."""
         by_time = self.seconds > 0 and time.monotonic() - self.last >= self.seconds
-        by_time, stop = self._main_decides(by_time, self.stop_requested)
+        by_time, stop = from_main(self.accelerator, (by_time, self.stop_requested))
         return bool(self.every and step % self.every == 0) or by_time or stop, stop
-
-    def _main_decides(self, by_time: bool, stop: bool) -> tuple[bool, bool]:
-        if self.accelerator.num_processes == 1:
-            return by_time, stop
-        import torch
-        from accelerate.utils import broadcast
-
-        flags = broadcast(torch.tensor([by_time, stop], dtype=torch.int32, device=self.accelerator.device))
-        return bool(flags[0]), bool(flags[1])
 
     def saved(self) -> None:
         """A train state was just written (by the schedule or at an epoch's end): the clock starts again."""

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import dccnext, start
 from safetensors.torch import load_file
+from train_processes import dccnext, start
 
 from dccnext_cli.training.run_state import list_checkpoints, read_train_state
 
@@ -83,13 +83,37 @@ def test_ctrl_c_mid_epoch_saves_that_step_and_the_resume_is_bitwise(images, unin
     assert _train_steps(out) == [*range(1, state.step + 1), *range(state.step + 1, 2 * STEPS_PER_EPOCH + 1)]
 
 
-def test_a_second_ctrl_c_quits_at_once(images, tmp_path):
-    out = tmp_path / "run"
-    code, stderr = _interrupt_after_first_step(_args(images, out, "checkpoint_minutes=0"), tmp_path / "err",
-                                               signals=2)
-    assert code == 130, stderr[-3000:]
-    assert "no train state yet: it starts again" in stderr and "Traceback" not in stderr
-    assert list_checkpoints(out) == []  # nothing was saved: the second Ctrl-C did not wait for it
+def test_the_first_ctrl_c_asks_for_a_save_and_the_second_quits_at_once(capfd):
+    """Real SIGINTs to this process inside the schedule: the first only marks the stop (the step goes on, and
+    every process is told to save and stop); the second raises at once; outside it Ctrl-C is Python's again."""
+    import os
+
+    from dccnext_cli.training.accelerator import make_accelerator
+    from dccnext_cli.training.saving import SaveSchedule
+
+    before = signal.getsignal(signal.SIGINT)
+    with SaveSchedule(make_accelerator("no", 1), every=4, minutes=0) as saving:
+        assert saving.due(1) == (False, False) and saving.due(4) == (True, False)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs: no exception, the loop carries on
+        assert saving.due(5) == (True, True)
+        assert "Ctrl-C: finishing this step and saving the train state" in capfd.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_time_based_save_is_due_once_the_minutes_have_passed():
+    from dccnext_cli.training.accelerator import make_accelerator
+    from dccnext_cli.training.saving import SaveSchedule
+
+    saving = SaveSchedule(make_accelerator("no", 1), every=0, minutes=0.001)  # 60 ms
+    assert saving.due(1) == (False, False)
+    time.sleep(0.1)
+    assert saving.due(2) == (True, False)
+    saving.saved()
+    assert saving.due(3) == (False, False)
 
 
 def test_killed_between_step_saves_resumes_from_the_time_based_save_bitwise(images, uninterrupted, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, dccnext
+from train_processes import ROOT, dccnext
 
 from dccnext_cli.cli.app import build_app
 from dccnext_cli.common.command_options import EVAL_OPTIONS, TRAIN_OPTIONS
