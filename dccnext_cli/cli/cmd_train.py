@@ -42,8 +42,8 @@ RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", metavar="RECIPE", 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
     "--resume", metavar="[auto|PATH]",
-    help="Continue an interrupted run: bare or 'auto' resumes -o DIR from its newest checkpoint (or starts "
-         "it); a PATH names a run folder or one of its checkpoints/step-* folders.")]
+    help="Continue an interrupted run: bare or 'auto' resumes -o DIR from its newest train state (or starts "
+         "it); a PATH names a run folder or one of its checkpoints/step-* train states.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="Start from these weights: a dccnext checkpoint (its head is replaced) or timm "
                       "ConvFormer weights (warm start); dense tasks: the backbone's ImageNet weights.")]
@@ -72,7 +72,8 @@ def train_cmd(
             "--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations: less memory.")] = None,
         checkpoint_every: Annotated[Optional[int], typer.Option(
             "--checkpoint-every",
-            help="Optimiser steps between checkpoints (0: each epoch; dense tasks: at the end).")] = None,
+            help="Optimiser steps between train states (0: each epoch; dense tasks: at the end). A train state is "
+                 "also saved every checkpoint_minutes (recipe key, default 10) and on the first Ctrl-C.")] = None,
         output: Annotated[Optional[Path], typer.Option(
             "-o", "--output", help="Run folder (default: runs/<variant>-<date-time>).", file_okay=False)] = None,
         resume: ResumeOpt = None,
@@ -88,7 +89,12 @@ def train_cmd(
     label smoothing, random erasing, drop path) unless --recipe says otherwise.
 
     Writes OUTPUT/model.safetensors (the weights, with class names), best.safetensors, recipe.yaml, log.jsonl
-    (and TensorBoard under tb/ when installed) and checkpoints/ (full training state; --resume continues it).
+    (and TensorBoard under tb/ when installed) and checkpoints/ (train states; --resume continues the newest).
+    The first Ctrl-C finishes the step, saves a train state and prints the command that resumes; a second one
+    quits at once.
+
+    Dense tasks: --res sets the training crop (semantic-fpn) or the detectors' shorter and longer side (1280x800:
+    800 and 1280).
 
     Many GPUs or nodes: accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe
     imagenet/b2.

@@ -2,12 +2,14 @@
 
 Saving by steps alone loses hours on a slow or busy machine; the clock bounds the loss to `checkpoint_minutes`.
 The first Ctrl-C (SIGINT) does not stop the step in progress: the loop finishes it, saves, and exits with the
-resume command; a second Ctrl-C raises KeyboardInterrupt at once. Every process must save at the same step (a
+resume command; a second Ctrl-C raises KeyboardInterrupt at once. DataLoader workers (forked while the schedule
+holds SIGINT) ignore it, so the step in progress still gets its images. Every process must save at the same step (a
 save is a collective), so the main process's clock and Ctrl-C decide for all of them.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -28,6 +30,7 @@ class SaveSchedule:
         self._previous = None
 
     def __enter__(self) -> SaveSchedule:
+        self._pid = os.getpid()  # DataLoader workers forked meanwhile inherit the handler: they ignore Ctrl-C
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
@@ -38,6 +41,8 @@ class SaveSchedule:
             self._previous = None
 
     def _on_sigint(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a worker: the main process decides, and ends the workers itself
+            return
         if self.stop_requested:  # the second Ctrl-C: at once
             raise KeyboardInterrupt
         self.stop_requested = True

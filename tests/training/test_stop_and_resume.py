@@ -1,8 +1,9 @@
 """Work is not lost: Ctrl-C saves the step it was in, a slow run saves by the clock, and both resume bitwise.
 
-Real `python -m dccnext_cli train` processes on map-style data (an image folder): a SIGINT from outside in the
-middle of an epoch, or a SIGKILL at a named moment (`DCCNEXT_CRASH_AT`, common/crash_points.py) between two
-step-based saves. The resumed run must end with the very tensors of a run that was never stopped.
+Real `python -m dccnext_cli train` processes on map-style data (an image folder, read by a DataLoader worker
+process, which gets the SIGINT too): a SIGINT from outside in the middle of an epoch, or a SIGKILL at a named
+moment (`DCCNEXT_CRASH_AT`, common/crash_points.py) between two step-based saves. The resumed run must end with
+the very tensors of a run that was never stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ STEPS_PER_EPOCH = 8  # 32 training images in batches of 4
 
 def _args(images: Path, out: Path, *sets: str) -> list[str]:
     return ["train", "--data", f"imagefolder:{images}", "--res", "32", "--epochs", "2", "--batch-size", "4",
-            "--workers", "0", "--set", "eval_samples=8", "--set", "log_every=1", *(f"--set={s}" for s in sets),
+            "--workers", "1", "--set", "eval_samples=8", "--set", "log_every=1", *(f"--set={s}" for s in sets),
             "-o", out, "--json"]
 
 

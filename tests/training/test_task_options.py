@@ -112,7 +112,8 @@ def test_every_train_option_is_honoured(task, data, backbone_weights, tmp_path):
     assert spec.honours["train"] == TRAIN_OPTIONS  # nothing to refuse: each is checked below
     recipe_file = tmp_path / "mine.yaml"
     bundled = ROOT / "dccnext_cli" / "recipes" / (f"dense/{spec.recipe}.yaml" if is_dense(spec) else "quickstart.yaml")
-    recipe_file.write_text(bundled.read_text() + "\nlog_every: 7\n")
+    own_split = "" if is_dense(spec) else "eval_split: validation\n"  # the image folder's
+    recipe_file.write_text(bundled.read_text() + "\nlog_every: 7\n" + own_split)
     options = [a for option, (value, _) in RECIPE_OPTIONS.items() for a in (option, *([value] if value else []))]
     out = tmp_path / "run"
     args = _train_args(task, data, out, "--recipe", recipe_file, "--set", "keep_last=5", "--weights",
