@@ -106,7 +106,12 @@ def _train_args(task: str, data: dict[str, str], out: Path, *extra: str) -> list
 
 
 # --------------------------------------------------------------------- train
-@pytest.mark.parametrize("task", list(TASKS))
+# the detectors share the segmenter's engine and options; their walk (about a minute each here) is a slow test
+TRAIN_WALK = [pytest.param(name, marks=pytest.mark.slow) if is_dense(task) and task.detector else name
+              for name, task in TASKS.items()]
+
+
+@pytest.mark.parametrize("task", TRAIN_WALK)
 def test_every_train_option_is_honoured(task, data, backbone_weights, tmp_path):
     spec = TASKS[task]
     assert spec.honours["train"] == TRAIN_OPTIONS  # nothing to refuse: each is checked below
