@@ -117,7 +117,12 @@ def train_cmd(
     resume_from: bool | Path = Path(resume) if resume not in (None, "auto") else resume is not None
     if is_dense(spec):
         _train_dense(spec, data, recipe, overrides, output, weights, overwrite, json_out, resume_from)
-        return
+    else:
+        _train_classifier(data, recipe, overrides, output, weights, overwrite, json_out, resume_from)
+
+
+def _train_classifier(data: str | None, recipe: str | None, overrides: dict[str, Any], output: Path | None,
+                      weights: Path | None, overwrite: bool, json_out: bool, resume: bool | Path) -> None:
     from ..classification.callbacks import callbacks_from_env
     from ..classification.recipe import default_recipe_name, load_recipe
     from ..classification.train import train
@@ -126,10 +131,10 @@ def train_cmd(
         "data": data, "pretrained": str(weights) if weights else None}.items() if v is not None})
     config = load_recipe(recipe or default_recipe_name(data, overrides.get("variant")), overrides)
     console = Console(stderr=True)
-    if data is None and recipe is None and resume is None:
+    if data is None and recipe is None and resume is False:
         console.print("no --data: training on the embedded Fashion-MNIST with the [bold]quickstart[/] recipe",
                       highlight=False)
-    result = train(config, output, resume=resume_from, overwrite=overwrite,
+    result = train(config, output, resume=resume, overwrite=overwrite,
                    reporter=StepProgress("step", enabled=not json_out), explicit=overrides,
                    callbacks=callbacks_from_env())
     _report(result, config.variant, json_out, console)
