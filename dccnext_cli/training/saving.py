@@ -25,12 +25,9 @@ class SaveSchedule:
 
     def __init__(self, accelerator, every: int, minutes: float):
         self.accelerator, self.every, self.seconds = accelerator, every, minutes * 60
-        self.last = time.monotonic()
-        self.stop_requested = False
-        self._previous = None
+        self.last, self.stop_requested, self._previous, self._pid = time.monotonic(), False, None, os.getpid()
 
-    def __enter__(self) -> SaveSchedule:
-        self._pid = os.getpid()  # DataLoader workers forked meanwhile inherit the handler: they ignore Ctrl-C
+    def __enter__(self) -> SaveSchedule:  # DataLoader workers forked meanwhile inherit the handler
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
@@ -41,7 +38,7 @@ class SaveSchedule:
             self._previous = None
 
     def _on_sigint(self, signum, frame) -> None:
-        if os.getpid() != self._pid:  # a worker: the main process decides, and ends the workers itself
+        if os.getpid() != self._pid:  # a worker ignores it: the main process decides and ends the workers
             return
         if self.stop_requested:  # the second Ctrl-C: at once
             raise KeyboardInterrupt
