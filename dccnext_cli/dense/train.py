@@ -256,7 +256,7 @@ def _train(run: RunFolder, data: str | Dataset, weights, eval_data, progress: bo
         with run.saving:
             losses = _train_steps(run, dense, parts, state, bar)
     except KeyboardInterrupt:
-        raise run.interrupted(state.step) from None
+        raise run.interrupted(state.step, f"--task {run.recipe.task} --data {data}") from None
     finally:
         bar.stop()
     path, metrics = _finish(run, dense, parts, state, eval_data, progress, saved=resumed_at_end)

@@ -272,10 +272,11 @@ class RunFolder:
         if self.main:
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
 
-    def interrupted(self, step: int) -> TrainingInterrupted:
-        """What Ctrl-C ends with: the step, the train state kept, the command that continues."""
+    def interrupted(self, step: int, task_args: str = "") -> TrainingInterrupted:
+        """What Ctrl-C ends with: the step, the train state kept, the command that continues (`task_args`: what
+        it needs besides the run folder, e.g. a dense task's --task and --data)."""
         return TrainingInterrupted(f"interrupted at step {step}: {self.kept()}; continue with: dccnext train "
-                                   f"-o {self.out} --resume")
+                                   f"{task_args + ' ' if task_args else ''}-o {self.out} --resume")
 
     def close(self) -> None:
         if self.main:

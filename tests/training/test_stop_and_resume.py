@@ -136,3 +136,37 @@ def test_resume_of_a_folder_without_a_train_state_says_it_starts_at_step_0(image
     done = dccnext(*_args(images, out, "checkpoint_minutes=0"), "--resume", extra_env={"DCCNEXT_CRASH_AT": "step-1"})
     assert done.returncode == -signal.SIGKILL
     assert "no saved state: starting at step 0" in " ".join(done.stderr.split())
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_dense_run_prints_its_whole_resume_command_and_resumes_bitwise(tmp_path):
+    """The same engine under a dense task: Ctrl-C in the middle, the printed command (with --task and --data)
+    continues the run, and the weights are an uninterrupted run's, bit for bit (map-style data)."""
+    import sys
+
+    from train_processes import ROOT
+
+    sys.path.insert(0, str(ROOT / "tests" / "dense"))
+    from dense_synthetic import make_ade20k
+
+    make_ade20k(tmp_path / "ade", num_images=4, split="training")
+    options = ["--variant", "b0", "--batch-size", "2", "--workers", "0", "--set", "crop_size=[64,64]", "--set",
+               "scale=[128,64]", "--set", "num_classes=5", "--set", "iterations=8", "--set", "log_every=1",
+               "--set", "checkpoint_minutes=0", "--json"]
+    data = f"ade20k:{tmp_path / 'ade'}"
+    full = dccnext("train", "--task", "semantic-fpn", "--data", data, *options, "-o", tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    out = tmp_path / "run"
+    code, stderr = _interrupt_after_first_step(["train", "--task", "semantic-fpn", "--data", data, *options, "-o",
+                                                out], tmp_path / "err")
+    assert code == 130, stderr[-3000:]
+    (kept,) = list_checkpoints(out)
+    step = read_train_state(kept).step
+    command = f"dccnext train --task semantic-fpn --data {data} -o {out} --resume"
+    assert f"interrupted at step {step}: kept checkpoints/{kept.name}; continue with: {command}" in stderr
+    assert 0 < step < 8
+    resumed = dccnext(*command.split()[1:], *options)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step {step}" in " ".join(resumed.stderr.split())
+    x, y = load_file(tmp_path / "full" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
