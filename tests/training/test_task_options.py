@@ -106,9 +106,8 @@ def _train_args(task: str, data: dict[str, str], out: Path, *extra: str) -> list
 
 
 # --------------------------------------------------------------------- train
-# the detectors share the segmenter's engine and options; their walk (about a minute each here) is a slow test
-TRAIN_WALK = [pytest.param(name, marks=pytest.mark.slow) if is_dense(task) and task.detector else name
-              for name, task in TASKS.items()]
+# the dense tasks' walks (a minute or more each here: four processes that build a dense model) are slow tests
+TRAIN_WALK = [pytest.param(name, marks=pytest.mark.slow) if is_dense(task) else name for name, task in TASKS.items()]
 
 
 @pytest.mark.parametrize("task", TRAIN_WALK)
