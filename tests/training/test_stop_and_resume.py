@@ -150,6 +150,7 @@ def test_ctrl_c_of_a_dense_run_prints_its_whole_resume_command_and_resumes_bitwi
     from dense_synthetic import make_ade20k
 
     make_ade20k(tmp_path / "ade", num_images=4, split="training")
+    make_ade20k(tmp_path / "ade", num_images=1, split="validation")  # the final evaluation's
     options = ["--variant", "b0", "--batch-size", "2", "--workers", "0", "--set", "crop_size=[64,64]", "--set",
                "scale=[128,64]", "--set", "num_classes=5", "--set", "iterations=8", "--set", "log_every=1",
                "--set", "checkpoint_minutes=0", "--json"]
