@@ -119,7 +119,7 @@ def _build_data(run: RunFolder) -> _Data:
 
 # --------------------------------------------------------------------- model and optimiser
 @dataclass
-class _Trainables:
+class _ModelParts:
     """Stage 3: the prepared model and what updates it."""
 
     config: DCCNeXtConfig
@@ -143,7 +143,7 @@ def _criterion(recipe: TrainRecipe):
     return torch.nn.CrossEntropyLoss()
 
 
-def _build_trainables(run: RunFolder, data: _Data) -> _Trainables:
+def _build_trainables(run: RunFolder, data: _Data) -> _ModelParts:
     from accelerate.utils import set_seed
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
@@ -171,24 +171,24 @@ def _build_trainables(run: RunFolder, data: _Data) -> _Trainables:
     mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
                   switch_prob=recipe.mixup_switch_prob, label_smoothing=recipe.smoothing,
                   num_classes=data.num_classes) if recipe.uses_mixup else None
-    return _Trainables(config, model, optimizer, scheduler, mixup, _criterion(recipe), total_steps, loaded,
+    return _ModelParts(config, model, optimizer, scheduler, mixup, _criterion(recipe), total_steps, loaded,
                        warm_start)
 
 
-def _plain_model(run: RunFolder, parts: _Trainables) -> torch.nn.Module:
+def _plain_model(run: RunFolder, parts: _ModelParts) -> torch.nn.Module:
     """The model without DDP and torch.compile wrappers: the weights' real names."""
     return run.accelerator.unwrap_model(parts.model, keep_torch_compile=False)
 
 
 # --------------------------------------------------------------------- state: restore or start
-def _state_parts(run: RunFolder, data: _Data, parts: _Trainables) -> Trainables:
+def _state_parts(run: RunFolder, data: _Data, parts: _ModelParts) -> Trainables:
     """What a training checkpoint holds besides the loop's position."""
     return Trainables(_plain_model(run, parts), parts.optimizer, getattr(run.accelerator, "scaler", None),
                       data.batches.loader.generator, prepared=parts.model)
 
 
 # --------------------------------------------------------------------- saving
-def _save_weights_file(run: RunFolder, data: _Data, parts: _Trainables, name: str, epoch: int,
+def _save_weights_file(run: RunFolder, data: _Data, parts: _ModelParts, name: str, epoch: int,
                        metrics: dict[str, Any] | None) -> None:
     """Every process gathers (FSDP and ZeRO-3 hold shards); the main process writes."""
     weights = gather_model_state(run.accelerator, parts.model)
@@ -224,7 +224,7 @@ def _check_labels(labels: torch.Tensor, data: _Data) -> None:
                         "set --set num_classes=N")
 
 
-def _train_one_epoch(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, epoch: int, reporter,
+def _train_one_epoch(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, epoch: int, reporter,
                      callbacks: Sequence[TrainCallback], speed: _Throughput) -> None:
     accelerator, recipe, model = run.accelerator, run.recipe, parts.model
     for images, labels, skipped in data.batches.epoch(epoch, skip_batches=state.batch):
@@ -258,7 +258,7 @@ def _train_one_epoch(run: RunFolder, data: _Data, parts: _Trainables, state: Tra
             raise KeyboardInterrupt
 
 
-def _report_step(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, epoch: int, loss: torch.Tensor,
+def _report_step(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, epoch: int, loss: torch.Tensor,
                  reporter, speed: _Throughput) -> None:
     """Every `log_every` steps (and at the end of an epoch): the mean loss over processes, lr and img/s."""
     lr = parts.optimizer.param_groups[0]["lr"]
@@ -287,7 +287,7 @@ def _eval_share(run: RunFolder, data: _Data) -> tuple[int | None, int | None]:
     return share, min(known) if known else None
 
 
-def _evaluate(run: RunFolder, data: _Data, parts: _Trainables, reporter) -> EvalResult:
+def _evaluate(run: RunFolder, data: _Data, parts: _ModelParts, reporter) -> EvalResult:
     """The end-of-epoch evaluation, with its own progress bar on the main process."""
     accelerator, (share, count) = run.accelerator, _eval_share(run, data)
     advance, done = (lambda n: None), (lambda: None)
@@ -310,7 +310,7 @@ def _evaluate(run: RunFolder, data: _Data, parts: _Trainables, reporter) -> Eval
         done()
 
 
-def _evaluate_and_save(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, epoch: int,
+def _evaluate_and_save(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, epoch: int,
                        reporter) -> None:
     """End of an epoch: evaluate when due (keeping the best weights), then checkpoint; an epoch before the last
     also writes the weights (the last one's are written by `_finish`, after its checkpoint)."""
@@ -342,7 +342,7 @@ def _summary(state: TrainState, world: int, epochs: int, wall_s: float, ranks: l
             "skipped_images": sum(r["skipped_images"] for r in ranks), "samples": state.samples, "ranks": ranks}
 
 
-def _finish(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, callbacks: Sequence[TrainCallback],
+def _finish(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, callbacks: Sequence[TrainCallback],
             wall_s: float) -> TrainResult:
     """After the last train state: the final weights, then the summary (the run's commit mark), both derived
     from the saved state only, so a run resumed after a kill here writes the same bytes."""
@@ -384,7 +384,7 @@ def _completed(run: RunFolder) -> TrainResult | None:
         return None
 
 
-def _start_log(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState) -> None:
+def _start_log(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState) -> None:
     run.log.write("start", world_size=run.accelerator.num_processes, micro_batch=run.micro,
                   grad_accum=run.recipe.grad_accum, engine=engine_name(run.accelerator), step=state.step,
                   samples=state.samples, steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,

@@ -77,7 +77,7 @@ def _build_data(run: RunFolder, data: str | Dataset) -> _Data:
 
 # --------------------------------------------------------------------- stage 3: model and optimiser
 @dataclass
-class _Trainables:
+class _ModelParts:
     model: nn.Module  # prepared (DDP on several processes; torch.compile under --compile)
     plain: nn.Module  # the same module without wrappers: the weights' real names
     optimizer: Any
@@ -93,7 +93,7 @@ def _optimizer(model: nn.Module, recipe: DenseRecipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
 
 
-def _build_trainables(run: RunFolder, data: _Data, weights: str | Path | None) -> _Trainables:
+def _build_trainables(run: RunFolder, data: _Data, weights: str | Path | None) -> _ModelParts:
     from accelerate.utils import set_seed
 
     recipe, accelerator = run.recipe, run.accelerator
@@ -113,10 +113,10 @@ def _build_trainables(run: RunFolder, data: _Data, weights: str | Path | None) -
         model = torch.compile(model)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     total = recipe.iterations or recipe.epochs * data.plan.steps_per_epoch
-    return _Trainables(prepared, accelerator.unwrap_model(prepared, keep_torch_compile=False), optimizer, total)
+    return _ModelParts(prepared, accelerator.unwrap_model(prepared, keep_torch_compile=False), optimizer, total)
 
 
-def _state_parts(run: RunFolder, parts: _Trainables) -> Trainables:
+def _state_parts(run: RunFolder, parts: _ModelParts) -> Trainables:
     return Trainables(parts.plain, parts.optimizer, getattr(run.accelerator, "scaler", None), prepared=parts.model)
 
 
@@ -132,7 +132,7 @@ def _step_losses(run: RunFolder, window: list[dict[str, torch.Tensor]], step: in
     return dict(zip(names, values, strict=True))
 
 
-def _train_steps(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, bar: StepProgress) -> list[float]:
+def _train_steps(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, bar: StepProgress) -> list[float]:
     """Iterations until the schedule's end, each a window of `grad_accum` micro-batches per process."""
     accelerator, recipe, plan, task = run.accelerator, run.recipe, data.plan, run.recipe.dense_task
     losses, window = [], []
@@ -178,7 +178,7 @@ def _same_buffers(accelerator, model: nn.Module) -> None:
             buffer.copy_(broadcast(buffer.detach().clone(), from_process=0))
 
 
-def _finish(run: RunFolder, data: _Data, parts: _Trainables, state: TrainState, eval_data, progress: bool,
+def _finish(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, eval_data, progress: bool,
             saved: bool) -> tuple[Path, dict[str, float] | None]:
     """The last train state (unless resumed from it), the weights file, the evaluation, summary.json: all
     derived from the saved state, so a run killed anywhere here resumes to the same files."""
