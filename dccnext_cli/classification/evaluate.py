@@ -151,14 +151,22 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     total = min(known) if known else None
     if progress is not None:
         progress.start(total, title=f"evaluating {Path(checkpoint).name} on {data} ({split})")
+    forwarded = []  # one entry per batch scored
+
+    def on_batch(n: int) -> None:
+        forwarded.append(n)
+        if progress is not None:
+            progress.advance(n)
+
     try:
         result = evaluate_batches(model, batches.epoch(0), meta.num_classes, device=device, max_samples=max_samples,
-                                  on_batch=progress.advance if progress is not None else None, dtype=dtype)
+                                  on_batch=on_batch, dtype=dtype)
     finally:
         if progress is not None:
             progress.stop()
     if result.samples == 0:
         raise DataError(f"no image of {data} ({split}) could be read; nothing was evaluated")
     result.extra = {"checkpoint": str(checkpoint), "data": data, "split": split,
-                    "resolution": list(settings["resolution"]), "precision": precision}
+                    "resolution": list(settings["resolution"]), "precision": precision, "batches": len(forwarded),
+                    "dtype": str(dtype).removeprefix("torch.")}
     return result

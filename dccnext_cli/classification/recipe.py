@@ -87,7 +87,8 @@ class TrainRecipe:
     amp: str = "auto"  # auto: bf16 on a GPU that has it, else fp32; no | bf16 | fp16
     compile: bool = False
     grad_checkpointing: bool = False
-    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0: at the end of each epoch
+    checkpoint_every: int = 0  # optimiser steps between train states; 0: at the end of each epoch
+    checkpoint_minutes: float = 10.0  # and a train state at least this often (0: by steps only)
     keep_last: int = 2  # training-state checkpoints kept (the best weights are kept besides)
     eval_every: int = 1  # epochs between evaluations; 0: only at the end
     log_every: int = 20  # optimiser steps between log lines
@@ -156,7 +157,8 @@ def _check_ranges(r: TrainRecipe) -> None:
     rules = [
         ("smoothing", 0 <= r.smoothing < 1, "in [0, 1)"), ("mixup", r.mixup >= 0, "0 or more"),
         ("cutmix", r.cutmix >= 0, "0 or more"), ("warmup_epochs", r.warmup_epochs >= 0, "0 or more"),
-        ("warmup_lr", r.warmup_lr >= 0, "0 or more"), ("min_lr", r.min_lr >= 0, "0 or more"),
+        ("warmup_lr", r.warmup_lr >= 0, "0 or more"),
+        ("checkpoint_minutes", r.checkpoint_minutes >= 0, "0 or more"), ("min_lr", r.min_lr >= 0, "0 or more"),
         ("lr_base", r.lr_base > 0, "positive"), ("weight_decay", r.weight_decay >= 0, "0 or more"),
         ("grad_clip", r.grad_clip is None or r.grad_clip > 0, "positive or null"),
         ("drop_path_rate", r.drop_path_rate is None or 0 <= r.drop_path_rate < 1, "in [0, 1) or null"),

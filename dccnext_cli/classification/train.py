@@ -13,26 +13,21 @@ restore or start the state, then one epoch and one evaluate-and-save at a time, 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ..common.crash_points import crash_point
-from ..common.files import atomic_write_text, check_writable, remove_run_files
-from ..common.recipe_files import build_recipe
-from ..common.run_lock import lock_folder, unlock_folder
 from ..data.images import eval_transform
 from ..data.loading import Batches, build_loader, device_finish, train_transform
 from ..data.sources import ImageSplit, open_split, parse_data
-from ..errors import CheckpointError, ConfigError, DataError, DCCNeXtError, OutputExistsError
+from ..errors import ConfigError, DataError
 from ..models.config import DCCNeXtConfig
 from ..models.dccnext import DCCNeXt
 from ..models.pretrained import WarmStartReport, load_backbone_weights
@@ -40,101 +35,20 @@ from ..models.weights import CheckpointMeta, save_weights
 from ..training.accelerator import (
     configure_engine,
     engine_name,
-    make_accelerator,
     micro_batch,
+    micro_step,
     on_main_process,
     shards_parameters,
 )
 from ..training.full_state import StateView, every_rank_weights_digest, gather_model_state
-from ..training.run_state import (
-    Trainables,
-    TrainState,
-    find_checkpoint,
-    list_checkpoints,
-    load_run_state,
-    prune_checkpoints,
-    read_train_state,
-    recover_checkpoints,
-    save_run_state,
-)
+from ..training.run_folder import RunFolder, Teller, TrainResult
+from ..training.run_state import Trainables, TrainState, prune_checkpoints, read_train_state
 from ..training.shards import all_gather_objects
 from .callbacks import TrainCallback
 from .evaluate import EvalResult, Lockstep, evaluate_batches
 from .recipe import TrainRecipe
 
-__all__ = ["TrainResult", "TrainingInterrupted", "train", "prepare_output", "RUN_FILES"]
-
-RUN_FILES = ("model.safetensors", "best.safetensors", "recipe.yaml", "log.jsonl", "summary.json", "checkpoints", "tb")
-
-
-class TrainingInterrupted(DCCNeXtError):
-    """Ctrl-C: the run folder keeps its newest checkpoint; the message says how to continue."""
-
-    exit_code = 130
-
-
-@dataclass
-class TrainResult:
-    output: Path
-    weights: Path
-    epochs: int
-    steps: int
-    world_size: int
-    wall_s: float
-    metrics: dict[str, Any] | None = None
-    skipped_images: int = 0
-    ranks: list[dict[str, Any]] = field(default_factory=list)
-    samples: int = 0  # training images drawn (resumed runs included), whatever the launch shape
-
-
-TENSORBOARD_OFF = ("TensorBoard is off (not installed): scalars go to log.jsonl only; "
-                   "pip install 'dccnext-cli[tensorboard]' to have them under tb/")
-
-
-class _Log:
-    """JSON lines on the main process (and TensorBoard scalars when tensorboard is installed)."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.path, self.enabled, self.tb = run_dir / "log.jsonl", enabled, None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except ImportError:
-                pass
-
-    def write(self, event: str, **values: Any) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
-        if self.tb is not None and "step" in values:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self.tb.add_scalar(f"{event}/{key}", value, values["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-# --------------------------------------------------------------------- the run folder and the launch
-def prepare_output(output: str | Path | None, variant: str, *, resume: bool, overwrite: bool) -> Path:
-    """The run folder: new, resumed (`resume`), or emptied of a previous run's files (`overwrite`)."""
-    if output is None:
-        return Path("runs") / f"{variant}-{datetime.now():%Y%m%d-%H%M%S}"
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"-o {out} is a file; give a folder for the run")
-    check_writable(out / "recipe.yaml", "-o")  # under a file, or in a read-only folder: refused before the work
-    owned = [out / name for name in RUN_FILES if (out / name).exists()]
-    if resume:
-        return out
-    if owned and not overwrite:
-        raise OutputExistsError(f"{out} already holds a run ({owned[0].name}); pass --resume to continue it or "
-                                "--overwrite to start again")
-    return out
+__all__ = ["TrainResult", "train"]
 
 
 def _micro_batch(recipe: TrainRecipe, world: int) -> int:
@@ -142,69 +56,6 @@ def _micro_batch(recipe: TrainRecipe, world: int) -> int:
     if recipe.uses_mixup and micro % 2:
         raise ConfigError(f"Mixup/CutMix needs an even batch per process, got {micro}; change batch_size")
     return micro
-
-
-# options that set how a launch runs the recipe, not what it trains: a resumed run may change them
-LAUNCH_OPTIONS = ("grad_accum",)
-
-
-def _recipe_from_run(out: Path, recipe: TrainRecipe, explicit: dict[str, Any]) -> TrainRecipe:
-    """A resumed run keeps the recipe it was started with; a conflicting explicit value is an error, except for
-    the launch options (gradient accumulation: the total batch stays the recipe's)."""
-    saved_path = out / "recipe.yaml"
-    if not saved_path.is_file():
-        return recipe
-    saved = build_recipe(TrainRecipe, yaml.safe_load(saved_path.read_text()), str(saved_path))
-    for key in explicit:
-        if key not in LAUNCH_OPTIONS and getattr(saved, key) != getattr(recipe, key):
-            raise ConfigError(f"{out} was started with {key}={getattr(saved, key)!r}; a resumed run keeps its "
-                              f"recipe (remove the {key} option or start a new run)")
-    return replace(saved, **{key: getattr(recipe, key) for key in LAUNCH_OPTIONS if key in explicit})
-
-
-@dataclass
-class _Run:
-    """Stage 1, the launch: who we are in the process group, where the run lives, what it resumes."""
-
-    recipe: TrainRecipe
-    accelerator: Any
-    out: Path
-    checkpoint: Path | None  # the training checkpoint to continue from, if any
-    resume: bool
-    micro: int  # images per process per micro-batch
-    notes: list[str] = field(default_factory=list)  # what resuming had to skip or complete, told to the user
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-
-def _prepare_run(recipe: TrainRecipe, output: str | Path | None, resume: bool | str | Path, overwrite: bool,
-                 explicit: dict[str, Any]) -> _Run:
-    """The main process alone looks at the run folder (it may be on its node-local disk) and tells the others
-    where the run lives, which checkpoint it continues and with which recipe."""
-    accelerator = make_accelerator(recipe.amp, recipe.grad_accum)
-    notes: list[str] = []
-
-    def decide() -> tuple[Path, Path | None, TrainRecipe]:
-        out = prepare_output(output, recipe.variant, resume=bool(resume), overwrite=overwrite)
-        if out.is_dir():
-            lock_folder(out)  # before anything is written; a second writer stops here
-            if resume:
-                recover_checkpoints(out, notes)
-        checkpoint = None
-        if isinstance(resume, (str, Path)):
-            checkpoint = find_checkpoint(Path(resume), notes)
-            if checkpoint is None:
-                raise CheckpointError(f"--resume {resume}: no training checkpoint there")
-        elif resume:
-            checkpoint = find_checkpoint(out, notes)
-        return out, checkpoint, _recipe_from_run(out, recipe, explicit) if resume else recipe
-
-    out, checkpoint, recipe = on_main_process(accelerator, decide)
-    accelerator.gradient_accumulation_steps = recipe.grad_accum  # a resumed run's own, or the one asked for now
-    return _Run(recipe, accelerator, out, checkpoint, bool(resume), _micro_batch(recipe, accelerator.num_processes),
-                notes if accelerator.is_main_process else [])
 
 
 # --------------------------------------------------------------------- data
@@ -232,7 +83,7 @@ def _open_eval_split(source, recipe: TrainRecipe) -> ImageSplit | None:
                         "--set eval_split=null trains without one)") from None
 
 
-def _build_data(run: _Run) -> _Data:
+def _build_data(run: RunFolder) -> _Data:
     recipe, accelerator = run.recipe, run.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     source = parse_data(recipe.data)
@@ -269,7 +120,7 @@ def _build_data(run: _Run) -> _Data:
 
 # --------------------------------------------------------------------- model and optimiser
 @dataclass
-class _Trainables:
+class _ModelParts:
     """Stage 3: the prepared model and what updates it."""
 
     config: DCCNeXtConfig
@@ -293,7 +144,7 @@ def _criterion(recipe: TrainRecipe):
     return torch.nn.CrossEntropyLoss()
 
 
-def _build_trainables(run: _Run, data: _Data) -> _Trainables:
+def _build_trainables(run: RunFolder, data: _Data) -> _ModelParts:
     from accelerate.utils import set_seed
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
@@ -321,64 +172,24 @@ def _build_trainables(run: _Run, data: _Data) -> _Trainables:
     mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
                   switch_prob=recipe.mixup_switch_prob, label_smoothing=recipe.smoothing,
                   num_classes=data.num_classes) if recipe.uses_mixup else None
-    return _Trainables(config, model, optimizer, scheduler, mixup, _criterion(recipe), total_steps, loaded,
+    return _ModelParts(config, model, optimizer, scheduler, mixup, _criterion(recipe), total_steps, loaded,
                        warm_start)
 
 
-def _plain_model(run: _Run, parts: _Trainables) -> torch.nn.Module:
+def _plain_model(run: RunFolder, parts: _ModelParts) -> torch.nn.Module:
     """The model without DDP and torch.compile wrappers: the weights' real names."""
     return run.accelerator.unwrap_model(parts.model, keep_torch_compile=False)
 
 
 # --------------------------------------------------------------------- state: restore or start
-def _state_parts(run: _Run, data: _Data, parts: _Trainables) -> Trainables:
+def _state_parts(run: RunFolder, data: _Data, parts: _ModelParts) -> Trainables:
     """What a training checkpoint holds besides the loop's position."""
     return Trainables(_plain_model(run, parts), parts.optimizer, getattr(run.accelerator, "scaler", None),
                       data.batches.loader.generator, prepared=parts.model)
 
 
-def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, overwrite: bool) -> TrainState:
-    """Stage 4: the loop's position, from the checkpoint being resumed or fresh (writing recipe.yaml)."""
-    accelerator, world = run.accelerator, run.accelerator.num_processes
-    state = TrainState(world_size=world, micro_batch=run.micro)
-    if run.main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        lock_folder(run.out)
-    if run.resume and run.checkpoint is not None:
-        state = load_run_state(accelerator, run.checkpoint, _state_parts(run, data, parts), run.notes)
-        if state.samples == 0:  # a checkpoint from before the image count was kept
-            state.samples = state.step * run.recipe.batch_size
-        if (state.world_size, state.micro_batch) != (world, run.micro):
-            _reshape(run, state)
-        accelerator.step = state.micro_steps
-    elif run.main:
-        if overwrite:  # only now, when everything has been checked
-            remove_run_files(run.out, RUN_FILES)
-        atomic_write_text(run.out / "recipe.yaml", yaml.safe_dump(run.recipe.to_dict(), sort_keys=False))
-    accelerator.wait_for_everyone()
-    return state
-
-
-def _reshape(run: _Run, state: TrainState) -> None:
-    """Elastic resume: a checkpoint written by another launch shape (processes x micro-batch x accumulation)
-    continues at the same optimiser step and image count; each process skips the same number of optimiser
-    steps of the epoch. The images of the rest of the epoch are dealt out differently, so the run is no longer
-    the bitwise continuation of the one saved, and the user is told."""
-    world, accum = run.accelerator.num_processes, run.recipe.grad_accum
-    saved_accum = max(run.recipe.batch_size // max(state.world_size * state.micro_batch, 1), 1)
-    steps_in_epoch = state.batch // saved_accum
-    note = (f"{run.checkpoint} was written by {state.world_size} processes x {state.micro_batch} images x "
-            f"{saved_accum} accumulation steps; continuing on {world} x {run.micro} x {accum} at step {state.step} "
-            f"({state.samples} images seen), no longer bitwise the run that was saved")
-    if world > state.world_size:
-        note += f" (processes {state.world_size}..{world - 1} start from fresh random states)"
-    run.notes.append(note)
-    state.world_size, state.micro_batch = world, run.micro
-    state.batch, state.micro_steps = steps_in_epoch * accum, state.step * accum
-
-
 # --------------------------------------------------------------------- saving
-def _save_weights_file(run: _Run, data: _Data, parts: _Trainables, name: str, epoch: int,
+def _save_weights_file(run: RunFolder, data: _Data, parts: _ModelParts, name: str, epoch: int,
                        metrics: dict[str, Any] | None) -> None:
     """Every process gathers (FSDP and ZeRO-3 hold shards); the main process writes."""
     weights = gather_model_state(run.accelerator, parts.model)
@@ -388,12 +199,6 @@ def _save_weights_file(run: _Run, data: _Data, parts: _Trainables, name: str, ep
                           input_size=tuple(run.recipe.input_size), recipe=run.recipe.to_dict(),
                           metrics={"top1": metrics["top1"], "top5": metrics["top5"]} if metrics else None)
     save_weights(run.out / name, StateView(weights), meta)
-
-
-def _checkpoint(run: _Run, data: _Data, parts: _Trainables, state: TrainState) -> None:
-    """The full training state; every process takes part."""
-    state.micro_steps = run.accelerator.step
-    save_run_state(run.accelerator, run.out, state, _state_parts(run, data, parts), run.recipe.keep_last)
 
 
 # --------------------------------------------------------------------- one epoch
@@ -420,8 +225,8 @@ def _check_labels(labels: torch.Tensor, data: _Data) -> None:
                         "set --set num_classes=N")
 
 
-def _train_one_epoch(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, log: _Log,
-                     reporter, callbacks: Sequence[TrainCallback], speed: _Throughput) -> None:
+def _train_one_epoch(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, epoch: int, reporter,
+                     callbacks: Sequence[TrainCallback], speed: _Throughput) -> None:
     accelerator, recipe, model = run.accelerator, run.recipe, parts.model
     for images, labels, skipped in data.batches.epoch(epoch, skip_batches=state.batch):
         if state.batch >= data.micro_per_epoch:
@@ -436,14 +241,8 @@ def _train_one_epoch(run: _Run, data: _Data, parts: _Trainables, state: TrainSta
         targets = labels
         if parts.mixup is not None:
             images, targets = parts.mixup(images, labels)
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                loss = parts.criterion(model(images), targets)
-            accelerator.backward(loss)
-            if recipe.grad_clip and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            parts.optimizer.step()
-            parts.optimizer.zero_grad(set_to_none=True)
+        loss = micro_step(accelerator, model, parts.optimizer, recipe.grad_clip,
+                          lambda m, x, y: {"loss": parts.criterion(m(x), y)}, images, targets)["loss"]
         state.batch += 1
         state.samples += run.micro * accelerator.num_processes  # drawn from the data, decodable or not
         speed.images += len(labels) * accelerator.num_processes
@@ -451,13 +250,17 @@ def _train_one_epoch(run: _Run, data: _Data, parts: _Trainables, state: TrainSta
             continue
         state.step += 1
         parts.scheduler.step_update(state.step)
-        _report_step(run, data, parts, state, epoch, loss, log, reporter, speed)
-        if recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0:
-            _checkpoint(run, data, parts, state)
+        _report_step(run, data, parts, state, epoch, loss, reporter, speed)
+        save, stop = run.saving.due(state.step)
+        if save:
+            run.save(state, _state_parts(run, data, parts))
+        crash_point(f"step-{state.step}")
+        if stop:
+            raise KeyboardInterrupt
 
 
-def _report_step(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, loss: torch.Tensor,
-                 log: _Log, reporter, speed: _Throughput) -> None:
+def _report_step(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, epoch: int, loss: torch.Tensor,
+                 reporter, speed: _Throughput) -> None:
     """Every `log_every` steps (and at the end of an epoch): the mean loss over processes, lr and img/s."""
     lr = parts.optimizer.param_groups[0]["lr"]
     show = reporter is not None and run.main
@@ -469,13 +272,13 @@ def _report_step(run: _Run, data: _Data, parts: _Trainables, state: TrainState, 
     if not math.isfinite(loss_value):
         raise DataError(f"the loss became {loss_value} at step {state.step}; lower the lr")
     rate = speed.rate()
-    log.write("train", epoch=epoch, step=state.step, loss=round(loss_value, 5), lr=lr, img_s=round(rate, 1))
+    run.log.write("train", epoch=epoch, step=state.step, loss=round(loss_value, 5), lr=lr, img_s=round(rate, 1))
     if show:
         reporter.update(state.step, loss=loss_value, lr=lr, img_s=rate)
 
 
 # --------------------------------------------------------------------- evaluate and save
-def _eval_share(run: _Run, data: _Data) -> tuple[int | None, int | None]:
+def _eval_share(run: RunFolder, data: _Data) -> tuple[int | None, int | None]:
     """This process's part of `eval_samples` (a total over all processes; None: all its images), and how many
     images it will score (None: a stream of unknown length)."""
     total, world, rank = run.recipe.eval_samples, run.accelerator.num_processes, run.accelerator.process_index
@@ -485,7 +288,7 @@ def _eval_share(run: _Run, data: _Data) -> tuple[int | None, int | None]:
     return share, min(known) if known else None
 
 
-def _evaluate(run: _Run, data: _Data, parts: _Trainables, reporter) -> EvalResult:
+def _evaluate(run: RunFolder, data: _Data, parts: _ModelParts, reporter) -> EvalResult:
     """The end-of-epoch evaluation, with its own progress bar on the main process."""
     accelerator, (share, count) = run.accelerator, _eval_share(run, data)
     advance, done = (lambda n: None), (lambda: None)
@@ -508,7 +311,7 @@ def _evaluate(run: _Run, data: _Data, parts: _Trainables, reporter) -> EvalResul
         done()
 
 
-def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainState, epoch: int, log: _Log,
+def _evaluate_and_save(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, epoch: int,
                        reporter) -> None:
     """End of an epoch: evaluate when due (keeping the best weights), then checkpoint; an epoch before the last
     also writes the weights (the last one's are written by `_finish`, after its checkpoint)."""
@@ -517,7 +320,7 @@ def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainS
     if data.eval_batches is not None and (last or (recipe.eval_every and (epoch + 1) % recipe.eval_every == 0)):
         metrics = _evaluate(run, data, parts, reporter)
         state.metrics = metrics.to_dict()
-        log.write("eval", epoch=epoch, step=state.step, **state.metrics)
+        run.log.write("eval", epoch=epoch, step=state.step, **state.metrics)
         if reporter is not None and run.main:
             reporter.message(f"epoch {epoch + 1}/{recipe.epochs}: top-1 {metrics.top1:.2f}%  "
                              f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
@@ -527,7 +330,7 @@ def _evaluate_and_save(run: _Run, data: _Data, parts: _Trainables, state: TrainS
             crash_point(f"epoch{epoch}:best")
     state.epoch = epoch + 1
     if not recipe.checkpoint_every or last:
-        _checkpoint(run, data, parts, state)
+        run.save(state, _state_parts(run, data, parts))
     if not last:
         _save_weights_file(run, data, parts, "model.safetensors", state.epoch, state.metrics)
         crash_point(f"epoch{epoch}:weights")
@@ -540,10 +343,10 @@ def _summary(state: TrainState, world: int, epochs: int, wall_s: float, ranks: l
             "skipped_images": sum(r["skipped_images"] for r in ranks), "samples": state.samples, "ranks": ranks}
 
 
-def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, log: _Log,
-            callbacks: Sequence[TrainCallback], wall_s: float) -> TrainResult:
-    """After the last checkpoint: the final weights, then the summary (the run's commit mark), both derived
-    from the checkpointed state only, so a run resumed after a kill here writes the same bytes."""
+def _finish(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, callbacks: Sequence[TrainCallback],
+            wall_s: float) -> TrainResult:
+    """After the last train state: the final weights, then the summary (the run's commit mark), both derived
+    from the saved state only, so a run resumed after a kill here writes the same bytes."""
     accelerator = run.accelerator
     mine: dict[str, Any] = {"rank": accelerator.process_index, "skipped_images": state.skipped_images}
     if callbacks:  # a collective under FSDP: every process has the same callbacks (from the environment)
@@ -553,63 +356,43 @@ def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, log: 
     ranks = all_gather_objects(accelerator, mine)
     summary = _summary(state, accelerator.num_processes, run.recipe.epochs, wall_s, ranks)
     if summary["skipped_images"]:
-        log.write("warning", message=f"{summary['skipped_images']} images could not be decoded and were skipped")
+        run.log.write("warning", message=f"{summary['skipped_images']} images could not be decoded and were skipped")
     if run.main:  # a save interrupted before its pruning is finished here
         prune_checkpoints(run.out, run.recipe.keep_last, state.step)
     _save_weights_file(run, data, parts, "model.safetensors", state.epoch, state.metrics)
     crash_point("final:weights")
-    log.write("end", **summary)
-    log.close()
-    if run.main:
-        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
-        crash_point("final:summary")
+    run.finish(summary)
+    crash_point("final:summary")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return _result(run.out, summary, wall_s)
 
 
 def _result(out: Path, summary: dict[str, Any], wall_s: float) -> TrainResult:
-    return TrainResult(out, out / "model.safetensors", summary["epochs"], summary["steps"], summary["world_size"],
-                       wall_s, summary["metrics"], summary["skipped_images"], summary["ranks"],
+    return TrainResult(out, out / "model.safetensors", summary["steps"], summary["world_size"], summary["metrics"],
+                       summary["epochs"], wall_s, summary["skipped_images"], summary["ranks"],
                        summary.get("samples", 0))
 
 
-def _completed(run: _Run) -> TrainResult | None:
-    """A resumed run whose last checkpoint ends the schedule and whose summary records it: nothing to do."""
-    if run.checkpoint is None:
-        return None
-    state = read_train_state(run.checkpoint)
-    try:
-        summary = json.loads((run.out / "summary.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    if state.epoch < run.recipe.epochs or not isinstance(summary, dict) or summary.get("steps") != state.step \
-            or not (run.out / "model.safetensors").is_file():
+def _completed(run: RunFolder) -> TrainResult | None:
+    """A resumed run whose summary records its newest train state: nothing to do."""
+    summary = run.completed()
+    if summary is None or read_train_state(run.train_state).epoch < run.recipe.epochs:
         return None
     try:
         return _result(run.out, summary, float(summary.get("wall_s", 0.0)))
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
-def _start_log(run: _Run, data: _Data, parts: _Trainables, state: TrainState) -> _Log:
-    log = _Log(run.out, run.main)
-    log.write("start", world_size=run.accelerator.num_processes, micro_batch=run.micro,
-              grad_accum=run.recipe.grad_accum, engine=engine_name(run.accelerator), step=state.step,
-              samples=state.samples,
-              steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,
-              resumed_from=str(run.checkpoint) if run.checkpoint else None, data=data.uri,
-              num_classes=data.num_classes, device=str(run.accelerator.device),
-              mixed_precision=run.accelerator.mixed_precision, pretrained=parts.loaded,
-              warm_start=parts.warm_start.to_dict() if parts.warm_start else None)
-    for note in run.notes:
-        log.write("warning", message=note)
-    return log
-
-
-def _tell(run: _Run, reporter, text: str) -> None:
-    if reporter is not None and run.main:
-        reporter.message(text)
+def _start_log(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState) -> None:
+    run.log.write("start", world_size=run.accelerator.num_processes, micro_batch=run.micro,
+                  grad_accum=run.recipe.grad_accum, engine=engine_name(run.accelerator), step=state.step,
+                  samples=state.samples, steps_per_epoch=data.steps_per_epoch, total_steps=parts.total_steps,
+                  resumed_from=str(run.train_state) if run.train_state else None, data=data.uri,
+                  num_classes=data.num_classes, device=str(run.accelerator.device),
+                  mixed_precision=run.accelerator.mixed_precision, pretrained=parts.loaded,
+                  warm_start=parts.warm_start.to_dict() if parts.warm_start else None)
 
 
 def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool | str | Path = False,
@@ -617,56 +400,49 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
           callbacks: Sequence[TrainCallback] = ()) -> TrainResult:
     """Train a classifier as the recipe says.
 
-    `resume`: True continues the newest checkpoint under `output` (or starts the run if it has none); a path
-    names one checkpoint folder (`output/checkpoints/step-N`) to continue from. `callbacks` see every batch
+    `resume`: True continues the newest train state under `output` (or starts the run if it has none); a path
+    names one train state folder (`output/checkpoints/step-N`) to continue from. `explicit`: the recipe keys the
+    user gave (None: all of them), which a resumed run's recipe must agree with. `callbacks` see every batch
     and add to each process's entry of the summary (see `callbacks.RankProbe`).
     """
-    run = _prepare_run(recipe, output, resume, overwrite, explicit or {})
+    out = Path(output) if output is not None else Path("runs") / f"{recipe.variant}-{datetime.now():%Y%m%d-%H%M%S}"
+    run = RunFolder.launch(recipe, out, resume=resume, overwrite=overwrite, explicit=explicit, micro=_micro_batch)
     try:
-        return _train(run, overwrite, reporter, callbacks)
+        return _train(run, reporter, callbacks)
     finally:
-        unlock_folder(run.out)
+        run.close()
 
 
-def _train(run: _Run, overwrite: bool, reporter, callbacks: Sequence[TrainCallback]) -> TrainResult:
-    start_time, recipe = time.time(), run.recipe  # a resumed run keeps its own recipe
-    for note in run.notes:
-        _tell(run, reporter, f"[yellow]warning:[/] {note}")
+def _train(run: RunFolder, reporter, callbacks: Sequence[TrainCallback]) -> TrainResult:
+    start_time, recipe, tell = time.time(), run.recipe, Teller(run.main, reporter)  # a resumed run's own recipe
+    tell.notes(run.notes)
     done = on_main_process(run.accelerator, lambda: _completed(run))
     if done is not None:
-        _tell(run, reporter, f"{run.out} is complete ({done.steps} steps); nothing to do")
+        tell(f"{run.out} is complete ({done.steps} steps); nothing to do")
         return done
     data = _build_data(run)
     parts = _build_trainables(run, data)
-    told = len(run.notes)
-    state = _restore_or_start(run, data, parts, overwrite)
-    for note in run.notes[told:]:  # what resuming had to change (another launch shape)
-        _tell(run, reporter, f"[yellow]warning:[/] {note}")
-    log = _start_log(run, data, parts, state)
-    if reporter is not None and run.main and parts.warm_start is not None:
-        reporter.message(parts.warm_start.table())
-    if run.main and log.tb is None:
-        log.write("note", message=TENSORBOARD_OFF)
-        if reporter is not None:
-            reporter.message(TENSORBOARD_OFF)
+    run.start(recipe.to_dict())
+    state = run.restore(_state_parts(run, data, parts))
+    _start_log(run, data, parts, state)
+    tell.start(run, state)
+    if parts.warm_start is not None:
+        tell(parts.warm_start.table())
     parts.scheduler.step_update(state.step)
     if reporter is not None and run.main:
         reporter.start(parts.total_steps, state.step, f"training {recipe.variant} on {data.uri}")
     speed = _Throughput()
     try:
-        parts.model.train()
-        for epoch in range(state.epoch, recipe.epochs):
-            state.epoch = epoch
-            _train_one_epoch(run, data, parts, state, epoch, log, reporter, callbacks, speed)
-            state.batch = 0
-            _evaluate_and_save(run, data, parts, state, epoch, log, reporter)
-            speed.reset()  # img/s counts training only
+        with run.saving:
+            parts.model.train()
+            for epoch in range(state.epoch, recipe.epochs):
+                state.epoch = epoch
+                _train_one_epoch(run, data, parts, state, epoch, reporter, callbacks, speed)
+                state.batch = 0
+                _evaluate_and_save(run, data, parts, state, epoch, reporter)
+                speed.reset()  # img/s counts training only
     except KeyboardInterrupt:
-        if reporter is not None and run.main:
-            reporter.stop()
-        again = "" if list_checkpoints(run.out) else " (no checkpoint yet: it starts again)"
-        raise TrainingInterrupted(f"interrupted at step {state.step}; continue with: dccnext train -o {run.out} "
-                                  f"--resume{again}") from None
-    if reporter is not None and run.main:
-        reporter.stop()
-    return _finish(run, data, parts, state, log, callbacks, time.time() - start_time)
+        tell.stop()
+        raise run.interrupted(state.step) from None
+    tell.stop()
+    return _finish(run, data, parts, state, callbacks, time.time() - start_time)

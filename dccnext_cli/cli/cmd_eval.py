@@ -13,7 +13,7 @@ from rich.table import Table
 from ..common.progress import StepProgress
 from ..errors import ConfigError
 from ..models.weights import read_meta
-from ..tasks import get_task, is_dense
+from ..tasks import DenseTask, check_options, get_task, is_dense
 from .options import (
     DATA_SOURCES,
     DEFAULT_PRECISION_OPT,
@@ -22,6 +22,7 @@ from .options import (
     PrecisionOpt,
     TaskOpt,
     format_resolution,
+    given_options,
     print_json,
 )
 
@@ -33,6 +34,7 @@ dccnext eval --checkpoint b2.safetensors --precision bf16
 
 
 def eval_cmd(
+        ctx: typer.Context,
         checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A dccnext .safetensors file.",
                                                  dir_okay=False)],
         data: Annotated[Optional[str], typer.Option(
@@ -41,7 +43,8 @@ def eval_cmd(
         split: Annotated[Optional[str], typer.Option(
             "--split", metavar="SPLIT",
             help="Split to score (default: the run's eval split; test for builtin:).")] = None,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 256,
+        batch_size: Annotated[Optional[int], typer.Option(
+            "--batch-size", min=1, help="Images per forward pass (default: 256; dense tasks 1).")] = None,
         workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
         limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Score at most this many images.")] = None,
         task: TaskOpt = DEFAULT_TASK,
@@ -58,24 +61,10 @@ def eval_cmd(
     meta = read_meta(checkpoint)
     if not is_dense(spec) and not meta.is_classifier:
         spec = get_task(meta.task)  # a dense checkpoint says what it is
+    check_options(spec, "eval", given_options(ctx))
+    batch_size = batch_size or spec.eval_batch_size
     if is_dense(spec):
-        from ..dense.evaluate import evaluate_dense
-
-        if data is None:
-            raise ConfigError(f"--task {spec.name} needs --data ({spec.data_scheme}:PATH)")
-        accelerator = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch: each process scores a block
-            from ..training.accelerator import make_accelerator
-
-            accelerator = make_accelerator("no", 1)
-        metrics = evaluate_dense(checkpoint, data, spec, batch_size=1, progress=not json_out,
-                                 accelerator=accelerator)
-        if accelerator is not None and not accelerator.is_main_process:
-            return
-        if json_out:
-            print_json({"checkpoint": str(checkpoint), "task": spec.name, **metrics})
-        else:
-            Console().print(metrics)
+        _eval_dense(spec, checkpoint, data, split, batch_size, workers, limit, precision.value, json_out)
         return
     from ..classification.evaluate import evaluate_checkpoint
 
@@ -92,6 +81,29 @@ def eval_cmd(
     if result.skipped_images:
         Console(stderr=True).print(f"[yellow]warning:[/] {result.skipped_images} images could not be decoded "
                                    "and were skipped", highlight=False)
+
+
+def _eval_dense(task: DenseTask, checkpoint: Path, data: str | None, split: str | None, batch_size: int,
+                workers: int, limit: int | None, precision: str, json_out: bool) -> None:
+    from ..dense.evaluate import score_dense
+
+    if data is None:
+        raise ConfigError(f"--task {task.name} needs --data ({task.data_scheme}:PATH)")
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch: each process scores a block
+        from ..training.accelerator import make_accelerator
+
+        accelerator = make_accelerator("no", 1)
+    score = score_dense(checkpoint, data, task, batch_size=batch_size, progress=not json_out,
+                        accelerator=accelerator, workers=workers, limit=limit, split=split, precision=precision)
+    if accelerator is not None and not accelerator.is_main_process:
+        return
+    report = {"checkpoint": str(checkpoint), "task": task.name, "split": split or "validation", **score.metrics,
+              "images": score.images, "batches": score.batches, "dtype": score.dtype}
+    if json_out:
+        print_json(report)
+    else:
+        Console().print(report)
 
 
 def register(app: typer.Typer) -> None:

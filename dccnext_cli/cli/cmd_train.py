@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..common.progress import StepProgress
 from ..errors import ConfigError
-from ..tasks import DenseTask, get_task, is_dense
+from ..tasks import DenseTask, check_options, get_task, is_dense
 from .options import (
     DATA_SOURCES,
     DEFAULT_TASK,
@@ -21,6 +21,7 @@ from .options import (
     ResOpt,
     TaskOpt,
     VariantOpt,
+    given_options,
     parse_resolution,
     print_json,
 )
@@ -41,14 +42,15 @@ RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", metavar="RECIPE", 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
     "--resume", metavar="[auto|PATH]",
-    help="Continue an interrupted run: bare or 'auto' resumes -o DIR from its newest checkpoint (or starts "
-         "it); a PATH names a run folder or one of its checkpoints/step-* folders.")]
+    help="Continue an interrupted run: bare or 'auto' resumes -o DIR from its newest train state (or starts "
+         "it); a PATH names a run folder or one of its checkpoints/step-* train states.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="Start from these weights: a dccnext checkpoint (its head is replaced) or timm "
                       "ConvFormer weights (warm start); dense tasks: the backbone's ImageNet weights.")]
 
 
 def train_cmd(
+        ctx: typer.Context,
         variant: VariantOpt = None,
         data: DataOpt = None,
         recipe: RecipeOpt = None,
@@ -70,7 +72,8 @@ def train_cmd(
             "--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations: less memory.")] = None,
         checkpoint_every: Annotated[Optional[int], typer.Option(
             "--checkpoint-every",
-            help="Optimiser steps between checkpoints (0: each epoch; dense tasks: at the end).")] = None,
+            help="Optimiser steps between train states (0: each epoch; dense tasks: at the end). A train state is "
+                 "also saved every checkpoint_minutes (recipe key, default 10) and on the first Ctrl-C.")] = None,
         output: Annotated[Optional[Path], typer.Option(
             "-o", "--output", help="Run folder (default: runs/<variant>-<date-time>).", file_okay=False)] = None,
         resume: ResumeOpt = None,
@@ -86,48 +89,59 @@ def train_cmd(
     label smoothing, random erasing, drop path) unless --recipe says otherwise.
 
     Writes OUTPUT/model.safetensors (the weights, with class names), best.safetensors, recipe.yaml, log.jsonl
-    (and TensorBoard under tb/ when installed) and checkpoints/ (full training state; --resume continues it).
+    (and TensorBoard under tb/ when installed) and checkpoints/ (train states; --resume continues the newest).
+    The first Ctrl-C finishes the step, saves a train state and prints the command that resumes; a second one
+    quits at once.
+
+    Dense tasks: --res sets the training crop (semantic-fpn) or the detectors' shorter and longer side (1280x800:
+    800 and 1280).
 
     Many GPUs or nodes: accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe
     imagenet/b2.
     """
     spec = get_task(task.value)
+    check_options(spec, "train", given_options(ctx))
+    from ..common.recipe_files import parse_overrides
+
+    size = parse_resolution(res)
+    options: dict[str, Any] = {k: v for k, v in {
+        "variant": variant.value if variant else None, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "grad_accum": grad_accum, "workers": workers, "seed": seed, "amp": amp, "compile": compile_,
+        "grad_checkpointing": grad_checkpointing, "checkpoint_every": checkpoint_every,
+        **(spec.size_keys(size) if size else {})}.items() if v is not None}
+    overrides = _merge_options(parse_overrides(set_), options)
+    if resume not in (None, "auto"):
+        output = _run_folder(Path(resume))
+    if resume is not None and output is None:
+        raise ConfigError("--resume needs the run folder: pass -o DIR (or --resume DIR)")
+    resume_from: bool | Path = Path(resume) if resume not in (None, "auto") else resume is not None
     if is_dense(spec):
-        _train_dense(spec, data, recipe, set_, output, weights, overwrite, json_out, resume,
-                     {"variant": variant.value if variant else None, "epochs": epochs, "batch_size": batch_size,
-                      "lr": lr, "workers": workers, "seed": seed, "grad_accum": grad_accum, "amp": amp,
-                      "checkpoint_every": checkpoint_every})
-        return
+        _train_dense(spec, data, recipe, overrides, output, weights, overwrite, json_out, resume_from)
+    else:
+        _train_classifier(data, recipe, overrides, output, weights, overwrite, json_out, resume_from)
+
+
+def _train_classifier(data: str | None, recipe: str | None, overrides: dict[str, Any], output: Path | None,
+                      weights: Path | None, overwrite: bool, json_out: bool, resume: bool | Path) -> None:
     from ..classification.callbacks import callbacks_from_env
     from ..classification.recipe import default_recipe_name, load_recipe
     from ..classification.train import train
-    from ..common.recipe_files import parse_overrides
 
-    explicit: dict[str, Any] = {k: v for k, v in {
-        "variant": variant.value if variant else None, "data": data, "epochs": epochs, "batch_size": batch_size,
-        "lr": lr, "input_size": parse_resolution(res), "grad_accum": grad_accum, "workers": workers, "seed": seed,
-        "amp": amp, "compile": compile_, "grad_checkpointing": grad_checkpointing,
-        "checkpoint_every": checkpoint_every, "pretrained": str(weights) if weights else None}.items()
-        if v is not None}
-    name = recipe or default_recipe_name(data, explicit.get("variant"))
-    overrides = _merge_options(parse_overrides(set_), explicit)
-    config = load_recipe(name, overrides)
-    resume_from: bool | Path = resume is not None
-    if resume not in (None, "auto"):
-        output, resume_from = _run_folder(Path(resume)), Path(resume)
-    if resume is not None and output is None:
-        raise ConfigError("--resume needs the run folder: pass -o DIR (or --resume DIR)")
+    overrides = _merge_options(overrides, {k: v for k, v in {
+        "data": data, "pretrained": str(weights) if weights else None}.items() if v is not None})
+    config = load_recipe(recipe or default_recipe_name(data, overrides.get("variant")), overrides)
     console = Console(stderr=True)
-    if data is None and recipe is None and resume is None:
+    if data is None and recipe is None and resume is False:
         console.print("no --data: training on the embedded Fashion-MNIST with the [bold]quickstart[/] recipe",
                       highlight=False)
-    result = train(config, output, resume=resume_from, overwrite=overwrite,
+    result = train(config, output, resume=resume, overwrite=overwrite,
                    reporter=StepProgress("step", enabled=not json_out), explicit=overrides,
                    callbacks=callbacks_from_env())
     _report(result, config.variant, json_out, console)
 
 
-_OPTION_OF = {"input_size": "--res", "pretrained": "--weights"}  # recipe keys whose option has another name
+_OPTION_OF = {"input_size": "--res", "crop_size": "--res", "min_size": "--res", "max_size": "--res",
+              "pretrained": "--weights", "data": "--data"}  # recipe keys whose option has another name
 
 
 def _merge_options(sets: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
@@ -171,33 +185,28 @@ def _run_folder(path: Path) -> Path:
     return path
 
 
-def _train_dense(task: DenseTask, data: str | None, recipe: str | None, set_: list[str] | None,
-                 output: Path | None, weights: Path | None, overwrite: bool, json_out: bool, resume: str | None,
-                 options: dict[str, Any]) -> None:
-    from ..common.recipe_files import parse_overrides
+def _train_dense(task: DenseTask, data: str | None, recipe: str | None, overrides: dict[str, Any],
+                 output: Path | None, weights: Path | None, overwrite: bool, json_out: bool,
+                 resume: bool | Path) -> None:
     from ..dense.recipe import load_dense_recipe
     from ..dense.train import train_dense
 
     if data is None:
         raise ConfigError(f"--task {task.name} needs --data ({task.data_scheme}:PATH)")
-    resume_from: bool | Path = resume is not None
-    if resume not in (None, "auto"):
-        output, resume_from = _run_folder(Path(resume)), Path(resume)
     if output is None:
         raise ConfigError(f"--task {task.name} needs -o DIR for the run")
-    overrides = {**_merge_options(parse_overrides(set_), {k: v for k, v in options.items() if v is not None}),
-                 "task": task.name}
+    overrides = {**overrides, "task": task.name}
     config = load_dense_recipe(recipe or task.name, overrides)
     result = train_dense(config, data, output, weights=weights, eval_data=data, progress=not json_out,
-                         overwrite=overwrite, resume=resume_from)
+                         overwrite=overwrite, resume=resume, explicit=overrides)
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch, the main process reports
         return
-    summary = {"output": str(output), "weights": str(result.checkpoint), "iterations": result.iterations,
+    summary = {"output": str(output), "weights": str(result.weights), "iterations": result.steps,
                "world_size": result.world_size, "metrics": result.metrics}
     if json_out:
         print_json(summary)
     else:
-        Console(stderr=True).print(f"wrote {result.checkpoint}  metrics: {result.metrics}", highlight=False)
+        Console(stderr=True).print(f"wrote {result.weights}  metrics: {result.metrics}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

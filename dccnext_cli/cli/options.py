@@ -136,6 +136,14 @@ TaskOpt = Annotated[Task, typer.Option("--task", help=TASK_HELP)]
 DEFAULT_TASK = Task(CLASSIFICATION_TASK.name)
 
 
+def given_options(ctx: typer.Context) -> list[str]:
+    """The options given on the command line (not left at their defaults), spelled as the user types them."""
+    from click.core import ParameterSource
+
+    return [max(param.opts, key=len) for param in ctx.command.params
+            if ctx.get_parameter_source(param.name) not in (ParameterSource.DEFAULT, None)]
+
+
 def _finite(obj: Any) -> Any:
     """NaN and infinities (a diverged model's probabilities) become null: JSON has no such numbers."""
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 __all__ = [
     "CocoInstances",
@@ -300,8 +300,9 @@ class ADE20KSegmentation(Dataset):
 # --------------------------------------------------------------------- sources and batching
 def open_dense_source(spec: str | Dataset, scheme: str, task_name: str, train: bool, *, with_masks: bool = False,
                       num_classes: int | None = None, augment: SegAugment | None = None,
-                      hflip: float = 0.5) -> Dataset:
-    """`coco:PATH` or `ade20k:PATH`, whichever `scheme` the task reads; a Dataset passes through."""
+                      hflip: float = 0.5, split: str | None = None) -> Dataset:
+    """`coco:PATH` or `ade20k:PATH`, whichever `scheme` the task reads; a Dataset passes through. `split`:
+    train (training) or validation (val), default the one `train` says."""
     if isinstance(spec, Dataset):
         return spec
     given, sep, path = str(spec).partition(":")
@@ -309,10 +310,23 @@ def open_dense_source(spec: str | Dataset, scheme: str, task_name: str, train: b
         raise DataError(f"data {spec!r} is not coco:PATH or ade20k:PATH; {task_name} reads {scheme}:PATH")
     if given != scheme:
         raise DataError(f"{task_name} reads {scheme}:PATH, not {given}:")
+    on_train = _train_split(split, train)
     if scheme == "coco":
-        ann, images = resolve_coco(path, "train" if train else "val")
+        ann, images = resolve_coco(path, "train" if on_train else "val")
         return CocoInstances(ann, images, with_masks=with_masks, train=train, hflip=hflip)
-    return ADE20KSegmentation(path, "training" if train else "validation", num_classes or 150, train, augment)
+    return ADE20KSegmentation(path, "training" if on_train else "validation", num_classes or 150, train, augment)
+
+
+def _train_split(split: str | None, train: bool) -> bool:
+    """Whether `split` names the training images (None: the ones `train` says)."""
+    if split is None:
+        return train
+    if split.lower() not in SPLIT_NAMES:
+        raise ConfigError(f"--split {split!r}: a dense data set has train and validation; choose one of them")
+    return SPLIT_NAMES[split.lower()]
+
+
+SPLIT_NAMES = {"train": True, "training": True, "validation": False, "val": False}
 
 
 def detection_collate(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

@@ -61,7 +61,10 @@ class DenseRecipe:
     workers: int = 2
     seed: int = 0
     log_every: int = 50
-    checkpoint_every: int = 0  # iterations between training-state checkpoints (0: only at the end)
+    checkpoint_every: int = 0  # iterations between train states (0: only at the end)
+    checkpoint_minutes: float = 10.0  # and a train state at least this often (0: by iterations only)
+    compile: bool = False  # torch.compile the model
+    grad_checkpointing: bool = False  # recompute the backbone's activations in the backward pass: less memory
     keep_last: int = 2  # training-state checkpoints kept under RUN/checkpoints/
 
     def __post_init__(self) -> None:
@@ -80,6 +83,8 @@ class DenseRecipe:
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}; "
                               "batch_size is the total per optimiser step")
+        if not self.checkpoint_minutes >= 0:
+            raise ConfigError(f"checkpoint_minutes must be 0 or more, got {self.checkpoint_minutes!r}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..common.command_options import EVAL_OPTIONS, TRAIN_OPTIONS
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ class DenseTask:
     detector: bool = True  # torchvision detector: takes min_size/max_size, resizes its own inputs
     with_masks: bool = False
     default_num_classes: int | None = None  # when the data does not name its classes
+    eval_batch_size: int = 1  # eval's default --batch-size (images of their own sizes, up to 1333 px)
+    # command -> the options it honours: all of them (--res sets the crop or the detector's resize, `size_keys`)
+    honours: dict[str, frozenset[str]] = field(
+        default_factory=lambda: {"train": TRAIN_OPTIONS, "eval": EVAL_OPTIONS}, compare=False, repr=False)
 
     @property
     def build(self) -> Callable[..., nn.Module]:
@@ -86,12 +91,13 @@ class DenseTask:
         return self.load_parts().flop_parts
 
     def open_data(self, spec: str | Dataset, train: bool, num_classes: int | None = None,
-                  augment: SegAugment | None = None, hflip: float = 0.5) -> Dataset:
-        """The task's data set from a `--data` value (or a Dataset, passed through)."""
+                  augment: SegAugment | None = None, hflip: float = 0.5, split: str | None = None) -> Dataset:
+        """The task's data set from a `--data` value (or a Dataset, passed through); `split` (train or
+        validation) picks the images, `train` the augmentation; by default they agree."""
         from .data import open_dense_source
 
         return open_dense_source(spec, self.data_scheme, self.name, train, with_masks=self.with_masks,
-                                 num_classes=num_classes, augment=augment, hflip=hflip)
+                                 num_classes=num_classes, augment=augment, hflip=hflip, split=split)
 
     def make_evaluator(self, num_classes: int | None, dataset: Dataset):
         from .metrics import DetectionEvaluator, SegmentationEvaluator
@@ -111,6 +117,13 @@ class DenseTask:
         """The builder options a checkpoint recorded that apply to this task."""
         keys = ("out_norm", "min_size", "max_size") if self.detector else ("out_norm",)
         return {k: build[k] for k in keys if k in build}
+
+    def size_keys(self, size: tuple[int, int]) -> dict[str, Any]:
+        """The recipe keys `--res HxW` sets: a detector's shorter and longer side (1280x800: min_size 800,
+        max_size 1280), or semantic segmentation's training crop."""
+        if self.detector:
+            return {"min_size": min(size), "max_size": max(size)}
+        return {"crop_size": size}
 
     def input_size(self, recipe: Any) -> tuple[int, int]:
         """What a checkpoint records as its training size: the crop, or a detector's (min, max) resize."""

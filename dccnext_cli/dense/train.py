@@ -3,68 +3,42 @@
     dccnext train --task semantic-fpn --data ade20k:ADE -o runs/seg
     accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --task semantic-fpn --data ade20k:ADE ...
 
-The same loop shape as classification's, in named stages: `_prepare_run` (the Accelerator, the run folder,
-what to resume), `_build_data` (each process's share of every global batch, `batches.py`), `_build_trainables`
-(the model, SyncBatchNorm on GPUs, AdamW without weight decay on 1-D parameters, `accelerator.prepare`),
-`_restore_or_start`, the iterations (`_train_steps`), and `_finish` (the last training-state checkpoint, the
-weights file gathered on every process (`gather_model_state`), the sharded evaluation, summary.json).
-
-The recipe's `batch_size` is the total per optimiser step: each process takes `batch / (processes x
-grad_accum)` images per micro-batch. The lr is the recipe's times `lr_factor` of the optimiser step: linear
-warm-up, then poly (segmentation) or step (detection 1x) decay. Training-state checkpoints (`training/
-run_state.py`: safetensors + JSON, a manifest written last) go under RUN/checkpoints/ every `checkpoint_every`
-iterations and at the end; `resume` continues the newest. Each task computes its own loss (`DenseTask.loss`).
+The run folder, the resume policy, the train states and the log are `training/`'s (`RunFolder`), as for
+classification; here: each process's share of every global batch (`batches.py`), the model (SyncBatchNorm on
+GPUs, AdamW without weight decay on 1-D parameters), the iterations, and the end (the weights file gathered on
+every process, the sharded evaluation, metrics.json). `batch_size` is the total per optimiser step; the lr is the
+recipe's times `lr_factor`: linear warm-up, then poly (segmentation) or step (detection 1x) decay. Each task
+computes its own loss (`DenseTask.loss`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.utils.data import Dataset
 
 from ..common.crash_points import crash_point
-from ..common.files import atomic_write_text, remove_run_files
+from ..common.files import atomic_write_text
 from ..common.progress import StepProgress
-from ..common.run_lock import lock_folder, unlock_folder
-from ..errors import CheckpointError, ConfigError, DataError, OutputExistsError
-from ..training.accelerator import make_accelerator, micro_batch
+from ..errors import DataError
+from ..training.accelerator import micro_batch, micro_step, on_main_process
 from ..training.full_state import gather_model_state
-from ..training.run_state import (
-    Trainables,
-    TrainState,
-    find_checkpoint,
-    load_run_state,
-    read_train_state,
-    recover_checkpoints,
-    save_run_state,
-)
+from ..training.run_folder import RunFolder, Teller, TrainResult
+from ..training.run_state import Trainables, TrainState
 from .batches import BatchPlan, SeededItems
-from .checkpoint import save_dense_checkpoint
+from .checkpoint import backbone_network, save_dense_checkpoint
 from .data import SegAugment
 from .evaluate import evaluate_dense
 from .models import sync_batchnorm
 from .recipe import DenseRecipe
 from .tasks import build_dense_model
 
-__all__ = ["DenseTrainResult", "train_dense", "lr_factor", "RUN_FILES"]
-
-RUN_FILES = ("model.safetensors", "recipe.yaml", "log.jsonl", "metrics.json", "summary.json", "checkpoints")
-
-
-@dataclass
-class DenseTrainResult:
-    checkpoint: Path  # the weights file, RUN/model.safetensors
-    iterations: int
-    losses: list[float] = field(default_factory=list)  # per iteration this call ran, mean over processes
-    metrics: dict[str, float] | None = None
-    world_size: int = 1
-    resumed_from: Path | None = None
+__all__ = ["train_dense", "lr_factor"]
 
 
 def lr_factor(it: int, total: int, recipe: DenseRecipe, iters_per_epoch: int) -> float:
@@ -79,80 +53,6 @@ def lr_factor(it: int, total: int, recipe: DenseRecipe, iters_per_epoch: int) ->
     return factor
 
 
-# --------------------------------------------------------------------- stage 1: the launch and the run folder
-@dataclass
-class _Run:
-    recipe: DenseRecipe
-    accelerator: Any
-    out: Path
-    checkpoint: Path | None  # the training-state checkpoint to continue from
-    overwrite: bool
-    notes: list[str] = field(default_factory=list)  # told to the user and written to the log
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-
-def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """A new run needs an empty (or new) folder; --resume continues one; --overwrite replaces the run's files."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"-o {out} is a file; give a folder for the run")
-    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
-        raise OutputExistsError(f"{out} is not empty; choose another folder, pass --resume to continue the run "
-                                "there or --overwrite to start it again")
-
-
-def _prepare_run(recipe: DenseRecipe, output: str | Path, resume: bool | str | Path, overwrite: bool) -> _Run:
-    accelerator = make_accelerator(recipe.amp, recipe.grad_accum)
-    micro_batch(recipe.batch_size, accelerator.num_processes, recipe.grad_accum)  # refuses an uneven split
-    out = Path(output)
-    _check_output(out, bool(resume), overwrite)  # every process: nothing is written yet
-    notes: list[str] = []
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        lock_folder(out)  # one writer per run folder
-        if resume:
-            recover_checkpoints(out, notes)
-    accelerator.wait_for_everyone()
-    try:
-        checkpoint = _checkpoint_to_resume(out, resume, recipe, notes)
-    except (CheckpointError, ConfigError):
-        if accelerator.is_main_process:
-            unlock_folder(out)
-        raise
-    return _Run(recipe, accelerator, out, checkpoint, overwrite and not resume,
-                notes if accelerator.is_main_process else [])
-
-
-def _checkpoint_to_resume(out: Path, resume: bool | str | Path, recipe: DenseRecipe, notes: list[str]) -> Path | None:
-    if not resume:
-        return None
-    checkpoint = find_checkpoint(Path(resume) if isinstance(resume, (str, Path)) else out, notes)
-    if isinstance(resume, (str, Path)) and checkpoint is None:
-        raise CheckpointError(f"--resume {resume}: no training checkpoint there")
-    if checkpoint is not None:
-        _check_same_recipe(out, recipe)
-    return checkpoint
-
-
-RESUME_MAY_CHANGE = ("workers", "log_every", "checkpoint_every", "keep_last")  # how, not what, the run trains
-
-
-def _check_same_recipe(out: Path, recipe: DenseRecipe) -> None:
-    """A resumed run trains what it was started to train: any other recipe value is refused, naming it."""
-    try:
-        saved = yaml.safe_load((out / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return  # no record to compare with (a checkpoint passed from elsewhere)
-    if not isinstance(saved, dict):
-        return
-    for key, value in recipe.to_dict().items():
-        if key not in RESUME_MAY_CHANGE and key in saved and saved[key] != value:
-            raise ConfigError(f"{out} was started with {key}={saved[key]!r}, not {value!r}; resume with the "
-                              "options it was started with (see its recipe.yaml)")
-
-
 # --------------------------------------------------------------------- stage 2: data
 @dataclass
 class _Data:
@@ -163,7 +63,7 @@ class _Data:
     num_classes: int
 
 
-def _build_data(run: _Run, data: str | Dataset) -> _Data:
+def _build_data(run: RunFolder, data: str | Dataset) -> _Data:
     recipe, accelerator = run.recipe, run.accelerator
     task = recipe.dense_task
     augment = SegAugment(recipe.crop_size, recipe.scale, recipe.ratio_range, recipe.hflip)
@@ -177,8 +77,8 @@ def _build_data(run: _Run, data: str | Dataset) -> _Data:
 
 # --------------------------------------------------------------------- stage 3: model and optimiser
 @dataclass
-class _Trainables:
-    model: nn.Module  # prepared (DDP on several processes)
+class _ModelParts:
+    model: nn.Module  # prepared (DDP on several processes; torch.compile under --compile)
     plain: nn.Module  # the same module without wrappers: the weights' real names
     optimizer: Any
     total: int  # optimiser steps of the whole run
@@ -193,7 +93,7 @@ def _optimizer(model: nn.Module, recipe: DenseRecipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
 
 
-def _build_trainables(run: _Run, data: _Data, weights: str | Path | None) -> _Trainables:
+def _build_trainables(run: RunFolder, data: _Data, weights: str | Path | None) -> _ModelParts:
     from accelerate.utils import set_seed
 
     recipe, accelerator = run.recipe, run.accelerator
@@ -205,67 +105,23 @@ def _build_trainables(run: _Run, data: _Data, weights: str | Path | None) -> _Tr
     model, note = sync_batchnorm(model, accelerator.num_processes, accelerator.device.type)
     if note and run.main:
         run.notes.append(note)
+    if recipe.grad_checkpointing:
+        backbone_network(model).set_grad_checkpointing(True)
     set_seed(recipe.seed, device_specific=True)  # each process its own drop path
     optimizer = _optimizer(model, recipe)
+    if recipe.compile:
+        model = torch.compile(model)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     total = recipe.iterations or recipe.epochs * data.plan.steps_per_epoch
-    return _Trainables(prepared, accelerator.unwrap_model(prepared), optimizer, total)
+    return _ModelParts(prepared, accelerator.unwrap_model(prepared, keep_torch_compile=False), optimizer, total)
 
 
-# --------------------------------------------------------------------- stage 4: restore or start
-def _state_parts(run: _Run, parts: _Trainables) -> Trainables:
+def _state_parts(run: RunFolder, parts: _ModelParts) -> Trainables:
     return Trainables(parts.plain, parts.optimizer, getattr(run.accelerator, "scaler", None), prepared=parts.model)
 
 
-def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, weights: str | Path | None,
-                      data_spec: str | Dataset) -> TrainState:
-    accelerator, world = run.accelerator, run.accelerator.num_processes
-    state = TrainState(world_size=world, micro_batch=data.plan.micro)
-    if run.checkpoint is not None:
-        state = load_run_state(accelerator, run.checkpoint, _state_parts(run, parts))
-        if (state.world_size, state.micro_batch) != (world, data.plan.micro):
-            raise CheckpointError(f"{run.checkpoint} was written by {state.world_size} processes with micro-batches "
-                                  f"of {state.micro_batch}; resume it with the same launch")
-        accelerator.step = state.micro_steps
-    elif run.main:
-        if run.overwrite:  # only now, when everything has been checked
-            remove_run_files(run.out, RUN_FILES)
-        atomic_write_text(run.out / "recipe.yaml", yaml.safe_dump(
-            {**run.recipe.to_dict(), "weights": str(weights) if weights else None, "data": str(data_spec)},
-            sort_keys=False))
-    accelerator.wait_for_everyone()
-    return state
-
-
 # --------------------------------------------------------------------- the iterations
-def _log(run: _Run, event: str, **values: Any) -> None:
-    if run.main:
-        with open(run.out / "log.jsonl", "a") as log:
-            log.write(json.dumps({"event": event, **values}) + "\n")
-
-
-def _checkpoint(run: _Run, parts: _Trainables, state: TrainState) -> None:
-    """The full training state; every process takes part."""
-    state.micro_steps = run.accelerator.step
-    save_run_state(run.accelerator, run.out, state, _state_parts(run, parts), run.recipe.keep_last)
-
-
-def _micro_step(run: _Run, parts: _Trainables, images, targets) -> dict[str, torch.Tensor]:
-    """Forward and backward of one micro-batch; the optimiser steps on the last of each accumulation window."""
-    accelerator, recipe = run.accelerator, run.recipe
-    with accelerator.accumulate(parts.model):
-        with accelerator.autocast():
-            loss_parts = recipe.dense_task.loss(parts.model, images, targets, accelerator.device)
-        loss = sum(loss_parts.values())
-        accelerator.backward(loss)
-        if recipe.grad_clip and accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(parts.model.parameters(), recipe.grad_clip)
-        parts.optimizer.step()
-        parts.optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss.detach(), **{k: v.detach() for k, v in loss_parts.items()}}
-
-
-def _step_losses(run: _Run, window: list[dict[str, torch.Tensor]], step: int) -> dict[str, float]:
+def _step_losses(run: RunFolder, window: list[dict[str, torch.Tensor]], step: int) -> dict[str, float]:
     """The loss parts of one optimiser step: mean over its micro-batches and over processes (every process
     calls this, so a non-finite loss stops all of them at once)."""
     names = list(window[0])
@@ -276,9 +132,9 @@ def _step_losses(run: _Run, window: list[dict[str, torch.Tensor]], step: int) ->
     return dict(zip(names, values, strict=True))
 
 
-def _train_steps(run: _Run, data: _Data, parts: _Trainables, state: TrainState, bar: StepProgress) -> list[float]:
+def _train_steps(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, bar: StepProgress) -> list[float]:
     """Iterations until the schedule's end, each a window of `grad_accum` micro-batches per process."""
-    accelerator, recipe, plan = run.accelerator, run.recipe, data.plan
+    accelerator, recipe, plan, task = run.accelerator, run.recipe, data.plan, run.recipe.dense_task
     losses, window = [], []
     parts.model.train()
     while state.step < parts.total:
@@ -286,19 +142,24 @@ def _train_steps(run: _Run, data: _Data, parts: _Trainables, state: TrainState, 
             lr = recipe.lr * lr_factor(state.step, parts.total, recipe, plan.steps_per_epoch)
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-            window.append(_micro_step(run, parts, images, targets))
+            window.append(micro_step(accelerator, parts.model, parts.optimizer, recipe.grad_clip, task.loss, images,
+                                     targets, accelerator.device))
             state.batch += 1
             if not accelerator.sync_gradients:
                 continue
             it, state.step = state.step, state.step + 1
             values, window = _step_losses(run, window, it), []
             losses.append(values["loss"])
+            state.samples += recipe.batch_size
             bar.update(state.step, loss=values["loss"], lr=lr)
             if it % recipe.log_every == 0 or state.step == parts.total:
-                _log(run, "train", iteration=it, lr=lr, **values)
-            if recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0 and state.step < parts.total:
-                _checkpoint(run, parts, state)
-            crash_point(f"iteration-{state.step}")
+                run.log.write("train", step=state.step, iteration=it, lr=lr, **values)
+            save, stop = run.saving.due(state.step)
+            if save and state.step < parts.total:  # the last train state is written by `_finish`
+                run.save(state, _state_parts(run, parts))
+            crash_point(f"step-{state.step}")
+            if stop and state.step < parts.total:
+                raise KeyboardInterrupt
             if state.step == parts.total:
                 break
         if state.batch == plan.micro_per_epoch:
@@ -317,49 +178,30 @@ def _same_buffers(accelerator, model: nn.Module) -> None:
             buffer.copy_(broadcast(buffer.detach().clone(), from_process=0))
 
 
-def _finish(run: _Run, data: _Data, parts: _Trainables, state: TrainState, eval_data, progress: bool,
+def _finish(run: RunFolder, data: _Data, parts: _ModelParts, state: TrainState, eval_data, progress: bool,
             saved: bool) -> tuple[Path, dict[str, float] | None]:
-    """The last checkpoint (unless resumed from it), the weights file, the evaluation, summary.json: all
-    derived from the checkpointed state, so a run killed anywhere here resumes to the same files."""
-    accelerator, recipe = run.accelerator, run.recipe
+    """The last train state (unless resumed from it), the weights file, the evaluation, summary.json: all
+    derived from the saved state, so a run killed anywhere here resumes to the same files."""
+    accelerator, recipe, out = run.accelerator, run.recipe, run.out
     _same_buffers(accelerator, parts.plain)
     if not saved:
-        _checkpoint(run, parts, state)
+        run.save(state, _state_parts(run, parts))
     weights = gather_model_state(accelerator, parts.model)  # every process: a collective under FSDP / ZeRO-3
-    path = run.out / "model.safetensors"
     if run.main:
-        save_dense_checkpoint(path, parts.plain, recipe, data.class_names, data.num_classes, state.step,
-                              state=weights)
+        save_dense_checkpoint(out / "model.safetensors", parts.plain, recipe, data.class_names, data.num_classes,
+                              state.step, state=weights)
     crash_point("final:weights")
     metrics = None
     if eval_data is not None:
         metrics = evaluate_dense(parts.plain, eval_data, recipe.dense_task, num_classes=data.num_classes,
                                  progress=progress, scale=recipe.scale, accelerator=accelerator)
         if run.main:
-            atomic_write_text(run.out / "metrics.json", json.dumps(metrics, indent=2))
-        _log(run, "eval", iteration=state.step, **metrics)
-    if run.main:
-        summary = {"world_size": accelerator.num_processes, "iterations": state.step, "metrics": metrics}
-        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
-        crash_point("final:summary")
+            atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        run.log.write("eval", step=state.step, **metrics)
+    run.finish({"world_size": accelerator.num_processes, "steps": state.step, "metrics": metrics})
+    crash_point("final:summary")
     accelerator.wait_for_everyone()
-    return path, metrics
-
-
-def _completed(run: _Run) -> DenseTrainResult | None:
-    """A resumed run whose summary records the checkpoint's last iteration: nothing to do."""
-    if run.checkpoint is None:
-        return None
-    try:
-        summary = json.loads((run.out / "summary.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    state = read_train_state(run.checkpoint)
-    if not isinstance(summary, dict) or summary.get("iterations") != state.step \
-            or not (run.out / "model.safetensors").is_file():
-        return None
-    return DenseTrainResult(run.out / "model.safetensors", state.step, [], summary.get("metrics"),
-                            run.accelerator.num_processes, run.checkpoint)
+    return out / "model.safetensors", metrics
 
 
 def train_dense(
@@ -371,43 +213,51 @@ def train_dense(
         progress: bool = True,
         overwrite: bool = False,
         resume: bool | str | Path = False,
-) -> DenseTrainResult:
+        explicit: dict[str, Any] | None = None,
+) -> TrainResult:
     """Fine-tune `recipe.task` on `data` (`coco:PATH`, `ade20k:PATH` or a Dataset) into the run folder `output`.
 
     `weights`: ImageNet weights for the backbone (a dccnext checkpoint or ConvFormer weights). Writes
-    `model.safetensors` (what `dccnext eval` reads), `recipe.yaml`, `log.jsonl`, `checkpoints/` (the training
-    state) and `summary.json`; evaluates on `eval_data` at the end (`metrics.json`). `resume`: True continues
-    the newest checkpoint under `output` (or starts the run), a path names a run folder or one checkpoint.
+    `model.safetensors` (what `dccnext eval` reads), `recipe.yaml`, `log.jsonl`, `checkpoints/` (the train
+    states) and `summary.json`; evaluates on `eval_data` at the end (`metrics.json`). `resume`: True continues
+    the newest train state under `output` (or starts the run), a path names one train state. `explicit`: the
+    recipe keys the user gave (None: all of them), which a resumed run's recipe must agree with.
     Under `accelerate launch`, every process calls this.
     """
-    run = _prepare_run(recipe, output, resume, overwrite)
+    run = RunFolder.launch(recipe, Path(output), resume=resume, overwrite=overwrite, explicit=explicit,
+                           micro=lambda r, world: micro_batch(r.batch_size, world, r.grad_accum))
     try:
         return _train(run, data, weights, eval_data, progress)
     finally:
-        if run.main:
-            unlock_folder(run.out)
+        run.close()
 
 
-def _train(run: _Run, data: str | Dataset, weights, eval_data, progress: bool) -> DenseTrainResult:
-    done = _completed(run)
+def _train(run: RunFolder, data: str | Dataset, weights, eval_data, progress: bool) -> TrainResult:
+    world = run.accelerator.num_processes
+    bar = StepProgress("iteration", enabled=progress and run.main)
+    tell = Teller(run.main, bar)
+    tell.notes(run.notes)
+    done = on_main_process(run.accelerator, run.completed)
     if done is not None:
-        return done
+        tell(f"{run.out} is complete ({done['steps']} steps); nothing to do")
+        return TrainResult(run.out, run.out / "model.safetensors", done["steps"], world, done.get("metrics"),
+                           resumed_from=run.train_state)
     dense = _build_data(run, data)
     parts = _build_trainables(run, dense, weights)
-    state = _restore_or_start(run, dense, parts, weights, data)
-    _log(run, "start", world_size=run.accelerator.num_processes, micro_batch=dense.plan.micro,
-         grad_accum=run.recipe.grad_accum, iterations=parts.total, device=str(run.accelerator.device),
-         resumed_from=str(run.checkpoint) if run.checkpoint else None)
-    bar = StepProgress("iteration", enabled=progress and run.main)
+    run.start({**run.recipe.to_dict(), "weights": str(weights) if weights else None, "data": str(data)})
+    state = run.restore(_state_parts(run, parts))
+    run.log.write("start", world_size=world, micro_batch=dense.plan.micro, grad_accum=run.recipe.grad_accum,
+                     iterations=parts.total, step=state.step, device=str(run.accelerator.device),
+                     resumed_from=str(run.train_state) if run.train_state else None)
+    tell.start(run, state)
     bar.start(parts.total, state.step, title=f"training {run.recipe.task}" if bar.enabled else "")
-    for note in run.notes:  # what resuming skipped or completed, and what this launch cannot do
-        _log(run, "warning", message=note)
-        if bar.enabled:
-            bar.message(f"warning: {note}")
     resumed_at_end = state.step == parts.total
     try:
-        losses = _train_steps(run, dense, parts, state, bar)
+        with run.saving:
+            losses = _train_steps(run, dense, parts, state, bar)
+    except KeyboardInterrupt:
+        raise run.interrupted(state.step, f"--task {run.recipe.task} --data {data}") from None
     finally:
         bar.stop()
     path, metrics = _finish(run, dense, parts, state, eval_data, progress, saved=resumed_at_end)
-    return DenseTrainResult(path, state.step, losses, metrics, run.accelerator.num_processes, run.checkpoint)
+    return TrainResult(run.out, path, state.step, world, metrics, losses=losses, resumed_from=run.train_state)

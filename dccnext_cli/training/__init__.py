@@ -1,5 +1,3 @@
-"""What every training loop shares, whatever it trains: the Accelerate set-up and checkpoints of a run's state.
-
-Classification and the dense tasks both build on it, so a run of either launches, accumulates gradients,
-checkpoints and resumes the same way.
+"""What every training loop shares, whatever it trains: the Accelerate set-up, the run folder (`RunFolder`: its
+rules, the log, resume) and the train states, so a run of any task launches, saves and resumes the same way.
 """

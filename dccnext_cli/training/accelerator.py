@@ -21,7 +21,7 @@ from ..errors import ConfigError, DCCNeXtError
 from .shards import from_main
 
 __all__ = ["mixed_precision", "make_accelerator", "micro_batch", "requested_engine", "engine_name",
-           "shards_parameters", "fill_deepspeed_config", "configure_engine", "on_main_process"]
+           "shards_parameters", "fill_deepspeed_config", "configure_engine", "on_main_process", "micro_step"]
 
 _ENGINE_ENV = {"fsdp": "ACCELERATE_USE_FSDP", "deepspeed": "ACCELERATE_USE_DEEPSPEED"}
 
@@ -128,3 +128,19 @@ def on_main_process(accelerator, decide: Callable[[], Any]) -> Any:
     if error is not None:
         raise error
     return result
+
+
+def micro_step(accelerator, model, optimizer, grad_clip: float | None, losses: Callable[..., dict[str, Any]],
+               *inputs: Any) -> dict:
+    """One micro-batch: `losses(model, *inputs)` (named parts, summed) under autocast, backward, and at the end of each
+    accumulation window the clipped optimiser step. Returns the detached parts and their sum as "loss"."""
+    with accelerator.accumulate(model):
+        with accelerator.autocast():
+            parts = losses(model, *inputs)
+        loss = sum(parts.values())
+        accelerator.backward(loss)
+        if grad_clip and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss.detach(), **{name: part.detach() for name, part in parts.items()}}

@@ -244,12 +244,6 @@ def prune_checkpoints(run_dir: Path, keep_last: int, step: int) -> None:
         shutil.rmtree(hidden, ignore_errors=True)
 
 
-def _gather_rng(accelerator, generator: torch.Generator | None) -> list[dict[str, Any]] | None:
-    """Every process's random state, on the main process (None elsewhere): one writer, whatever the disks."""
-    everyone = all_gather_objects(accelerator, capture_rng(generator))
-    return everyone if accelerator.is_main_process else None
-
-
 def save_run_state(accelerator, run_dir: Path, state: TrainState, parts: Trainables, keep_last: int) -> Path:
     """Every process calls this (gathering sharded weights is a collective); the main process alone writes:
     every process's random state, the weights, the optimiser, the position, the manifest last; then it commits
@@ -258,7 +252,7 @@ def save_run_state(accelerator, run_dir: Path, state: TrainState, parts: Trainab
     prepared = parts.prepared if parts.prepared is not None else parts.model
     model_state = gather_model_state(accelerator, prepared)
     optimizer_state = gather_optimizer_state(accelerator, prepared, parts.optimizer)
-    rngs = _gather_rng(accelerator, parts.generator)
+    rngs = all_gather_objects(accelerator, capture_rng(parts.generator))  # every process's, for the main one
     final = Path(run_dir) / CHECKPOINT_DIR / f"{PREFIX}{state.step:08d}"
     if accelerator.is_main_process:
         _write_checkpoint(final, state, model_state, optimizer_state, rngs, parts.scaler, engine_name(accelerator))
@@ -301,7 +295,6 @@ class _Read:
     rngs: list[Any]
     model: dict[str, torch.Tensor] | None = None  # main process only (broadcast as tensors, not as an object)
     tree: dict[str, Any] | None = None  # optimiser and scaler; main process only
-    legacy_optimizer: Any = None  # an optimiser state of the first format (keyed by position): sent to all
 
 
 def _read_checkpoint(checkpoint: Path, model: torch.nn.Module) -> _Read:
@@ -327,8 +320,7 @@ def _read_checkpoint(checkpoint: Path, model: torch.nn.Module) -> _Read:
     tree = load_tree(checkpoint / "optimizer.safetensors")
     if not isinstance(tree, dict) or "optimizer" not in tree:
         raise CheckpointError(f"{checkpoint / 'optimizer.safetensors'} holds no optimiser entry; it is damaged")
-    legacy = tree["optimizer"] if _keyed_by_position(tree["optimizer"]) else None
-    return _Read(state, rngs, weights, tree, legacy)
+    return _Read(state, rngs, weights, tree)
 
 
 def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]] | None:
@@ -341,14 +333,6 @@ def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]] | None:
     return {name.replace("_orig_mod.", ""): tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def _keyed_by_position(optimizer_state: Any) -> bool:
-    """The first checkpoint format stored `optimizer.state_dict()` itself: parameters numbered, not named."""
-    try:
-        return isinstance(optimizer_state["param_groups"][0]["params"][0], int)
-    except (TypeError, KeyError, IndexError):
-        return False
-
-
 def _share(accelerator, read: _Read | None, problem: str | None) -> _Read:
     """The main process's reading (or its error) for every process; only small objects travel this way."""
     if accelerator.num_processes == 1:
@@ -356,15 +340,15 @@ def _share(accelerator, read: _Read | None, problem: str | None) -> _Read:
             raise CheckpointError(problem)
         return read
     tree = read.tree if read is not None else None
-    light = (problem, None if read is None else (read.state, read.rngs, read.legacy_optimizer, tree.get("scaler"),
-                                                  tree.get("engine"), tree.get("optimizer") is not None))
+    light = (problem, None if read is None else (read.state, read.rngs, tree.get("scaler"), tree.get("engine"),
+                                                  tree.get("optimizer") is not None))
     problem, payload = from_main(accelerator, light)
     if problem:
         raise CheckpointError(problem)
     if read is None:  # the optimiser's tensors come by broadcast when they are loaded; here only whether any
-        state, rngs, legacy, scaler, engine, has_optimizer = payload
+        state, rngs, scaler, engine, has_optimizer = payload
         read = _Read(state, rngs, None, {"optimizer": {} if has_optimizer else None, "scaler": scaler,
-                                         "engine": engine}, legacy)
+                                         "engine": engine})
     return read
 
 
@@ -400,11 +384,8 @@ def _load_weights_and_optimizer(accelerator, checkpoint: Path, parts: Trainables
         notes.append(f"{checkpoint} holds no optimiser state (written under {tree.get('engine', 'DeepSpeed')}): "
                      "the optimiser's moments start again")
     try:
-        load_full_state(accelerator, prepared, parts.optimizer, read.model,
-                        None if read.legacy_optimizer is not None else tree.get("optimizer"),
-                        with_optimizer=not fresh and read.legacy_optimizer is None)
-        if read.legacy_optimizer is not None:
-            parts.optimizer.load_state_dict(read.legacy_optimizer)
+        load_full_state(accelerator, prepared, parts.optimizer, read.model, tree.get("optimizer"),
+                        with_optimizer=not fresh)
         if parts.scaler is not None and tree.get("scaler") is not None:
             parts.scaler.load_state_dict(tree["scaler"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:

@@ -37,9 +37,11 @@ def test_dense_batch_that_does_not_split_and_a_run_folder_in_use(run_cli, ade_ro
     keep = tmp_path / "b"
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
-    r = run_cli(*args, "-o", keep)
-    assert r.exit_code == 2 and "pass --resume to continue the run there or --overwrite" in r.text
-    assert [p.name for p in keep.iterdir()] == ["notes.txt"]
+    (keep / "log.jsonl").write_text("")
+    r = run_cli(*args, "-o", keep)  # the same -o rule as classification: a folder holding a run's files
+    assert r.exit_code == 2 and "already holds a run (log.jsonl); pass --resume to continue it or --overwrite" \
+        in r.text, r.text
+    assert sorted(p.name for p in keep.iterdir()) == ["log.jsonl", "notes.txt"]
     r = run_cli(*args, "--resume", keep / "checkpoints" / "step-00000002")
     assert r.exit_code == 2 and "step-00000002 is not a usable checkpoint: no manifest" in r.text, r.text
     assert "Traceback" not in r.output

@@ -147,9 +147,10 @@ def test_recipes_and_output_guard(tmp_path, coco_json):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(OutputExistsError):
+    (out / "summary.json").write_text("{}")  # a run's file: the folder holds a run
+    with pytest.raises(OutputExistsError, match=r"already holds a run \(summary.json\)"):
         train_dense(det, f"coco:{coco_json}", out, progress=False)
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "keep.txt").read_text() == "mine" and (out / "summary.json").read_text() == "{}"
 
 
 def test_lr_schedules():

@@ -2,7 +2,7 @@
 a single-process one, and `--resume` after a SIGKILL.
 
 The launches are real `accelerate launch --multi_gpu --num_processes 2` runs on CPUs (gloo); a kill is the
-process SIGKILLing itself at a named moment (`DCCNEXT_CRASH_AT=iteration-N`, common/crash_points.py).
+process SIGKILLing itself at a named moment (`DCCNEXT_CRASH_AT=step-N`, common/crash_points.py).
 """
 
 from __future__ import annotations
@@ -38,15 +38,23 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
 
 
-def _launch_two(args: list[str], env: dict[str, str], command: str = "train") -> subprocess.CompletedProcess:
-    """`dccnext COMMAND ARGS` as two CPU processes through `accelerate launch`."""
+def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(port), "-m", "dccnext_cli", command, *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        return s.getsockname()[1]
+
+
+def _launch_cmd(args: list[str], command: str = "train", machines: int = 1, rank: int = 0, port: int = 0) -> list:
+    """`accelerate launch` of `dccnext COMMAND ARGS` on 2 CPU processes, on 1 "node" or 2 (one process each)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", str(machines), "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port or _port()),
+            "-m", "dccnext_cli", command, *args]
+
+
+def _launch_two(args: list[str], env: dict[str, str], command: str = "train") -> subprocess.CompletedProcess:
+    """`dccnext COMMAND ARGS` as two CPU processes through `accelerate launch`."""
+    return subprocess.run(_launch_cmd(args, command), env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
 def _log(run: Path) -> list[dict]:
@@ -194,7 +202,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(ade_root, tmp_p
     killed = tmp_path / "killed"
     args = ["train", *SEG_ARGS, "--data", f"ade20k:{ade_root}", "--set", "iterations=3", "--set",
             "checkpoint_every=2", "--grad-accum", "2", "-o", str(killed)]
-    proc = subprocess.run([sys.executable, "-m", "dccnext_cli", *args], env=_env(DCCNEXT_CRASH_AT="iteration-3"),
+    proc = subprocess.run([sys.executable, "-m", "dccnext_cli", *args], env=_env(DCCNEXT_CRASH_AT="step-3"),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [p.name for p in list_checkpoints(killed)] == ["step-00000002"] and not (killed / "summary.json").exists()
@@ -204,11 +212,11 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(ade_root, tmp_p
     resumed = train_dense(load_dense_recipe("semantic-fpn", sets), f"ade20k:{ade_root}", killed, progress=False,
                           resume=True)
     assert resumed.resumed_from.name == "step-00000002" and resumed.losses == full.losses[2:]
-    _same_weights(full.checkpoint, resumed.checkpoint)
+    _same_weights(full.weights, resumed.weights)
     assert [e["resumed_from"] is not None for e in _log(killed) if e["event"] == "start"] == [False, True]
     again = train_dense(load_dense_recipe("semantic-fpn", sets), f"ade20k:{ade_root}", killed, progress=False,
                         resume=True)
-    assert again.losses == [] and again.iterations == 3  # a finished run resumed again does nothing
+    assert again.losses == [] and again.steps == 3  # a finished run resumed again does nothing
 
 
 @pytest.mark.slow
@@ -232,7 +240,7 @@ def test_two_processes_sigkill_then_resume_ends_with_the_uninterrupted_weights(a
     common = [*SEG_ARGS, "--data", f"ade20k:{ade_root}", "--set", "iterations=4", "--set", "checkpoint_every=2"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert _launch_two([*common, "-o", str(full)], _env()).returncode == 0
-    crashed = _launch_two([*common, "-o", str(killed)], _env(DCCNEXT_CRASH_AT="iteration-3"))
+    crashed = _launch_two([*common, "-o", str(killed)], _env(DCCNEXT_CRASH_AT="step-3"))
     assert crashed.returncode != 0 and not (killed / "summary.json").exists()
     assert [p.name for p in list_checkpoints(killed)] == ["step-00000002"]
     assert sorted(p.name for p in list_checkpoints(killed)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
@@ -245,10 +253,44 @@ def test_two_processes_sigkill_then_resume_ends_with_the_uninterrupted_weights(a
 @pytest.mark.slow
 def test_eval_command_on_two_processes_equals_one(ade_root, tmp_path):
     recipe = load_dense_recipe("semantic-fpn", [*SEG_SETS, "iterations=1"])
-    weights = train_dense(recipe, f"ade20k:{ade_root}", tmp_path / "run", progress=False).checkpoint
+    weights = train_dense(recipe, f"ade20k:{ade_root}", tmp_path / "run", progress=False).weights
     done = _launch_two(["--checkpoint", str(weights), "--data", f"ade20k:{ade_root}", "--json"], _env(),
                        command="eval")
     assert done.returncode == 0, done.stderr[-3000:]
     distributed = json.loads(done.stdout)  # one report, from the main process
     single = evaluate_dense(weights, f"ade20k:{ade_root}", progress=False)
     assert {k: distributed[k] for k in single} == single
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_disk_then_resume_on_one_process(ade_root, tmp_path):
+    """2 "nodes" of 1 process, each in its own folder with a relative -o (node-local disks): node 1 never
+    touches a disk. Killed after iteration 3 (the newest train state is iteration 2's, with both processes'
+    random states), the run resumes on 1 process at iteration 2, says it is no longer bitwise, and completes."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    args = [*SEG_ARGS, "--data", f"ade20k:{ade_root}", "--set", "iterations=4", "--set", "checkpoint_every=2",
+            "--set", "log_every=1", "-o", "run"]
+    port, env = _port(), _env(DCCNEXT_CRASH_AT="step-3")
+    procs = [subprocess.Popen(_launch_cmd(args, machines=2, rank=rank, port=port), cwd=node, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank, node in enumerate(nodes)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode != 0 for p in procs), outputs[0][1][-3000:]
+    assert list(nodes[1].iterdir()) == []  # the other node never touched a disk
+    run = nodes[0] / "run"
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002"], outputs[0][1][-3000:]
+    assert sorted(p.name for p in list_checkpoints(run)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
+    resumed = subprocess.run([sys.executable, "-m", "dccnext_cli", "train", *args, "--resume"], cwd=nodes[0],
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step 2" in " ".join(resumed.stderr.split())
+    log = _log(run)
+    start = [e for e in log if e["event"] == "start"][-1]
+    assert (start["world_size"], start["micro_batch"], start["step"]) == (1, 2, 2)
+    warning = [e["message"] for e in log if e["event"] == "warning" and "no longer bitwise" in e["message"]]
+    assert len(warning) == 1 and "2 processes x 1 images" in warning[0] and "1 x 2" in warning[0]
+    assert [e["step"] for e in log[log.index(start):] if e["event"] == "train"] == [3, 4]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["world_size"], summary["steps"]) == (1, 4) and json.loads(resumed.stdout)["iterations"] == 4

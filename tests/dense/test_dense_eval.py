@@ -92,7 +92,7 @@ def test_eval_of_a_trained_checkpoint(ade_root, tmp_path):
                                                 "scale=[128,64]", "workers=0", "variant=b0", "num_classes=5"])
     result = train_dense(recipe, f"ade20k:{ade_root}", tmp_path / "run", eval_data=f"ade20k:{ade_root}",
                          progress=False)
-    again = evaluate_dense(result.checkpoint, f"ade20k:{ade_root}", scale=(128, 64), progress=False)
+    again = evaluate_dense(result.weights, f"ade20k:{ade_root}", scale=(128, 64), progress=False)
     assert again == pytest.approx(result.metrics)
     assert 0.0 <= again["mIoU"] <= 1.0
 
@@ -100,4 +100,4 @@ def test_eval_of_a_trained_checkpoint(ade_root, tmp_path):
     from dccnext_cli.models.dccnext import DCCNeXt
 
     with pytest.raises(CheckpointError, match="semantic-fpn checkpoint, not a classifier"):
-        DCCNeXt.from_checkpoint(result.checkpoint)
+        DCCNeXt.from_checkpoint(result.weights)

@@ -90,8 +90,8 @@ def test_detector_forward_and_one_training_step(task, coco_json, tmp_path):
     recipe = load_dense_recipe(task, ["iterations=1", "batch_size=2", "min_size=64", "max_size=96", "workers=0",
                                       "variant=b0", "warmup_iters=0"])
     result = train_dense(recipe, f"coco:{coco_json}", tmp_path / "run", progress=False)
-    assert result.iterations == 1 and torch.isfinite(torch.tensor(result.losses)).all()
-    meta = read_meta(result.checkpoint)  # COCO names its classes: they are in the file, and it reads back
+    assert result.steps == 1 and torch.isfinite(torch.tensor(result.losses)).all()
+    meta = read_meta(result.weights)  # COCO names its classes: they are in the file, and it reads back
     assert (meta.class_names, meta.dense_num_classes, meta.task) == (["square", "triangle"], 2, task)
     # that run's model is a fresh one; here take a step on ours to check gradients reach the backbone
     model.train()
@@ -116,4 +116,5 @@ def test_semantic_fpn_forward_and_one_training_step(ade_root, tmp_path):
     result = train_dense(recipe, f"ade20k:{ade_root}", tmp_path / "run", progress=False)
     assert len(result.losses) == 2 and all(0 < loss < 10 for loss in result.losses)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in log] == ["start", "train", "train"] and log[0]["world_size"] == 1
+    events = [e["event"] for e in log if e["event"] != "note"]  # a note: TensorBoard is not installed
+    assert events == ["start", "train", "train", "end"] and log[0]["world_size"] == 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fashion_images import write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,22 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def small_images(tmp_path_factory) -> Path:
     """2 classes x 8 training images, 2 x 4 validation images, 28x28 PNGs from the embedded set."""
-    from dccnext_cli.data.builtin import open_builtin
-
-    root = tmp_path_factory.mktemp("small_images")
-    data = open_builtin("fashion-mnist", "train")
-    counts = {0: 0, 1: 0}
-    for i in range(len(data)):
-        label = int(data.labels[i])
-        if label in counts and counts[label] < 12:
-            split = "train" if counts[label] < 8 else "validation"
-            folder = root / split / f"class{label}"
-            folder.mkdir(parents=True, exist_ok=True)
-            data[i]["image"].save(folder / f"{i}.png")
-            counts[label] += 1
-        if all(c == 12 for c in counts.values()):
-            return root
-    raise AssertionError("not enough images")
+    return write_image_folder(tmp_path_factory.mktemp("small_images"), 8, 4)
 
 
 @dataclass
