@@ -26,8 +26,8 @@ import torch
 import yaml
 
 from ..common.crash_points import crash_point
-from ..common.files import atomic_write_text, check_writable, remove_run_files
-from ..common.recipe_files import build_recipe
+from ..common.files import append_text, atomic_write_text, check_run_folder, check_writable, remove_run_files
+from ..common.recipe_files import build_recipe, read_yaml
 from ..common.run_lock import lock_folder, unlock_folder
 from ..data.images import eval_transform
 from ..data.loading import Batches, build_loader, train_transform
@@ -58,6 +58,7 @@ from ..training.run_state import (
     save_run_state,
 )
 from ..training.shards import all_gather_objects
+from ..training.state_checks import RunLimits, check_counters
 from .callbacks import TrainCallback
 from .evaluate import EvalResult, Lockstep, evaluate_batches
 from .recipe import TrainRecipe
@@ -107,8 +108,7 @@ class _Log:
     def write(self, event: str, **values: Any) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
+        append_text(self.path, json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
         if self.tb is not None and "step" in values:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
@@ -128,6 +128,7 @@ def prepare_output(output: str | Path | None, variant: str, *, resume: bool, ove
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"-o {out} is a file; give a folder for the run")
     check_writable(out / "recipe.yaml", "-o")  # under a file, or in a read-only folder: refused before the work
+    check_run_folder(out, RUN_FILES)  # a symbolic link at a run file: refused, never written through
     owned = [out / name for name in RUN_FILES if (out / name).exists()]
     if resume:
         return out
@@ -154,7 +155,7 @@ def _recipe_from_run(out: Path, recipe: TrainRecipe, explicit: dict[str, Any]) -
     saved_path = out / "recipe.yaml"
     if not saved_path.is_file():
         return recipe
-    saved = build_recipe(TrainRecipe, yaml.safe_load(saved_path.read_text()), str(saved_path))
+    saved = build_recipe(TrainRecipe, read_yaml(saved_path), str(saved_path))
     for key in explicit:
         if key not in LAUNCH_OPTIONS and getattr(saved, key) != getattr(recipe, key):
             raise ConfigError(f"{out} was started with {key}={getattr(saved, key)!r}; a resumed run keeps its "
@@ -345,6 +346,8 @@ def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, overwrite: boo
         lock_folder(run.out)
     if run.resume and run.checkpoint is not None:
         state = load_run_state(accelerator, run.checkpoint, _state_parts(run, data, parts), run.notes)
+        check_counters(state, run.checkpoint / "train_state.json", RunLimits(
+            parts.total_steps, data.steps_per_epoch, run.recipe.batch_size, run.recipe.epochs))
         if state.samples == 0:  # a checkpoint from before the image count was kept
             state.samples = state.step * run.recipe.batch_size
         if (state.world_size, state.micro_batch) != (world, run.micro):
@@ -606,9 +609,9 @@ def _start_log(run: _Run, data: _Data, parts: _Trainables, state: TrainState) ->
     return log
 
 
-def _tell(run: _Run, reporter, text: str) -> None:
+def _tell(run: _Run, reporter, text: str, warning: bool = False) -> None:
     if reporter is not None and run.main:
-        reporter.message(text)
+        reporter.warning(text) if warning else reporter.message(text)
 
 
 def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool | str | Path = False,
@@ -630,7 +633,7 @@ def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool
 def _train(run: _Run, overwrite: bool, reporter, callbacks: Sequence[TrainCallback]) -> TrainResult:
     start_time, recipe = time.time(), run.recipe  # a resumed run keeps its own recipe
     for note in run.notes:
-        _tell(run, reporter, f"[yellow]warning:[/] {note}")
+        _tell(run, reporter, note, warning=True)
     done = on_main_process(run.accelerator, lambda: _completed(run))
     if done is not None:
         _tell(run, reporter, f"{run.out} is complete ({done.steps} steps); nothing to do")
@@ -640,7 +643,7 @@ def _train(run: _Run, overwrite: bool, reporter, callbacks: Sequence[TrainCallba
     told = len(run.notes)
     state = _restore_or_start(run, data, parts, overwrite)
     for note in run.notes[told:]:  # what resuming had to change (another launch shape)
-        _tell(run, reporter, f"[yellow]warning:[/] {note}")
+        _tell(run, reporter, note, warning=True)
     log = _start_log(run, data, parts, state)
     if reporter is not None and run.main and parts.warm_start is not None:
         reporter.message(parts.warm_start.table())

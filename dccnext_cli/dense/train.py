@@ -29,8 +29,9 @@ import yaml
 from torch.utils.data import Dataset
 
 from ..common.crash_points import crash_point
-from ..common.files import atomic_write_text, remove_run_files
+from ..common.files import append_text, atomic_write_text, check_run_folder, remove_run_files
 from ..common.progress import StepProgress
+from ..common.recipe_files import read_yaml
 from ..common.run_lock import lock_folder, unlock_folder
 from ..errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from ..training.accelerator import make_accelerator, micro_batch
@@ -44,6 +45,7 @@ from ..training.run_state import (
     recover_checkpoints,
     save_run_state,
 )
+from ..training.state_checks import RunLimits, check_counters
 from .batches import BatchPlan, SeededItems
 from .checkpoint import save_dense_checkpoint
 from .data import SegAugment
@@ -98,6 +100,7 @@ def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
     """A new run needs an empty (or new) folder; --resume continues one; --overwrite replaces the run's files."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"-o {out} is a file; give a folder for the run")
+    check_run_folder(out, RUN_FILES)  # a symbolic link at a run file: refused, never written through
     if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
         raise OutputExistsError(f"{out} is not empty; choose another folder, pass --resume to continue the run "
                                 "there or --overwrite to start it again")
@@ -141,10 +144,9 @@ RESUME_MAY_CHANGE = ("workers", "log_every", "checkpoint_every", "keep_last")  #
 
 def _check_same_recipe(out: Path, recipe: DenseRecipe) -> None:
     """A resumed run trains what it was started to train: any other recipe value is refused, naming it."""
-    try:
-        saved = yaml.safe_load((out / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+    if not (out / "recipe.yaml").is_file():
         return  # no record to compare with (a checkpoint passed from elsewhere)
+    saved = read_yaml(out / "recipe.yaml")
     if not isinstance(saved, dict):
         return
     for key, value in recipe.to_dict().items():
@@ -223,6 +225,8 @@ def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, weights: str |
     state = TrainState(world_size=world, micro_batch=data.plan.micro)
     if run.checkpoint is not None:
         state = load_run_state(accelerator, run.checkpoint, _state_parts(run, parts))
+        check_counters(state, run.checkpoint / "train_state.json", RunLimits(
+            parts.total, data.plan.steps_per_epoch, run.recipe.batch_size))
         if (state.world_size, state.micro_batch) != (world, data.plan.micro):
             raise CheckpointError(f"{run.checkpoint} was written by {state.world_size} processes with micro-batches "
                                   f"of {state.micro_batch}; resume it with the same launch")
@@ -240,8 +244,7 @@ def _restore_or_start(run: _Run, data: _Data, parts: _Trainables, weights: str |
 # --------------------------------------------------------------------- the iterations
 def _log(run: _Run, event: str, **values: Any) -> None:
     if run.main:
-        with open(run.out / "log.jsonl", "a") as log:
-            log.write(json.dumps({"event": event, **values}) + "\n")
+        append_text(run.out / "log.jsonl", json.dumps({"event": event, **values}) + "\n")
 
 
 def _checkpoint(run: _Run, parts: _Trainables, state: TrainState) -> None:
