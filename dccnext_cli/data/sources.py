@@ -178,7 +178,7 @@ def open_split(source: DataSource, split: str, *, streaming: bool | None = None,
         data = open_builtin(source.location, split)
         return ImageSplit(source, split, data, False, "image", "label", len(data), data.class_names)
     part = _open_hf_split(source, split, streaming, image_column, label_column)
-    first = _first_record(part.dataset, source, split)[part.label_column]
+    first = _first_record(part.dataset, source, split)[part.label_column]  # a bad stream fails now, not in a worker
     part.label_names = name_map(first, part.label_column, part.where, part.class_names or class_names)
     if not part.streaming:
         check_labels(part.dataset[part.label_column], part.label_column, part.where, part.label_names)
@@ -213,7 +213,6 @@ def _open_hf_split(source: DataSource, split: str, streaming: bool | None, image
         if isinstance(label_feature, datasets.ClassLabel):
             class_names = list(label_feature.names)
     if streaming:
-        _first_record(ds, source, split)  # fails now, not inside a DataLoader worker
         num = _local_count(source, split)
         info = getattr(ds, "info", None)
         if num is None and info is not None and info.splits and split in info.splits:

@@ -406,7 +406,7 @@ def _train(run: _Run, data: str | Dataset, weights, eval_data, progress: bool) -
     for note in run.notes:  # what resuming skipped or completed, and what this launch cannot do
         _log(run, "warning", message=note)
         if bar.enabled:
-            bar.message(f"warning: {note}")
+            bar.warning(note)
     resumed_at_end = state.step == parts.total
     try:
         losses = _train_steps(run, dense, parts, state, bar)

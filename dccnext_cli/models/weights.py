@@ -234,7 +234,7 @@ def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Non
     import torch
 
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise CheckpointError(f"{path}: tensor {name} holds {bad} NaN or Inf value(s) of {tensor.numel()}; "
                                   "the weights are broken (a diverged run?): use an earlier checkpoint")

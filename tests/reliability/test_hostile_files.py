@@ -21,6 +21,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dccnext_cli.data.loading import decode_record
+from dccnext_cli.data.sources import DataSource, ImageSplit
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
 from dccnext_cli.models.weights import CheckpointMeta, save_weights
@@ -226,6 +228,11 @@ def test_exif_orientation_6_scores_as_the_upright_pixels(run_cli, weights, tmp_p
 
     assert scores(photo) == scores(as_viewed)
     assert scores(photo) != scores(as_stored)
+    # training and evaluation read records through the same path: the record's image is the upright one
+    split = ImageSplit(DataSource("imagefolder", str(tmp_path)), "train", None, False, "image", "label", 1, None)
+    for value in ({"bytes": photo.read_bytes(), "path": "photo.jpg"}, Image.open(photo)):
+        image, label = decode_record({"image": value, "label": 1}, split)
+        assert label == 1 and np.array_equal(np.asarray(image), np.asarray(Image.open(as_viewed).convert("RGB")))
 
 
 # --------------------------------------------------------------------- data
