@@ -146,10 +146,10 @@ def _check_fields(fields: dict[str, Any], config: DCCNeXtConfig, path: Path) -> 
     for key, lo in (("mean", None), ("std", 0.0)):
         values = recipe.get(key)
         if values is not None and not (isinstance(values, list) and len(values) == 3 and all(
-                isinstance(v, (int, float)) and math.isfinite(v) and (lo is None or v > lo) for v in values)):
+                _is_number(v) and (lo is None or v > lo) for v in values)):
             raise _broken(path, "recipe", f"{key} must be 3 finite numbers{', all positive' if lo is not None else ''}")
     crop = recipe.get("crop_pct", 1.0)
-    if not (isinstance(crop, (int, float)) and 0 < crop <= 1):
+    if not (_is_number(crop) and 0 < crop <= 1):
         raise _broken(path, "recipe", f"crop_pct {crop!r} is not in (0, 1]")
     interpolation = recipe.get("interpolation", "bicubic")
     if interpolation not in INTERPOLATIONS:  # what `--set interpolation=...` refuses, in the same words
@@ -163,6 +163,11 @@ def _check_fields(fields: dict[str, Any], config: DCCNeXtConfig, path: Path) -> 
     wrong = [k for k, v in build.items() if not (isinstance(v, (int, float, bool)) or v is None)]
     if wrong:
         raise _broken(path, "dense_build", f"{wrong[0]} is not a number or true/false")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float; JSON's true and false are not numbers here (Python counts them as 1 and 0)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _parse(path: Path, meta: dict[str, str], key: str, parse: Any) -> Any:

@@ -15,8 +15,9 @@ import pytest
 from dccnext_cli.training.run_state import checkpoint_problem, list_checkpoints
 from tests.reliability.disks import can_mount, files_under, last_line_error, tmpfs
 
+# Where a tmpfs can be mounted (CI runs as root) the injected variant repeats it: it runs with -m slow there.
 DISKS = [pytest.param("tmpfs", marks=pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root")),
-         "injected"]
+         pytest.param("injected", marks=[pytest.mark.slow] if can_mount() else [])]
 
 
 def _snapshot(folder):
