@@ -29,3 +29,7 @@ class ImageError(DCCNeXtError):
 
 class OutputExistsError(DCCNeXtError):
     """An output that would overwrite something the user has, without --overwrite."""
+
+
+class DiskFullError(DCCNeXtError):
+    """A write that ran out of space (ENOSPC) or quota (EDQUOT); nothing half-written was left behind."""

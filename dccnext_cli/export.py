@@ -1,6 +1,7 @@
 """Export a DCCNeXt to safetensors, a timm / Hub folder, ONNX, TorchScript or a torch.export program.
 
-Every export is checked against the eager model before it is moved into place: the file is loaded
+Every export is built under a hidden name beside `-o` (`common.files.staged`) and checked against the eager model
+before it is moved into place, so a kill or a full disk leaves nothing at `-o`: the file is loaded
 back the way a user would load it (timm, onnxruntime, `torch.jit.load`, `torch.export.load`) and its
 outputs are compared on seeded inputs of two shapes (batch 1 at the export size, batch 2 at a
 second size), which also proves the dynamic batch and height/width axes.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .common.files import atomic_write, atomic_write_text, check_writable
+from .common.files import atomic_write, atomic_write_bytes, atomic_write_text, check_writable, staged
 from .errors import ConfigError, DCCNeXtError, OutputExistsError
 from .export_formats import FOLDER_FORMATS, FORMATS, GRAPH_FORMATS, MIN_EXPORT_SIZE
 from .models.config import variant_config
@@ -286,7 +288,6 @@ def _write_folder(model, meta, out: Path, dtype: str, inputs, resolution, card_n
     """timm's `save_for_hf` layout (config.json + model.safetensors), and with `card_name` the model card."""
     import timm
 
-    out.mkdir(parents=True, exist_ok=True)
     save_weights(out / "model.safetensors", _cast(model, dtype), meta)
     atomic_write_text(out / "config.json", json.dumps(hub_config(model, meta, resolution), indent=2) + "\n")
     if card_name is not None:
@@ -360,9 +361,17 @@ def _write_torchscript(module, reference, out: Path, resolution, inputs, dtype: 
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module, example)
-        atomic_write(out, lambda tmp: torch.jit.save(traced, tmp))
+        atomic_write_bytes(out, _serialised(lambda buffer: torch.jit.save(traced, buffer)))
         loaded = torch.jit.load(str(out))
     return check_torch(loaded, reference, inputs, dtype, "torch.jit.load")
+
+
+def _serialised(save: Callable[[io.BytesIO], None]) -> bytes:
+    """What torch's C++ writers produce, made in memory: written to disk from Python, a full disk is an OSError
+    (`torch.export.save` straight to a full disk aborts the process from C++)."""
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getvalue()
 
 
 def _write_exported_program(module, reference, out: Path, resolution, inputs, dtype: str) -> list[ParityCheck]:
@@ -370,12 +379,9 @@ def _write_exported_program(module, reference, out: Path, resolution, inputs, dt
     with torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes=_dynamic_shapes(resolution))
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: torch.export.save warns on names not ending in .pt2
-            torch.export.save(program, f)
-
-    atomic_write(out, write)
-    loaded = torch.export.load(str(out)).module()
+    atomic_write_bytes(out, _serialised(lambda buffer: torch.export.save(program, buffer)))
+    with open(out, "rb") as f:  # a file object: torch.export.load warns on names not ending in .pt2
+        loaded = torch.export.load(f).module()
     return check_torch(loaded, reference, inputs, dtype, "torch.export.load")
 
 
@@ -435,6 +441,29 @@ def _push(out: Path, repo_id: str) -> str:
                           f"log in with `hf auth login` and run again, or upload the folder yourself") from None
 
 
+def _write_and_check(result: ExportResult, model: DCCNeXt, meta: CheckpointMeta, target: Path, inputs,
+                     resolution: tuple[int, int], push: str | None) -> None:
+    """Write `result.format` at `target` (the staged place) and fill in the checks of the file read back."""
+    fmt, dtype, features, out = result.format, result.dtype, result.features, result.path
+    reference: nn.Module = _Features(model) if features else model
+    if fmt == "safetensors":
+        result.checks = _write_safetensors(model, meta, target, dtype, inputs)
+    elif fmt in FOLDER_FORMATS:
+        card = None if fmt == "timm" else (push.split("/")[-1] if push else out.resolve().name)
+        result.checks = _write_folder(model, meta, target, dtype, inputs, resolution, card, push)
+    else:
+        module = _Exportable(_cast(model, dtype), features).eval()
+        if fmt == "onnx":
+            result.checks = _write_onnx(module, reference, target, resolution, inputs, features)
+            result.notes.append(f"opset {ONNX_OPSET}; input 'images' (batch, {model.in_chans}, H, W)")
+        elif fmt == "torchscript":
+            result.checks = _write_torchscript(module, reference, target, resolution, inputs, dtype)
+            result.notes.append("traced (K is fixed from the minimum size up, so tracing loses nothing)")
+        else:
+            result.checks = _write_exported_program(module, reference, target, resolution, inputs, dtype)
+        result.notes.append(f"dynamic batch, height and width >= {MIN_EXPORT_SIZE} px")
+
+
 def export_model(
         model: DCCNeXt,
         meta: CheckpointMeta,
@@ -460,23 +489,8 @@ def export_model(
     meta = _meta_for_export(meta, resolution)
     inputs = _check_inputs(resolution, model.in_chans, MIN_EXPORT_SIZE if fmt in GRAPH_FORMATS else 32)
     result = ExportResult(fmt, out, dtype, features)
-    reference: nn.Module = _Features(model) if features else model
-    if fmt == "safetensors":
-        result.checks = _write_safetensors(model, meta, out, dtype, inputs)
-    elif fmt in FOLDER_FORMATS:
-        card = None if fmt == "timm" else (push.split("/")[-1] if push else out.resolve().name)
-        result.checks = _write_folder(model, meta, out, dtype, inputs, resolution, card, push)
-    else:
-        module = _Exportable(_cast(model, dtype), features).eval()
-        if fmt == "onnx":
-            result.checks = _write_onnx(module, reference, out, resolution, inputs, features)
-            result.notes.append(f"opset {ONNX_OPSET}; input 'images' (batch, {model.in_chans}, H, W)")
-        elif fmt == "torchscript":
-            result.checks = _write_torchscript(module, reference, out, resolution, inputs, dtype)
-            result.notes.append("traced (K is fixed from the minimum size up, so tracing loses nothing)")
-        else:
-            result.checks = _write_exported_program(module, reference, out, resolution, inputs, dtype)
-        result.notes.append(f"dynamic batch, height and width >= {MIN_EXPORT_SIZE} px")
+    with staged(out, folder=fmt in FOLDER_FORMATS) as target:  # whole at -o, or nothing there
+        _write_and_check(result, model, meta, target, inputs, resolution, push)
     if not result.ok and dtype == "float32":
         worst = max(result.checks, key=lambda c: c.max_abs_diff)
         raise ExportError(

@@ -139,7 +139,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         "test" if data.startswith("builtin:") else "validation")
     source = parse_data(data)
     part = open_split(source, split, image_column=image_column or recipe.get("image_column"),
-                      label_column=label_column or recipe.get("label_column"))
+                      label_column=label_column or recipe.get("label_column"), class_names=meta.class_names)
     if part.num_classes is not None and part.num_classes != meta.num_classes:
         raise DataError(f"{data} ({split}) has {part.num_classes} classes but the checkpoint has "
                         f"{meta.num_classes}; evaluate it on the data it was trained for")

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..common.recipe_files import RECIPE_ROOT, build_recipe, merge_overrides, parse_overrides, read_recipe
+from ..common.recipe_files import (
+    INTERPOLATIONS,
+    RECIPE_ROOT,
+    build_recipe,
+    merge_overrides,
+    parse_overrides,
+    read_recipe,
+)
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 from ..models.config import VARIANT_DROP_PATH, VARIANTS, DCCNeXtConfig, variant_config
@@ -22,7 +29,6 @@ from ..models.config import VARIANT_DROP_PATH, VARIANTS, DCCNeXtConfig, variant_
 __all__ = ["TrainRecipe", "load_recipe", "RECIPE_ROOT", "default_recipe_name"]
 
 AMP_MODES = ("auto", "no", "bf16", "fp16")
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming", "random")
 RE_MODES = ("const", "rand", "pixel")
 MAX_INPUT_SIZE = 4096  # training resolution ceiling: activations of one 4096x4096 image already exceed most GPUs
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit

@@ -44,6 +44,7 @@ from ..training.full_state import StateView, every_rank_weights_digest, gather_m
 from ..training.run_folder import RunFolder, Teller, TrainResult
 from ..training.run_state import Trainables, TrainState, prune_checkpoints, read_train_state
 from ..training.shards import all_gather_objects
+from ..training.state_checks import RunLimits
 from .callbacks import TrainCallback
 from .evaluate import EvalResult, Lockstep, evaluate_batches
 from .recipe import TrainRecipe
@@ -423,7 +424,8 @@ def _train(run: RunFolder, reporter, callbacks: Sequence[TrainCallback]) -> Trai
     data = _build_data(run)
     parts = _build_trainables(run, data)
     run.start(recipe.to_dict())
-    state = run.restore(_state_parts(run, data, parts))
+    state = run.restore(_state_parts(run, data, parts), RunLimits(parts.total_steps, data.steps_per_epoch,
+                                                                   recipe.batch_size, recipe.epochs))
     _start_log(run, data, parts, state)
     tell.start(run, state)
     if parts.warm_start is not None:

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
+from ..common.text import printable
 from ..errors import DCCNeXtError
 from .help import HelpCommand, render_help
 
@@ -53,7 +54,8 @@ class DCCNeXtGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except DCCNeXtError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # the message may quote a file (class names, paths): shown, never read as markup or terminal codes
+            err_console.print(f"[bold red]error:[/] {escape(printable(str(e)))}", highlight=False, soft_wrap=True)
             # typer >= 0.29 vendors click: click.exceptions.Exit escapes it
             raise typer.Exit(getattr(e, "exit_code", 2)) from None
         except _USAGE_ERROR as e:  # a bad option or value: one line, not Click's usage panel

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .options import DEFAULT_PRECISION_OPT, JsonOpt, PrecisionOpt, print_json
@@ -32,6 +33,7 @@ def predict_cmd(
     The class names and the evaluation transform come from the checkpoint file.
     """
     from ..classification.predict import predict
+    from ..common.text import printable
 
     predictions = predict(checkpoint, images, top_k=top, precision=precision.value)
     if json_out:
@@ -39,11 +41,11 @@ def predict_cmd(
         return
     console = Console()
     for p in predictions:
-        table = Table(title=Path(p.image).name, title_justify="left")
+        table = Table(title=escape(printable(Path(p.image).name)), title_justify="left")
         table.add_column("class")
         table.add_column("probability", justify="right")
         for name, prob in p.top:
-            table.add_row(name, f"{100 * prob:.1f} %")
+            table.add_row(escape(printable(name)), f"{100 * prob:.1f} %")  # names come from the file
         console.print(table)
 
 

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from .text import printable
+
 __all__ = ["StepProgress", "SmoothedETA"]
 
 
@@ -88,6 +90,10 @@ class StepProgress:
 
     def message(self, text: str) -> None:
         self.progress.console.print(text, highlight=False, markup=False)
+
+    def warning(self, text: str) -> None:
+        """`warning:` in yellow before `text`, which is printed as it is (a path or a name is never markup)."""
+        self.progress.console.print(Text.assemble(("warning:", "yellow"), " ", printable(text)), highlight=False)
 
     def stop(self) -> None:
         self.progress.stop()

@@ -17,10 +17,30 @@ import yaml
 
 from ..errors import ConfigError
 
-__all__ = ["RECIPE_ROOT", "parse_overrides", "read_recipe", "build_recipe", "check_fields", "merge_overrides",
-           "recipe_names"]
+__all__ = ["RECIPE_ROOT", "parse_overrides", "read_recipe", "read_yaml", "build_recipe", "check_fields",
+           "merge_overrides", "recipe_names", "INTERPOLATIONS"]
 
 RECIPE_ROOT = Path(__file__).resolve().parent.parent / "recipes"
+# The resize filters timm's transforms take (`random`: bilinear or bicubic at random, for training); a recipe
+# value, or one read back from a weights file, outside these is refused before timm meets it.
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming", "random")
+
+
+def read_yaml(path: Path, what: str = "recipe") -> Any:
+    """A YAML file as plain data: a tag (`!!python/object`, ...) or any other YAML error is one line, and
+    nothing in the file is ever constructed beyond plain values (safe_load)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as e:
+        tag = getattr(e, "problem", "") or str(e).splitlines()[0]
+        raise ConfigError(f"{path} holds a YAML tag dccnext does not read ({tag}); a {what} is plain YAML "
+                          "(mappings, lists, numbers, strings): remove the tag") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save the {what} as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path} ({e.strerror})") from None
 
 
 def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
@@ -82,14 +102,7 @@ def read_recipe(name: str | Path, folder: Path, aliases: dict[str, str] | None =
     if path.resolve() in _chain:
         names = " -> ".join(p.name for p in (*_chain, path.resolve()))
         raise ConfigError(f"{what} {path} is its own base ({names}); remove one of the base: lines")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text; save the {what} as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path} ({e.strerror})") from None
+    data = read_yaml(path, what) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a YAML mapping of recipe keys")
     base = data.pop("base", None)

@@ -1,7 +1,8 @@
 """The one image-loading path: files -> RGB PIL images -> normalised tensors.
 
-`eval`, `predict`, the figures and the export checks all read images here, so that a grayscale or
-RGBA file is converted the same way everywhere and a bad file fails with the same clear line.
+`eval`, `predict`, training, the figures and the export checks all read images here, so that a grayscale or
+RGBA file is converted the same way everywhere, a phone photo is turned upright by its EXIF orientation
+everywhere (as every viewer shows it), and a bad file fails with the same clear line.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
 
-__all__ = ["load_image", "decode_image", "eval_transform", "load_image_tensor"]
+__all__ = ["load_image", "decode_image", "upright", "eval_transform", "load_image_tensor"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,6 +38,7 @@ def decode_image(source: str | os.PathLike | bytes, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             img.load()  # decode now: a truncated file fails here, not later inside a transform
+            img = upright(img)
             if img.mode in WIDE_MODES:
                 return _from_wide(img, name)
             if img.mode == "RGBA" or (img.mode == "P" and "transparency" in img.info):
@@ -52,6 +54,14 @@ def decode_image(source: str | os.PathLike | bytes, name: str) -> Image.Image:
         raise ImageError(f"{name} is not an image file Pillow can read (JPEG, PNG, WebP, ...)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name} is a corrupt or truncated image ({e}); re-save or re-download it") from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation (a phone held sideways) applied, the tag dropped."""
+    orientation = img.getexif().get(ImageOps.ExifTags.Base.Orientation, 1)
+    if orientation in (None, 1):
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # one channel, more than 8 bits
@@ -75,8 +85,12 @@ def eval_transform(
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
 ):
-    """timm's eval transform (resize the short side to size/crop_pct, centre crop, normalise)."""
+    """timm's eval transform (resize the short side to size/crop_pct, centre crop, normalise). A model trained
+    with `random` interpolation is evaluated with bicubic, as timm's own evaluation does."""
     from timm.data import create_transform
+
+    if interpolation == "random":
+        interpolation = "bicubic"
 
     return create_transform(
         input_size=(3, *resolution),

@@ -9,6 +9,7 @@ batches, whichever worker processes decode them. Streams shuffle with a buffer, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -24,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from ..errors import ImageError
 from .device_batches import CpuSide, DeviceFinish, SampleSide, collate_planned
 from .erasing import ErasePlanner
-from .images import decode_image
+from .images import decode_image, upright
+from .labels import to_label
 from .sources import ImageSplit
 
 __all__ = ["decode_record", "seeded", "EpochBatchSampler", "build_loader", "Batches", "train_transform",
@@ -33,11 +35,12 @@ __all__ = ["decode_record", "seeded", "EpochBatchSampler", "build_loader", "Batc
 log = logging.getLogger("dccnext.data")
 
 
-def decode_record(record: dict, image_column: str, label_column: str) -> tuple[Image.Image | None, int]:
+def decode_record(record: dict, split: ImageSplit) -> tuple[Image.Image | None, int]:
     """(RGB image, label); the image is None when it cannot be decoded (the caller skips and counts it)."""
-    value, label = record[image_column], int(record[label_column])
+    value = record[split.image_column]
+    label = to_label(record[split.label_column], split.label_column, split.where, split.label_names)
     if isinstance(value, Image.Image):
-        return value.convert("RGB"), label
+        return upright(value).convert("RGB"), label
     if isinstance(value, dict):
         name = value.get("path") or "an image"
         value = value.get("bytes") or value.get("path")
@@ -98,7 +101,7 @@ class MapImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         # EpochBatchSampler hands (epoch, index): persistent workers keep their own copy of this object
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        image, label = decode_record(self.split.dataset[int(index)], self.split.image_column, self.split.label_column)
+        image, label = decode_record(self.split.dataset[int(index)], self.split)
         if image is None:
             return None
         if self.seed is None:
@@ -115,7 +118,7 @@ class StreamImages(IterableDataset):
 
     def __iter__(self):
         for record in self.stream:
-            image, label = decode_record(record, self.split.image_column, self.split.label_column)
+            image, label = decode_record(record, self.split)
             yield None if image is None else (self.transform(image), label)
 
 
@@ -230,8 +233,7 @@ def build_loader(split: ImageSplit, transform: Callable, batch_size: int, *, tra
         stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
     if world > 1:
         stream = split_dataset_by_node(stream, rank=rank, world_size=world)
-    split = ImageSplit(split.source, split.split, stream, True, split.image_column, split.label_column,
-                       split.num_samples, split.class_names)
+    split = dataclasses.replace(split, dataset=stream, streaming=True)
     total = samples_per_epoch or split.num_samples
     if total is None:  # evaluation reads a stream to its end and needs no count
         if train:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import DataError
 from .builtin import open_builtin
+from .labels import check_labels, name_map
 
 __all__ = ["DataSource", "ImageSplit", "parse_data", "open_split", "KINDS"]
 
@@ -57,6 +58,12 @@ class ImageSplit:
     label_column: str
     num_samples: int | None
     class_names: list[str] | None
+    label_names: dict[str, int] | None = None  # a column of class names: name -> index (see labels.py)
+
+    @property
+    def where(self) -> str:
+        """How a one-line error names this split."""
+        return f"{self.source.uri} ({self.split})"
 
     @property
     def num_classes(self) -> int | None:
@@ -164,11 +171,22 @@ def _pick(names: list[str], wanted: str | None, known: tuple[str, ...], what: st
 
 
 def open_split(source: DataSource, split: str, *, streaming: bool | None = None, image_column: str | None = None,
-               label_column: str | None = None) -> ImageSplit:
-    """Open one split; an empty split or one that does not exist is a DataError naming it."""
+               label_column: str | None = None, class_names: list[str] | None = None) -> ImageSplit:
+    """Open one split; an empty split or one that does not exist is a DataError naming it. `class_names`: the
+    names a column of strings is mapped through (a checkpoint's, when it is evaluated); see labels.py."""
     if source.kind == "builtin":
         data = open_builtin(source.location, split)
         return ImageSplit(source, split, data, False, "image", "label", len(data), data.class_names)
+    part = _open_hf_split(source, split, streaming, image_column, label_column)
+    first = _first_record(part.dataset, source, split)[part.label_column]  # a bad stream fails now, not in a worker
+    part.label_names = name_map(first, part.label_column, part.where, part.class_names or class_names)
+    if not part.streaming:
+        check_labels(part.dataset[part.label_column], part.label_column, part.where, part.label_names)
+    return part
+
+
+def _open_hf_split(source: DataSource, split: str, streaming: bool | None, image_column: str | None,
+                   label_column: str | None) -> ImageSplit:
     streaming = source.default_streaming if streaming is None else streaming
     if _local_count(source, split) == 0:
         raise DataError(f"split {split!r} of {source.uri} is empty; add images or pick another split")
@@ -195,7 +213,6 @@ def open_split(source: DataSource, split: str, *, streaming: bool | None = None,
         if isinstance(label_feature, datasets.ClassLabel):
             class_names = list(label_feature.names)
     if streaming:
-        _first_record(ds, source, split)  # fails now, not inside a DataLoader worker
         num = _local_count(source, split)
         info = getattr(ds, "info", None)
         if num is None and info is not None and info.splits and split in info.splits:

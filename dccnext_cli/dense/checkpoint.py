@@ -42,7 +42,8 @@ def save_dense_checkpoint(path: str | Path, model: nn.Module, recipe: DenseRecip
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta.to_metadata()))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta.to_metadata()),
+                        needed=sum(t.nbytes for t in tensors.values()))
 
 
 def load_dense_model(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:

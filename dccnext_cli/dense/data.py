@@ -8,6 +8,7 @@ of another size) is found here and reported as one `DataError` line.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,42 @@ def _require(obj: Any, keys: tuple[str, ...], what: str, source: Path) -> None:
         raise DataError(f"{source}: {what} lacks the key(s) {', '.join(missing)}; a COCO instances file needs them")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_image_entry(img: dict[str, Any], index: int, source: Path) -> None:
+    """Types of an image entry's fields, named with the entry, before anything is built from them."""
+    where = f"{source}: image entry #{index}"
+    if not (_is_int(img["id"]) or isinstance(img["id"], str)):
+        raise DataError(f"{where} has id {img['id']!r}; an image id is an integer")
+    if not isinstance(img["file_name"], str) or not img["file_name"]:
+        raise DataError(f"{where} has file_name {img['file_name']!r}; it must be a file name")
+    for key in ("height", "width"):
+        if not (_is_int(img[key]) and img[key] > 0):
+            raise DataError(f"{where} ({img['file_name']}) has {key} {img[key]!r}; it must be a positive integer")
+
+
+def _check_annotation(ann: dict[str, Any], index: int, source: Path) -> None:
+    where = f"{source}: annotation #{index}"
+    for key in ("image_id", "category_id"):
+        if not (_is_int(ann[key]) or isinstance(ann[key], str)):
+            raise DataError(f"{where} has {key} {ann[key]!r}; it must be an integer id")
+    if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
+        raise DataError(f"{where} bbox must be [x, y, width, height]")
+    if not all(_is_number(v) for v in ann["bbox"]):
+        raise DataError(f"{where} bbox {ann['bbox']!r} holds a value that is not a finite number; write it as "
+                        "[x, y, width, height] in pixels")
+    if ann["bbox"][2] < 0 or ann["bbox"][3] < 0:
+        raise DataError(f"{where} bbox {ann['bbox']!r} has a negative width or height")
+    if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd", 0), bool):
+        raise DataError(f"{where} has iscrowd {ann.get('iscrowd')!r}; it is 0 or 1")
+
+
 def _decode_mask(segm: Any, height: int, width: int, where: str) -> np.ndarray:
     """A COCO segmentation (polygons, uncompressed or compressed RLE) as an (H, W) uint8 mask."""
     from pycocotools import mask as mask_utils
@@ -56,6 +93,8 @@ def _decode_mask(segm: Any, height: int, width: int, where: str) -> np.ndarray:
         polys = [p for p in segm if isinstance(p, list)]
         if not polys or any(len(p) < 6 or len(p) % 2 for p in polys):
             raise DataError(f"{where}: polygons need an even number (>= 6) of coordinates each")
+        if not all(_is_number(v) for p in polys for v in p):
+            raise DataError(f"{where}: a polygon holds a coordinate that is not a finite number")
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
     elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
         if list(segm["size"]) != [height, width]:
@@ -94,12 +133,15 @@ class CocoInstances(Dataset):
             raise DataError(f"{src}: the category list is empty; list every class as {{'id': ..., 'name': ...}}")
         for cat in data["categories"]:
             _require(cat, ("id", "name"), "a category", src)
+            if not _is_int(cat["id"]):
+                raise DataError(f"{src}: category {cat['name']!r} has id {cat['id']!r}; a category id is an integer")
         cats = sorted(data["categories"], key=lambda c: c["id"])
         self.class_names = [str(c["name"]) for c in cats]
         self.cat_to_label = {c["id"]: i + 1 for i, c in enumerate(cats)}
         self.images: list[dict[str, Any]] = []
         for img in data["images"]:
             _require(img, ("id", "file_name", "height", "width"), "an image entry", src)
+            _check_image_entry(img, len(self.images), src)
             self.images.append(img)
         if not self.images:
             raise DataError(f"{src} lists no images")
@@ -112,8 +154,7 @@ class CocoInstances(Dataset):
                 raise DataError(f"{src}: annotation #{i} refers to image_id {ann['image_id']}, which is not listed")
             if ann["category_id"] not in self.cat_to_label:
                 raise DataError(f"{src}: annotation #{i} has category_id {ann['category_id']}, not in categories")
-            if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
-                raise DataError(f"{src}: annotation #{i} bbox must be [x, y, width, height]")
+            _check_annotation(ann, i, src)
             self.anns[ann["image_id"]].append(ann)
         self.with_masks = with_masks
         self.train = train

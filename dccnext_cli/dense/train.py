@@ -30,6 +30,7 @@ from ..training.accelerator import micro_batch, micro_step, on_main_process
 from ..training.full_state import gather_model_state
 from ..training.run_folder import RunFolder, Teller, TrainResult
 from ..training.run_state import Trainables, TrainState
+from ..training.state_checks import RunLimits
 from .batches import BatchPlan, SeededItems
 from .checkpoint import backbone_network, save_dense_checkpoint
 from .data import SegAugment
@@ -245,7 +246,8 @@ def _train(run: RunFolder, data: str | Dataset, weights, eval_data, progress: bo
     dense = _build_data(run, data)
     parts = _build_trainables(run, dense, weights)
     run.start({**run.recipe.to_dict(), "weights": str(weights) if weights else None, "data": str(data)})
-    state = run.restore(_state_parts(run, parts))
+    state = run.restore(_state_parts(run, parts), RunLimits(parts.total, data.plan.steps_per_epoch,
+                                                            run.recipe.batch_size))
     run.log.write("start", world_size=world, micro_batch=dense.plan.micro, grad_accum=run.recipe.grad_accum,
                      iterations=parts.total, step=state.step, device=str(run.accelerator.device),
                      resumed_from=str(run.train_state) if run.train_state else None)

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
-from .weights import load_weights, read_meta, unwrap_state_dict
+from .weights import check_finite, load_weights, read_meta, unwrap_state_dict
 
 __all__ = [
     "WarmStartReport",
@@ -139,6 +139,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     Keys a ConvFormer cannot provide are filled from the model's own init, so timm's strict load works.
     """
     state_dict = unwrap_state_dict(state_dict)
+    check_finite(state_dict, "the pretrained weights")
     if not _is_convformer(state_dict):
         return state_dict
     mapped, report = convformer_to_dccnext(state_dict, model)
@@ -190,9 +191,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Any weights file without executing code: safetensors, or a torch file loaded with `weights_only=True`."""
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-copy or re-export it") from None
+        check_finite(state, path)
+        return state
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
@@ -200,6 +203,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     state = unwrap_state_dict(state)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
+    check_finite({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, path)
     return state
 
 

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from .._version import __version__
 from ..common.files import atomic_write
+from ..common.recipe_files import INTERPOLATIONS
 from ..errors import CheckpointError, ConfigError
 from .config import VARIANTS, DCCNeXtConfig
 
@@ -35,6 +36,7 @@ __all__ = [
     "read_meta",
     "load_weights",
     "unwrap_state_dict",
+    "check_finite",
 ]
 
 FORMAT = "dccnext/1"
@@ -144,13 +146,28 @@ def _check_fields(fields: dict[str, Any], config: DCCNeXtConfig, path: Path) -> 
     for key, lo in (("mean", None), ("std", 0.0)):
         values = recipe.get(key)
         if values is not None and not (isinstance(values, list) and len(values) == 3 and all(
-                isinstance(v, (int, float)) and math.isfinite(v) and (lo is None or v > lo) for v in values)):
+                _is_number(v) and (lo is None or v > lo) for v in values)):
             raise _broken(path, "recipe", f"{key} must be 3 finite numbers{', all positive' if lo is not None else ''}")
     crop = recipe.get("crop_pct", 1.0)
-    if not (isinstance(crop, (int, float)) and 0 < crop <= 1):
+    if not (_is_number(crop) and 0 < crop <= 1):
         raise _broken(path, "recipe", f"crop_pct {crop!r} is not in (0, 1]")
-    if not isinstance(recipe.get("interpolation", "bicubic"), str):
-        raise _broken(path, "recipe", "interpolation is not a name")
+    interpolation = recipe.get("interpolation", "bicubic")
+    if interpolation not in INTERPOLATIONS:  # what `--set interpolation=...` refuses, in the same words
+        raise _broken(path, "recipe", f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                                      f"got {interpolation!r}")
+    size = recipe.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_RESOLUTION for v in size)):
+        raise _broken(path, "recipe", f"input_size {size!r} is not [H, W] in 1..{MAX_RESOLUTION}")
+    build = fields.get("dense_build") or {}
+    wrong = [k for k, v in build.items() if not (isinstance(v, (int, float, bool)) or v is None)]
+    if wrong:
+        raise _broken(path, "dense_build", f"{wrong[0]} is not a number or true/false")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float; JSON's true and false are not numbers here (Python counts them as 1 and 0)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _parse(path: Path, meta: dict[str, str], key: str, parse: Any) -> Any:
@@ -168,7 +185,10 @@ def _parse_input_size(size: Any, text: str, path: Path) -> tuple[int, int]:
     try:
         if isinstance(size, bool) or not isinstance(size, (int, list)):
             raise TypeError
-        height, width = (size, size) if isinstance(size, int) else (int(v) for v in size)
+        if isinstance(size, list) and (len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int)
+                                                             for v in size)):
+            raise TypeError  # [true, true] would be [1, 1], [2.5, 3] silently [2, 3]
+        height, width = (size, size) if isinstance(size, int) else size
     except (ValueError, TypeError):
         raise CheckpointError(f"{path} has a broken input_size metadata entry {text!r}; expected [H, W]") from None
     return height, width
@@ -179,7 +199,8 @@ def save_weights(path: str | os.PathLike, model: torch.nn.Module, meta: Checkpoi
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta.to_metadata()))
+    needed = sum(t.nbytes for t in state.values())
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta.to_metadata()), needed=needed)
 
 
 def _open(path: Path):
@@ -209,7 +230,19 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Chec
             state = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is truncated or corrupt ({e}); re-copy or re-export it") from None
+    check_finite(state, path)
     return state, meta
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run): scored, they give NaN logits and 0 % without a word."""
+    import torch
+
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{path}: tensor {name} holds {bad} NaN or Inf value(s) of {tensor.numel()}; "
+                                  "the weights are broken (a diverged run?): use an earlier checkpoint")
 
 
 def unwrap_state_dict(state: Any) -> Any:

@@ -32,14 +32,15 @@ from typing import Any
 import yaml
 
 from ..common.crash_points import crash_point
-from ..common.files import atomic_write_text, check_writable, remove_run_files
-from ..common.recipe_files import build_recipe
+from ..common.files import append_text, atomic_write_text, check_run_folder, check_writable, remove_run_files
+from ..common.recipe_files import build_recipe, read_yaml
 from ..common.run_lock import lock_folder, unlock_folder
 from ..errors import CheckpointError, ConfigError, DCCNeXtError, OutputExistsError
 from . import run_state as states
 from .accelerator import make_accelerator, on_main_process
 from .run_state import Trainables, TrainState
 from .saving import SaveSchedule
+from .state_checks import RunLimits, check_counters
 
 __all__ = ["RunFolder", "RunLog", "Teller", "TrainResult", "RUN_FILES", "LAUNCH_KEYS", "TrainingInterrupted"]
 
@@ -91,8 +92,7 @@ class RunLog:
     def write(self, event: str, **values: Any) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
+        append_text(self.path, json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
         if self.tb is not None and "step" in values:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch", "iteration"):
@@ -108,6 +108,7 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"-o {out} is a file; give a folder for the run")
     check_writable(out / "recipe.yaml", "-o")  # under a file, or in a read-only folder: refused before the work
+    check_run_folder(out, RUN_FILES)  # a symbolic link at a run file: refused, never written through
     owned = [out / name for name in RUN_FILES if (out / name).exists()]
     if owned and not (resume or overwrite):
         raise OutputExistsError(f"{out} already holds a run ({owned[0].name}); pass --resume to continue it or "
@@ -121,7 +122,7 @@ def recipe_of_run(out: Path, recipe: Any, explicit: dict[str, Any] | None) -> An
     if not path.is_file():
         return recipe
     known = {f.name for f in fields(recipe)}
-    saved_dict = yaml.safe_load(path.read_text())
+    saved_dict = read_yaml(path)
     if not isinstance(saved_dict, dict):
         raise CheckpointError(f"{path} does not hold a recipe; start a new run")
     saved = build_recipe(type(recipe), {k: v for k, v in saved_dict.items() if k in known}, str(path))
@@ -223,13 +224,15 @@ class RunFolder:
         self.log = RunLog(self.out, self.main)
         self.saving = SaveSchedule(self.accelerator, self.recipe.checkpoint_every, self.recipe.checkpoint_minutes)
 
-    def restore(self, parts: Trainables) -> TrainState:
+    def restore(self, parts: Trainables, limits: RunLimits) -> TrainState:
         """Every process: the position, weights, optimiser and random states of the train state continued (the
-        main process reads it, the others receive it), reshaped to this launch; or a fresh start."""
+        main process reads it, the others receive it), checked against `limits`, reshaped to this launch; or a
+        fresh start."""
         accelerator, world, micro = self.accelerator, self.accelerator.num_processes, self.micro
         state = TrainState(world_size=world, micro_batch=micro)
         if self.train_state is not None:
             state = states.load_run_state(accelerator, self.train_state, parts, self.notes)
+            check_counters(state, self.train_state / "train_state.json", limits)
             if state.samples == 0:  # a train state from before the image count was kept
                 state.samples = state.step * self.recipe.batch_size
             if (state.world_size, state.micro_batch) != (world, micro):
@@ -297,7 +300,8 @@ class Teller:
     def notes(self, notes: list[str]) -> None:
         """The notes not told yet (what resuming skipped, completed or changed)."""
         for note in notes[self.told:]:
-            self(f"warning: {note}")
+            if self.reporter is not None:
+                self.reporter.warning(note)
         self.told = len(notes)
 
     def start(self, folder: RunFolder, state: TrainState) -> None:

@@ -35,11 +35,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..common.crash_points import crash_point
-from ..errors import CheckpointError, ConfigError
+from ..common.files import write_file
+from ..errors import CheckpointError, ConfigError, DCCNeXtError
 from .accelerator import engine_name
 from .full_state import gather_model_state, gather_optimizer_state, load_full_state
 from .rng_state import capture_rng, reseed_rng, restore_rng
 from .shards import all_gather_objects, from_main
+from .state_checks import check_state_tensors
 from .state_tree import load_tree, save_tree
 
 __all__ = ["TrainState", "Trainables", "save_run_state", "load_run_state", "find_checkpoint", "list_checkpoints",
@@ -204,8 +206,7 @@ def _fsync(path: Path) -> None:
 
 
 def _write(tmp: Path, name: str, moment: str, write) -> None:
-    write(tmp / name)
-    _fsync(tmp / name)
+    write_file(tmp / name, write)  # fsynced; a full disk is one line, the partial file removed
     crash_point(f"{moment}:{name}")
 
 
@@ -267,6 +268,16 @@ def _write_checkpoint(final: Path, state: TrainState, model_state: dict[str, tor
     tmp, moment = final.with_name(f".{final.name}{_TMP}"), _moment(state)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_files(tmp, moment, state, model_state, optimizer_state, rngs, scaler, engine)
+    except DCCNeXtError:  # a full disk: no half-written checkpoint stays; the previous ones are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _commit(tmp, final, moment)
+
+
+def _write_files(tmp: Path, moment: str, state: TrainState, model_state: dict[str, torch.Tensor],
+                 optimizer_state: dict[str, Any] | None, rngs: list[dict[str, Any]], scaler, engine: str) -> None:
     for rank, rng in enumerate(rngs):
         _write(tmp, f"rng-{rank}.json", moment, lambda p, rng=rng: p.write_text(json.dumps(rng)))
     _write(tmp, "model.safetensors", moment, lambda p: save_file(model_state, str(p)))
@@ -275,7 +286,6 @@ def _write_checkpoint(final: Path, state: TrainState, model_state: dict[str, tor
     _write(tmp, "optimizer.safetensors", moment, lambda p: save_tree(p, tree))
     _write(tmp, "train_state.json", moment, lambda p: p.write_text(state.to_json()))
     _write_manifest(tmp, state, len(rngs))
-    _commit(tmp, final, moment)
 
 
 def read_train_state(checkpoint: Path) -> TrainState:
@@ -320,6 +330,7 @@ def _read_checkpoint(checkpoint: Path, model: torch.nn.Module) -> _Read:
     tree = load_tree(checkpoint / "optimizer.safetensors")
     if not isinstance(tree, dict) or "optimizer" not in tree:
         raise CheckpointError(f"{checkpoint / 'optimizer.safetensors'} holds no optimiser entry; it is damaged")
+    check_state_tensors(checkpoint, model, weights, tree)
     return _Read(state, rngs, weights, tree)
 
 

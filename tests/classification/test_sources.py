@@ -120,7 +120,7 @@ def test_augmentation_is_seeded_per_sample_and_randaugment_inc1_runs(imagefolder
     assert recipe.auto_augment == "rand-m9-mstd0.5-inc1"
     transform = train_transform(recipe)
     split = open_split(parse_data(f"imagefolder:{imagefolder}"), "train")
-    image, _ = decode_record(split.dataset[0], split.image_column, split.label_column)
+    image, _ = decode_record(split.dataset[0], split)
     outs = []
     for _ in range(2):
         with seeded(0, 1, 7):
