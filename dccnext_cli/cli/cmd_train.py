@@ -13,6 +13,7 @@ from rich.table import Table
 from ..common.progress import StepProgress
 from ..errors import ConfigError
 from ..tasks import DenseTask, get_task, is_dense
+from . import early_checks
 from .options import (
     DATA_SOURCES,
     DEFAULT_TASK,
@@ -98,6 +99,7 @@ def train_cmd(
                       "lr": lr, "workers": workers, "seed": seed, "grad_accum": grad_accum, "amp": amp,
                       "checkpoint_every": checkpoint_every})
         return
+    early_checks.train_data(data, recipe, set_, variant.value if variant else None)
     from ..classification.callbacks import callbacks_from_env
     from ..classification.recipe import default_recipe_name, load_recipe
     from ..classification.train import train

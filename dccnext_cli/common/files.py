@@ -8,9 +8,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputExistsError
 
-__all__ = ["atomic_write", "atomic_write_text", "check_writable", "remove_run_files"]
+__all__ = ["atomic_write", "atomic_write_text", "check_writable", "check_new_output", "remove_run_files"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -48,6 +48,13 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
         raise ConfigError(f"{option} {path}: {parent} is a file, not a folder; choose another place")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: the folder {parent} is not writable; choose another place")
+
+
+def check_new_output(path: str | os.PathLike, overwrite: bool, option: str = "-o") -> None:
+    """Refuse, before any work, an output that exists (unless `overwrite`) or could not be written."""
+    if Path(path).exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another {option}")
+    check_writable(path, option)
 
 
 def remove_run_files(folder: Path, names: tuple[str, ...]) -> None:
