@@ -17,11 +17,12 @@ from . import early_checks
 from .options import (
     DATA_SOURCES,
     DEFAULT_TASK,
+    VARIANT_HELP,
     JsonOpt,
     OverwriteOpt,
     ResOpt,
     TaskOpt,
-    VariantOpt,
+    Variant,
     parse_resolution,
     print_json,
 )
@@ -38,6 +39,8 @@ dccnext train --variant b2 --data hf:timm/imagenet-1k-wds -o runs/b2
 
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", metavar="SOURCE", help="Images to train on (default: the embedded Fashion-MNIST): " + DATA_SOURCES)]
+TrainVariantOpt = Annotated[Optional[Variant], typer.Option(
+    "--variant", case_sensitive=False, help=VARIANT_HELP + " [default: b0, or the --recipe's]")]
 RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", metavar="RECIPE", help=RECIPE_HELP)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
@@ -50,18 +53,22 @@ WeightsOpt = Annotated[Optional[Path], typer.Option(
 
 
 def train_cmd(
-        variant: VariantOpt = None,
+        variant: TrainVariantOpt = None,
         data: DataOpt = None,
         recipe: RecipeOpt = None,
         set_: SetOpt = None,
-        epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (recipe key epochs).")] = None,
+        epochs: Annotated[Optional[int], typer.Option(
+            "--epochs", help="Epochs (recipe key epochs). [default: the recipe's: 3 in quickstart, 300 in "
+                             "imagenet/*]")] = None,
         batch_size: Annotated[Optional[int], typer.Option(
             "--batch-size", help="Total images per optimiser step over all processes (the paper: 4096).")] = None,
         lr: Annotated[Optional[float], typer.Option(
             "--lr", help="Peak learning rate (default: lr_base x batch / 1024).")] = None,
         res: ResOpt = None,
         grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.")] = None,
-        workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers per process.")] = None,
+        workers: Annotated[Optional[int], typer.Option(
+            "--workers", help="DataLoader workers per process. [default: the recipe's: 1 in quickstart, 8 in "
+                              "imagenet/*]")] = None,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
         amp: Annotated[Optional[str], typer.Option(
             "--amp", metavar="MODE", help="Mixed precision: auto (bf16 on GPUs that have it), no, bf16, fp16.")] = None,

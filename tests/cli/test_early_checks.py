@@ -55,7 +55,8 @@ def place(tmp_path) -> Path:
 
 
 CASES = {
-    "predict, missing image": (["predict", "nothere.jpg", "--checkpoint", "red.png"], "image nothere.jpg does not exist"),
+    "predict, missing image": (["predict", "nothere.jpg", "--checkpoint", "red.png"],
+                               "image nothere.jpg does not exist"),
     "predict, not an image": (["predict", "notes.png", "--checkpoint", "red.png"], "not an image file Pillow can read"),
     "predict, missing checkpoint": (["predict", "red.png", "--checkpoint", "no.safetensors"],
                                     "checkpoint no.safetensors does not exist"),
