@@ -54,6 +54,7 @@ def eval_cmd(
     normalisation: read from the file) and reports top-1, top-5 (percent) and the cross-entropy loss. A dense
     checkpoint (its task read from the file, or --task) reports COCO AP or mIoU on --data.
     """
+    checkpoint = early_checks.checkpoint_file(checkpoint)
     early_checks.data_source(data)
     spec = get_task(task.value)
     meta = read_meta(checkpoint)

@@ -86,7 +86,7 @@ def export(
         set_: ModelSetOpt = None,
         json_out: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint as weights, a timm or Hub folder, or a graph, checked against eager PyTorch.
+    """Export a checkpoint in one of six formats, checked against eager PyTorch.
 
     Formats: safetensors (the dccnext weights file; timm loads it by name), timm (a folder with config.json
     and model.safetensors for timm.create_model("local-dir:FOLDER", pretrained=True)), hub (the timm folder
@@ -106,6 +106,7 @@ def export(
         raise typer.BadParameter(f"{format_resolution(resolution)}: {fmt.value} exports need at least "
                                  f"{MIN_EXPORT_SIZE} px (stage 4 must hold K tokens); weights formats take any size",
                                  param_hint="--res")
+    checkpoint = early_checks.checkpoint_file(checkpoint)
     early_checks.export_output(fmt.value, output, overwrite)
     from ..export import export_model, load_source
 

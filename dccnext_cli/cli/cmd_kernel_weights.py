@@ -47,6 +47,7 @@ def kernel_weights_cmd(
         raise ConfigError("choose one of --json and --csv")
     if output is None and not (json_out or csv_out):
         output = Path("kernel_weights.png")
+    checkpoint = early_checks.checkpoint_file(checkpoint)
     early_checks.figure_outputs(output, None, overwrite)
     from ..viz.figure import save_figure
     from ..viz.kernel_weights import kernel_csv, kernel_figure, kernel_weights

@@ -31,6 +31,7 @@ def predict_cmd(
 
     The class names and the evaluation transform come from the checkpoint file.
     """
+    checkpoint = early_checks.checkpoint_file(checkpoint)
     early_checks.image_files(images)
     from ..classification.predict import predict
 

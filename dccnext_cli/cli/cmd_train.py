@@ -29,6 +29,8 @@ from .options import (
 
 RECIPE_HELP = ("A bundled recipe (quickstart, imagenet/b0 ... imagenet/b4) or a YAML file. Default: quickstart "
                "without --data, else the paper's ImageNet recipe for the variant.")
+EPOCHS_HELP = "Epochs (recipe key epochs). [default: the recipe's: 3 in quickstart, 300 in imagenet/*]"
+WORKERS_HELP = "DataLoader workers per process. [default: the recipe's: 1 in quickstart, 8 in imagenet/*]"
 SET_HELP = "Override any recipe key, e.g. --set lr=1e-3 --set input_size=[160,160] (repeatable; YAML values)."
 
 
@@ -57,18 +59,14 @@ def train_cmd(
         data: DataOpt = None,
         recipe: RecipeOpt = None,
         set_: SetOpt = None,
-        epochs: Annotated[Optional[int], typer.Option(
-            "--epochs", help="Epochs (recipe key epochs). [default: the recipe's: 3 in quickstart, 300 in "
-                             "imagenet/*]")] = None,
+        epochs: Annotated[Optional[int], typer.Option("--epochs", help=EPOCHS_HELP)] = None,
         batch_size: Annotated[Optional[int], typer.Option(
             "--batch-size", help="Total images per optimiser step over all processes (the paper: 4096).")] = None,
         lr: Annotated[Optional[float], typer.Option(
             "--lr", help="Peak learning rate (default: lr_base x batch / 1024).")] = None,
         res: ResOpt = None,
         grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.")] = None,
-        workers: Annotated[Optional[int], typer.Option(
-            "--workers", help="DataLoader workers per process. [default: the recipe's: 1 in quickstart, 8 in "
-                              "imagenet/*]")] = None,
+        workers: Annotated[Optional[int], typer.Option("--workers", help=WORKERS_HELP)] = None,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
         amp: Annotated[Optional[str], typer.Option(
             "--amp", metavar="MODE", help="Mixed precision: auto (bf16 on GPUs that have it), no, bf16, fp16.")] = None,

@@ -78,6 +78,7 @@ def visualize_clusters(
         raise ConfigError(f"--centers {centers!r} is not a mode; use auto or all, or give --center ROW,COL")
     if output is None and not json_out and html is None:
         output = Path("clusters.png")
+    checkpoint = early_checks.checkpoint_file(checkpoint)
     early_checks.figure_outputs(output, html, overwrite)
     early_checks.image_files(images)
     from ..viz.clusters import compute_clusters, parse_center, resolve_centers

@@ -2,7 +2,8 @@
 
 Loading torch and building a model takes from seconds to a minute; a typo in a path should not wait for it.
 Each check here imports no torch and raises the library's own one-line error (the library keeps its checks
-for Python callers); the commands call them first. tests/cli/test_early_checks.py holds each to that.
+for Python callers); the commands call them in their first lines. tests/cli/test_early_checks.py holds each
+to that.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ err_console = Console(stderr=True)
 
 
 def checkpoint_file(path: Path | None) -> Path | None:
-    """--checkpoint FILE, or a run folder standing for its model.safetensors (said on stderr)."""
+    """--checkpoint FILE, or a run folder standing for its model.safetensors (said on stderr); None stays None."""
     if path is None:
         return None
     if path.is_dir():

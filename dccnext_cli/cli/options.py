@@ -20,7 +20,6 @@ from ..errors import ConfigError
 from ..models.config import VARIANTS, checked_model_changes
 from ..models.precision import DEFAULT_PRECISION, PRECISIONS
 from ..tasks import CLASSIFICATION_TASK, TASKS, is_dense
-from .early_checks import checkpoint_file
 
 MAX_SIZE = 8192  # px a side, every command: B0's first stage alone holds 2 GB of activations at 8192x8192
 MIN_SIZE = 32  # px: the stem (stride 4) and three stride-2 downsamplings leave at least one token
@@ -118,8 +117,8 @@ JsonOpt = Annotated[
 ]
 CHECKPOINT_HELP = ("A dccnext .safetensors file (from `train` or `export`), or a run folder of `train` "
                    "(its model.safetensors).")
-CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help=CHECKPOINT_HELP, callback=checkpoint_file)]
-RequiredCheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help=CHECKPOINT_HELP, callback=checkpoint_file)]
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help=CHECKPOINT_HELP)]
+RequiredCheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help=CHECKPOINT_HELP)]
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", help="Number format of the weights and activations: fp32 (float32, as trained) or bf16 "
                         "(bfloat16: 1.4-2x faster on CPUs with AVX512-BF16 or AMX; top-1 within a few hundredths "

@@ -143,3 +143,12 @@ def test_variants_are_case_insensitive(run_cli):
     r = run_cli("kernel-weights", "--variant", "B0", "--blocks", "7", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["model"]["variant"] == "b0"
+
+
+def test_export_help_counts_its_formats_right(run_cli):
+    from dccnext_cli.export_formats import FORMATS
+
+    text = run_cli("export", "--help").text
+    words = {5: "five", 6: "six", 7: "seven", 8: "eight"}
+    assert f"one of {words[len(FORMATS)]} formats" in text
+    assert all(name in text for name in FORMATS)
