@@ -97,6 +97,7 @@ def train_cmd(
     Many GPUs or nodes: accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe
     imagenet/b2.
     """
+    early_checks.weights_file(weights)
     spec = get_task(task.value)
     if is_dense(spec):
         _train_dense(spec, data, recipe, set_, output, weights, overwrite, json_out, resume,

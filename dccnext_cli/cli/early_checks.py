@@ -15,8 +15,8 @@ from rich.console import Console
 
 from ..errors import CheckpointError
 
-__all__ = ["WEIGHTS_NAME", "checkpoint_file", "image_files", "data_source", "train_data", "export_output",
-           "figure_outputs"]
+__all__ = ["WEIGHTS_NAME", "checkpoint_file", "weights_file", "image_files", "data_source", "train_data",
+           "export_output", "figure_outputs"]
 
 WEIGHTS_NAME = "model.safetensors"  # what `train` leaves in a run folder; --checkpoint RUN_DIR means this file
 err_console = Console(stderr=True)
@@ -36,6 +36,13 @@ def checkpoint_file(path: Path | None) -> Path | None:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .safetensors file or a run folder")
     return path
+
+
+def weights_file(path: Path | None) -> None:
+    """--weights of `train`: a file to start from (a dccnext checkpoint or ConvFormer weights) that exists."""
+    if path is not None and not path.is_file():
+        raise CheckpointError(f"--weights {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass a "
+                              "dccnext checkpoint or ConvFormer weights file")
 
 
 def image_files(paths: list[Path]) -> None:

@@ -86,6 +86,8 @@ CASES = {
                                            "flat has no train/ folder"),
     "train, image folder without validation/": (["train", "--data", "imagefolder:no_val", "-o", "run"],
                                                 "has no validation/ folder (found: train)"),
+    "train, missing --weights": (["train", "--weights", "b2.safetensors", "-o", "run"],
+                                 "--weights b2.safetensors does not exist"),
     "train, missing image folder": (["train", "--data", "imagefolder:nowhere", "-o", "run"],
                                     "folder nowhere does not exist"),
 }
