@@ -54,8 +54,12 @@ def image_files(paths: list[Path]) -> None:
 
 
 def data_source(uri: str | None) -> None:
-    """--data has a known scheme and, for a local source, exists (a bare path is told its scheme)."""
-    if uri is not None:
+    """--data has a known scheme and, for a local source, exists (a bare path is told its scheme); the dense
+    tasks' schemes (coco:, ade20k:) are their own loaders' to check."""
+    from ..tasks import TASKS, is_dense
+
+    dense_schemes = {task.data_scheme for task in TASKS.values() if is_dense(task)}
+    if uri is not None and uri.partition(":")[0] not in dense_schemes:
         from ..data.sources import parse_data
 
         parse_data(uri)
