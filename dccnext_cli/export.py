@@ -33,9 +33,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .common.files import atomic_write, atomic_write_bytes, atomic_write_text, check_writable, staged
-from .errors import ConfigError, DCCNeXtError, OutputExistsError
-from .export_formats import FOLDER_FORMATS, FORMATS, GRAPH_FORMATS, MIN_EXPORT_SIZE
+from .common.files import atomic_write, atomic_write_bytes, atomic_write_text, check_new_output, staged
+from .errors import ConfigError, DCCNeXtError
+from .export_formats import FOLDER_FORMATS, FORMATS, GRAPH_FORMATS, MIN_EXPORT_SIZE, output_files
 from .models.config import variant_config
 from .models.dccnext import DCCNeXt
 from .models.hub import hub_config, model_card, push_folder
@@ -386,13 +386,6 @@ def _write_exported_program(module, reference, out: Path, resolution, inputs, dt
 
 
 # ----------------------------------------------------------------------------- the entry point
-def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
-    for path in paths:
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another -o")
-        check_writable(path, "-o")
-
-
 def _check_request(fmt: str, out: Path, features: bool, dtype: str, resolution: tuple[int, int],
                    overwrite: bool, push: str | None) -> None:
     """Refuse what cannot be exported before anything is written: one clear error each."""
@@ -414,12 +407,8 @@ def _check_request(fmt: str, out: Path, features: bool, dtype: str, resolution: 
         _check_repo_id(push)
     if fmt == "onnx" and dtype != "float32":
         raise ConfigError("ONNX export is float32 only; convert the file afterwards (onnxconverter-common) for fp16")
-    if fmt in FOLDER_FORMATS and out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} is a file; the {fmt} format writes a folder, choose a folder path for -o")
-    if fmt not in FOLDER_FORMATS and out.is_dir():
-        raise OutputExistsError(f"{out} is a folder; the {fmt} format writes one file, choose a file path for -o")
-    names = {"timm": ("config.json", "model.safetensors"), "hub": ("config.json", "model.safetensors", "README.md")}
-    _refuse_existing([out / n for n in names[fmt]] if fmt in FOLDER_FORMATS else [out], overwrite)
+    for path in output_files(fmt, out):
+        check_new_output(path, overwrite, "-o")
 
 
 def _check_repo_id(repo_id: str) -> None:

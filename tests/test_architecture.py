@@ -17,9 +17,9 @@ TESTS = Path(__file__).resolve().parent
 
 # Lowest first. A unit is a module or a package prefix; the longest matching prefix names a module's unit.
 LAYERS: list[tuple[str, ...]] = [
-    # export_formats: the names export writes, read by the CLI's help without importing torch
-    ("dccnext_cli._version", "dccnext_cli.errors", "dccnext_cli.export_formats"),
-    ("dccnext_cli.common",),
+    ("dccnext_cli._version", "dccnext_cli.errors"),
+    # export_formats: the names and files export writes, read by the CLI's help and early checks without torch
+    ("dccnext_cli.common", "dccnext_cli.export_formats"),
     ("dccnext_cli.models", "dccnext_cli.data", "dccnext_cli.training"),
     ("dccnext_cli.classification", "dccnext_cli.dense"),
     ("dccnext_cli.tasks", "dccnext_cli.export", "dccnext_cli.viz", "dccnext_cli.benchmark"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 NOT_RUN = r"(?:<!-- snippet: not run \((?P<reason>[^)]*(?:\([^)]*\)[^)]*)*)\) -->\n)?"
 FENCE = re.compile(NOT_RUN + r"```(?P<lang>python|bash)\n(?P<code>.*?)^```", re.S | re.M)
 
@@ -28,7 +28,7 @@ def _snippets() -> list[tuple[str, str, str, str | None]]:
         text = doc.read_text()
         for match in FENCE.finditer(text):
             line = text[:match.start("code")].count("\n") + 1
-            out.append((f"{doc.name}:{line}", match["lang"], match["code"], match["reason"]))
+            out.append((f"{doc.relative_to(ROOT)}:{line}", match["lang"], match["code"], match["reason"]))
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -32,6 +33,17 @@ err_console = Console(stderr=True)
 
 # Click's UsageError as Typer vendors it (typer exports only its subclass BadParameter)
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+# Typer parses values with pydantic, whose words reach the message: said plainly instead.
+LIBRARY_WORDING = ((re.compile(r"Value error, "), ""),
+                   (re.compile(r"Input should be a valid (\w+), unable to parse string as an? \w+"), r"not a valid \1"),
+                   (re.compile(r"Input should be a valid (\w+)"), r"not a valid \1"))
+
+
+def _plain(message: str) -> str:
+    for pattern, replacement in LIBRARY_WORDING:
+        message = pattern.sub(replacement, message)
+    return message
 
 # Options whose value may be left out (Click's optional values do not survive Typer): bare -> this value.
 OPTIONAL_VALUES = {"--resume": "auto"}
@@ -60,7 +72,8 @@ class DCCNeXtGroup(TyperGroup):
             raise typer.Exit(getattr(e, "exit_code", 2)) from None
         except _USAGE_ERROR as e:  # a bad option or value: one line, not Click's usage panel
             where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "dccnext"
-            err_console.print(f"[bold red]error:[/] {escape(e.format_message())} (see {where} --help)", highlight=False,
+            message = _plain(e.format_message())
+            err_console.print(f"[bold red]error:[/] {escape(message)} (see {where} --help)", highlight=False,
                               soft_wrap=True, markup=True)
             raise typer.Exit(2) from None
 

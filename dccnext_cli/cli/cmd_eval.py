@@ -14,12 +14,14 @@ from ..common.progress import StepProgress
 from ..errors import ConfigError
 from ..models.weights import read_meta
 from ..tasks import DenseTask, check_options, get_task, is_dense
+from . import early_checks
 from .options import (
     DATA_SOURCES,
     DEFAULT_PRECISION_OPT,
     DEFAULT_TASK,
     JsonOpt,
     PrecisionOpt,
+    RequiredCheckpointOpt,
     TaskOpt,
     format_resolution,
     given_options,
@@ -35,8 +37,7 @@ dccnext eval --checkpoint b2.safetensors --precision bf16
 
 def eval_cmd(
         ctx: typer.Context,
-        checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A dccnext .safetensors file.",
-                                                 dir_okay=False)],
+        checkpoint: RequiredCheckpointOpt,
         data: Annotated[Optional[str], typer.Option(
             "--data", metavar="SOURCE", help="Images to score (default: the checkpoint's own evaluation data, "
                                              "else the embedded test split): " + DATA_SOURCES)] = None,
@@ -57,6 +58,8 @@ def eval_cmd(
     normalisation: read from the file) and reports top-1, top-5 (percent) and the cross-entropy loss. A dense
     checkpoint (its task read from the file, or --task) reports COCO AP or mIoU on --data.
     """
+    checkpoint = early_checks.checkpoint_file(checkpoint)
+    early_checks.data_source(data)
     spec = get_task(task.value)
     meta = read_meta(checkpoint)
     if not is_dense(spec) and not meta.is_classifier:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..export_formats import FORMATS, GRAPH_FORMATS, MIN_EXPORT_SIZE
+from . import early_checks
 from .options import (
     CheckpointOpt,
     JsonOpt,
@@ -85,7 +86,7 @@ def export(
         set_: ModelSetOpt = None,
         json_out: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint in one of five formats, checked against eager PyTorch.
+    """Export a checkpoint in one of six formats, checked against eager PyTorch.
 
     Formats: safetensors (the dccnext weights file; timm loads it by name), timm (a folder with config.json
     and model.safetensors for timm.create_model("local-dir:FOLDER", pretrained=True)), hub (the timm folder
@@ -105,6 +106,8 @@ def export(
         raise typer.BadParameter(f"{format_resolution(resolution)}: {fmt.value} exports need at least "
                                  f"{MIN_EXPORT_SIZE} px (stage 4 must hold K tokens); weights formats take any size",
                                  param_hint="--res")
+    checkpoint = early_checks.checkpoint_file(checkpoint)
+    early_checks.export_output(fmt.value, output, overwrite)
     from ..export import export_model, load_source
 
     model, meta = load_source(checkpoint, variant.value if variant else None, parse_model_sets(set_))

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
+from . import early_checks
 from .figures import BlocksOpt, DpiOpt, err_console, model_json, output_opt, warn_random
 from .options import CheckpointOpt, JsonOpt, ModelSetOpt, OverwriteOpt, VariantOpt, parse_model_sets, print_json
 
@@ -44,14 +45,14 @@ def kernel_weights_cmd(
     """
     if json_out and csv_out:
         raise ConfigError("choose one of --json and --csv")
-    from ..viz.figure import check_output, save_figure
+    if output is None and not (json_out or csv_out):
+        output = Path("kernel_weights.png")
+    checkpoint = early_checks.checkpoint_file(checkpoint)
+    early_checks.figure_outputs(output, None, overwrite)
+    from ..viz.figure import save_figure
     from ..viz.kernel_weights import kernel_csv, kernel_figure, kernel_weights
     from ..viz.model_source import load_model, parse_blocks
 
-    if output is None and not (json_out or csv_out):
-        output = Path("kernel_weights.png")
-    if output is not None:
-        output = check_output(output, overwrite)
     source = load_model(checkpoint, variant.value if variant else None, parse_model_sets(set_))
     warn_random(source)
     kernels = kernel_weights(source, parse_blocks(blocks, source.model))

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .options import DEFAULT_PRECISION_OPT, JsonOpt, PrecisionOpt, print_json
+from . import early_checks
+from .options import DEFAULT_PRECISION_OPT, JsonOpt, PrecisionOpt, RequiredCheckpointOpt, print_json
 
 EXAMPLES = """\
 dccnext predict --checkpoint model.safetensors shirt.png boot.png
@@ -22,8 +23,7 @@ dccnext predict --checkpoint b2.safetensors --precision bf16 cat.jpg
 def predict_cmd(
         images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Image files (JPEG, PNG, WebP, ...; any "
                                                                           "mode).", show_default=False)],
-        checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A dccnext .safetensors file.",
-                                                 dir_okay=False)],
+        checkpoint: RequiredCheckpointOpt,
         top: Annotated[int, typer.Option("--top", min=1, help="How many classes to list.")] = 5,
         precision: PrecisionOpt = DEFAULT_PRECISION_OPT,
         json_out: JsonOpt = False,
@@ -32,6 +32,8 @@ def predict_cmd(
 
     The class names and the evaluation transform come from the checkpoint file.
     """
+    checkpoint = early_checks.checkpoint_file(checkpoint)
+    early_checks.image_files(images)
     from ..classification.predict import predict
     from ..common.text import printable
 

@@ -13,14 +13,16 @@ from rich.table import Table
 from ..common.progress import StepProgress
 from ..errors import ConfigError
 from ..tasks import DenseTask, check_options, get_task, is_dense
+from . import early_checks
 from .options import (
     DATA_SOURCES,
     DEFAULT_TASK,
+    VARIANT_HELP,
     JsonOpt,
     OverwriteOpt,
     ResOpt,
     TaskOpt,
-    VariantOpt,
+    Variant,
     given_options,
     parse_resolution,
     print_json,
@@ -28,6 +30,8 @@ from .options import (
 
 RECIPE_HELP = ("A bundled recipe (quickstart, imagenet/b0 ... imagenet/b4) or a YAML file. Default: quickstart "
                "without --data, else the paper's ImageNet recipe for the variant.")
+EPOCHS_HELP = "Epochs (recipe key epochs). [default: the recipe's: 3 in quickstart, 300 in imagenet/*]"
+WORKERS_HELP = "DataLoader workers per process. [default: the recipe's: 1 in quickstart, 8 in imagenet/*]"
 SET_HELP = "Override any recipe key, e.g. --set lr=1e-3 --set input_size=[160,160] (repeatable; YAML values)."
 
 
@@ -38,6 +42,8 @@ dccnext train --variant b2 --data hf:timm/imagenet-1k-wds -o runs/b2
 
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", metavar="SOURCE", help="Images to train on (default: the embedded Fashion-MNIST): " + DATA_SOURCES)]
+TrainVariantOpt = Annotated[Optional[Variant], typer.Option(
+    "--variant", case_sensitive=False, help=VARIANT_HELP + " [default: b0, or the --recipe's]")]
 RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", metavar="RECIPE", help=RECIPE_HELP)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
@@ -51,18 +57,18 @@ WeightsOpt = Annotated[Optional[Path], typer.Option(
 
 def train_cmd(
         ctx: typer.Context,
-        variant: VariantOpt = None,
+        variant: TrainVariantOpt = None,
         data: DataOpt = None,
         recipe: RecipeOpt = None,
         set_: SetOpt = None,
-        epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (recipe key epochs).")] = None,
+        epochs: Annotated[Optional[int], typer.Option("--epochs", help=EPOCHS_HELP)] = None,
         batch_size: Annotated[Optional[int], typer.Option(
             "--batch-size", help="Total images per optimiser step over all processes (the paper: 4096).")] = None,
         lr: Annotated[Optional[float], typer.Option(
             "--lr", help="Peak learning rate (default: lr_base x batch / 1024).")] = None,
         res: ResOpt = None,
         grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.")] = None,
-        workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers per process.")] = None,
+        workers: Annotated[Optional[int], typer.Option("--workers", help=WORKERS_HELP)] = None,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
         amp: Annotated[Optional[str], typer.Option(
             "--amp", metavar="MODE", help="Mixed precision: auto (bf16 on GPUs that have it), no, bf16, fp16.")] = None,
@@ -99,6 +105,7 @@ def train_cmd(
     Many GPUs or nodes: accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe
     imagenet/b2.
     """
+    early_checks.weights_file(weights)
     spec = get_task(task.value)
     check_options(spec, "train", given_options(ctx))
     from ..common.recipe_files import parse_overrides
@@ -118,6 +125,7 @@ def train_cmd(
     if is_dense(spec):
         _train_dense(spec, data, recipe, overrides, output, weights, overwrite, json_out, resume_from)
     else:
+        early_checks.train_data(data, recipe, set_, variant.value if variant else None)
         _train_classifier(data, recipe, overrides, output, weights, overwrite, json_out, resume_from)
 
 

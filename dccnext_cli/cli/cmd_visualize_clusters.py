@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
+from . import early_checks
 from .figures import BlocksOpt, DpiOpt, err_console, model_json, output_opt, sizes_as_typed, warn_random
 from .options import (
     CheckpointOpt,
@@ -75,20 +76,20 @@ def visualize_clusters(
         raise ConfigError("give either --centers auto|all or --center ROW,COL, not both")
     if centers is not None and centers not in ("auto", "all"):
         raise ConfigError(f"--centers {centers!r} is not a mode; use auto or all, or give --center ROW,COL")
+    if output is None and not json_out and html is None:
+        output = Path("clusters.png")
+    checkpoint = early_checks.checkpoint_file(checkpoint)
+    early_checks.figure_outputs(output, html, overwrite)
+    early_checks.image_files(images)
     from ..viz.clusters import compute_clusters, parse_center, resolve_centers
     from ..viz.clusters_plot import clusters_figure
-    from ..viz.explorer import check_explorer_inputs, check_html_output, write_explorer
-    from ..viz.figure import check_output, save_figure
+    from ..viz.explorer import check_explorer_inputs, write_explorer
+    from ..viz.figure import save_figure
     from ..viz.model_source import load_model, parse_blocks
 
     explicit = [parse_center(c) for c in center or []]
     resolution = parse_resolution(res)
-    if output is None and not json_out and html is None:
-        output = Path("clusters.png")
-    if output is not None:
-        output = check_output(output, overwrite)
     if html is not None:
-        html = check_html_output(html, overwrite)
         check_explorer_inputs(images)
 
     source = load_model(checkpoint, variant.value if variant else None, parse_model_sets(set_))

@@ -107,18 +107,18 @@ ModelSetOpt = Annotated[Optional[list[str]], typer.Option(
     help="A model option over the variant's (a DCCNeXtConfig field; YAML value; repeatable), e.g. "
          "--set model.global_op=none --set model.cluster_sizes=[8,8]. Only with --variant: a checkpoint carries "
          "its config.")]
-VariantOpt = Annotated[Optional[Variant], typer.Option(
-    "--variant", help="Model variant: " + ", ".join(VARIANTS) + ".")]
+VARIANT_HELP = "Model variant: " + ", ".join(VARIANTS) + " (any case)."
+VariantOpt = Annotated[Optional[Variant], typer.Option("--variant", case_sensitive=False, help=VARIANT_HELP)]
 RES_HELP = ("Input size: 224 (square) or WIDTHxHEIGHT as the paper writes it (1280x800 is landscape); "
             "at least 32 px.")
 ResOpt = Annotated[Optional[str], typer.Option("--res", metavar="WxH", help=RES_HELP)]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON result on stdout, nothing else.")
 ]
-CheckpointOpt = Annotated[
-    Optional[Path],
-    typer.Option("--checkpoint", help="A dccnext .safetensors file (from `train` or `export`).", dir_okay=False),
-]
+CHECKPOINT_HELP = ("A dccnext .safetensors file (from `train` or `export`), or a run folder of `train` "
+                   "(its model.safetensors).")
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help=CHECKPOINT_HELP)]
+RequiredCheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help=CHECKPOINT_HELP)]
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", help="Number format of the weights and activations: fp32 (float32, as trained) or bf16 "
                         "(bfloat16: 1.4-2x faster on CPUs with AVX512-BF16 or AMX; top-1 within a few hundredths "

@@ -30,8 +30,8 @@ from ..errors import ConfigError, DCCNeXtError, DiskFullError, OutputExistsError
 from .crash_points import crash_point
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "append_text", "check_writable",
-           "check_run_folder", "remove_run_files", "staged", "write_file", "reporting_full_disk", "is_disk_full",
-           "remove_stale", "DISK_FREE_ENV"]
+           "check_new_output", "check_run_folder", "remove_run_files", "staged", "write_file",
+           "reporting_full_disk", "is_disk_full", "remove_stale", "DISK_FREE_ENV"]
 
 DISK_FREE_ENV = "DCCNEXT_DISK_FREE"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -299,6 +299,13 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
         raise ConfigError(f"{option} {path}: {parent} is a file, not a folder; choose another place")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: the folder {parent} is not writable; choose another place")
+
+
+def check_new_output(path: str | os.PathLike, overwrite: bool, option: str = "-o") -> None:
+    """Refuse, before any work, an output that exists (unless `overwrite`) or could not be written."""
+    if Path(path).exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another {option}")
+    check_writable(path, option)
 
 
 def remove_run_files(folder: Path, names: tuple[str, ...]) -> None:

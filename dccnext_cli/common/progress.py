@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.table import Column
 from rich.text import Text
 
 from .text import printable
 
 __all__ = ["StepProgress", "SmoothedETA"]
+
+MIN_BAR = 8  # characters: the bar narrows first when the terminal is narrow
 
 
 class SmoothedETA(ProgressColumn):
@@ -20,8 +23,8 @@ class SmoothedETA(ProgressColumn):
     or one slow stretch swings it by a factor of two or more; this one moves by a `half_life` in seconds.
     """
 
-    def __init__(self, half_life: float = 60.0):
-        super().__init__()
+    def __init__(self, half_life: float = 60.0, table_column: Column | None = None):
+        super().__init__(table_column=table_column)
         self.half_life = half_life
         self.seen: dict[int, tuple[float, float, float | None]] = {}  # task -> (time, completed, rate)
         self.warm: set[int] = set()  # tasks past their first step
@@ -62,9 +65,14 @@ class StepProgress:
     def __init__(self, unit: str = "step", enabled: bool = True):
         self.console = Console(stderr=True)
         self.unit, self.enabled, self.task = unit, enabled, None
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), SmoothedETA(),
-                                 console=self.console, disable=not enabled)
+        # Fits 80 columns: the text columns never wrap, the bar takes what is left (at least MIN_BAR).
+        fixed = Column(no_wrap=True)
+        self.progress = Progress(TextColumn("[bold]{task.description}", table_column=fixed),
+                                 BarColumn(bar_width=None, table_column=Column(min_width=MIN_BAR, ratio=1)),
+                                 MofNCompleteColumn(table_column=Column(no_wrap=True)),
+                                 TextColumn("{task.fields[stats]}", table_column=Column(no_wrap=True)),
+                                 SmoothedETA(table_column=Column(no_wrap=True)),
+                                 console=self.console, disable=not enabled, expand=True)
 
     def start(self, total: int | None, done: int = 0, title: str = "") -> None:
         if title:
@@ -77,7 +85,7 @@ class StepProgress:
                                           (lr, f"lr {lr:.2e}" if lr is not None else ""),
                                           (img_s, f"{img_s:.0f} img/s" if img_s is not None else ""))
                  if value is not None]
-        fields = {"stats": "  ".join(stats)} if stats else {}
+        fields = {"stats": " ".join(stats)} if stats else {}
         self.progress.update(self.task, completed=step, **fields)
 
     def advance(self, n: int = 1) -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+
+if TYPE_CHECKING:  # torch loads with the model, not with an image check (commands check images first)
+    import torch
 
 __all__ = ["load_image", "decode_image", "upright", "eval_transform", "load_image_tensor"]
 

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .builtin import open_builtin
 from .labels import check_labels, name_map
 
-__all__ = ["DataSource", "ImageSplit", "parse_data", "open_split", "KINDS"]
+__all__ = ["DataSource", "ImageSplit", "parse_data", "check_split_folders", "open_split", "KINDS"]
 
 KINDS = ("builtin", "imagefolder", "parquet", "hf")
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "pixel_values")
@@ -74,13 +73,45 @@ def parse_data(uri: str) -> DataSource:
     """Check a `--data` value; a local path that does not exist is an error here, before any work starts."""
     kind, sep, location = uri.partition(":")
     if not sep or kind not in KINDS or not location:
-        raise DataError(f"--data {uri!r} is not one of builtin:NAME, imagefolder:PATH, parquet:GLOB, hf:REPO")
+        raise DataError(f"--data {uri!r} is not one of builtin:NAME, imagefolder:PATH, parquet:GLOB, hf:REPO"
+                        + _scheme_hint(uri))
     if kind == "imagefolder" and not Path(location).is_dir():
         raise DataError(f"--data {uri}: folder {location} does not exist; give a folder with train/ and "
                         "validation/ class-per-folder trees")
+    if kind == "imagefolder" and not _split_folders(Path(location)):
+        raise DataError(f"--data {uri}: {location} has no train/ folder; an image folder holds "
+                        f"{Path(location) / 'train'}/<class>/*.jpg and {Path(location) / 'validation'}/<class>/...")
     if kind == "parquet" and not _parquet_files(location):
         raise DataError(f"--data {uri}: no .parquet file matches {location}; check the path or the glob")
     return DataSource(kind, location)
+
+
+def _scheme_hint(uri: str) -> str:
+    """For a bare local path: the --data value that reads it."""
+    path = Path(uri)
+    if path.is_dir():
+        return f"; a local folder is read as --data imagefolder:{uri}"
+    if path.suffix == ".parquet" or _parquet_files(uri):
+        return f"; parquet shards are read as --data parquet:{uri}"
+    return ""
+
+
+def _split_folders(root: Path) -> list[str]:
+    """The split folders (train/, validation/, test/ and their aliases) directly under an image folder."""
+    words = {w for names in SPLIT_WORDS.values() for w in names}
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and d.name in words)
+
+
+def check_split_folders(source: DataSource, splits: list[str]) -> None:
+    """An image folder must hold a folder for every split the run reads: said before any data is opened."""
+    if source.kind != "imagefolder":
+        return
+    found = _split_folders(Path(source.location))
+    for split in splits:
+        if _split_alias(split, found) is None:
+            hint = " (or --set eval_split=null to train without evaluation)" if split != "train" else ""
+            raise DataError(f"--data {source.uri} has no {split}/ folder (found: {', '.join(found)}); add "
+                            f"{Path(source.location) / split}/<class>/... images{hint}")
 
 
 def _parquet_files(pattern: str) -> list[str]:
@@ -175,6 +206,8 @@ def open_split(source: DataSource, split: str, *, streaming: bool | None = None,
     """Open one split; an empty split or one that does not exist is a DataError naming it. `class_names`: the
     names a column of strings is mapped through (a checkpoint's, when it is evaluated); see labels.py."""
     if source.kind == "builtin":
+        from .builtin import open_builtin  # torch's Dataset: imported when data is opened, not when --data is checked
+
         data = open_builtin(source.location, split)
         return ImageSplit(source, split, data, False, "image", "label", len(data), data.class_names)
     part = _open_hf_split(source, split, streaming, image_column, label_column)

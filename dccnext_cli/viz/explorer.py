@@ -24,32 +24,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..common.files import atomic_write, check_writable
+from ..common.files import atomic_write
 from ..data.images import load_image
-from ..errors import ConfigError, OutputExistsError
+from ..errors import ConfigError
 from .clusters import ImageClusters
 from .kernel_weights import kernel_weights
 from .model_source import ModelSource, dcconv_blocks
+from .outputs import HTML_SUFFIXES, check_html_output
 
 __all__ = ["HTML_SUFFIXES", "check_html_output", "check_explorer_inputs", "explorer_data", "explorer_html",
            "write_explorer"]
 
-HTML_SUFFIXES = (".html", ".htm")
 TEMPLATE = "explorer.html"
 DATA_MARKER = "__DCCNEXT_EXPLORER_DATA__"
-
-
-def check_html_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse a non-HTML name, a folder, an existing file (unless overwrite) or an unwritable place."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--html {path} is a folder; give a file name such as {path / 'clusters.html'}")
-    if path.suffix.lower() not in HTML_SUFFIXES:
-        raise ConfigError(f"--html {path}: the page is a .html file; name it e.g. {path.with_suffix('.html').name}")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it or choose another --html")
-    check_writable(path, "--html")
-    return path
 
 
 def check_explorer_inputs(images: list[Path]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dccnext_cli.data.images import eval_transform, load_image
@@ -97,7 +98,9 @@ def test_checkpoint_whose_tensors_do_not_fit_its_metadata(run_cli, checkpoint, t
         metadata = f.metadata()
     edited = tmp_path / "edited.safetensors"
     save_file(state, str(edited), metadata=metadata)
-    for cmd in (["eval", "--checkpoint", edited, "--limit", "8"], ["predict", edited, "--checkpoint", edited]):
+    image = tmp_path / "grey.png"  # a real image: images are checked before the checkpoint loads
+    Image.new("RGB", (8, 8), (128, 128, 128)).save(image)
+    for cmd in (["eval", "--checkpoint", edited, "--limit", "8"], ["predict", image, "--checkpoint", edited]):
         r = run_cli(*cmd)
         assert r.exit_code == 2 and "tensors do not fit its metadata" in r.text, r.output
 

@@ -144,7 +144,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_checked(run_cli, image
     (out / "model.safetensors").write_bytes(b"old weights")
     r = run_cli("train", "--data", f"imagefolder:{imagefolder}", *TINY, "--set", "eval_split=test",
                 "--overwrite", "-o", out)
-    assert r.exit_code == 2 and "no 'test' split" in r.text and "eval_split=null" in r.text
+    assert r.exit_code == 2 and "has no test/ folder" in r.text and "eval_split=null" in r.text
     assert (out / "model.safetensors").read_bytes() == b"old weights"
     r = run_cli("train", "--data", f"imagefolder:{imagefolder}", *TINY, "--overwrite", "-o", out, "--json",
                 "--set", "train_samples=32", "--set", "eval_samples=5")  # caps a map-style source too

@@ -56,3 +56,29 @@ def test_an_evaluation_phase_has_its_own_bar():
     done()
     assert [t.description for t in bar.progress.tasks] == ["steps"]
     bar.stop()
+
+
+def test_the_bars_fit_80_columns():
+    """At 80 columns every bar is one line with its counts, statistics and ETA whole (the bar narrows)."""
+    import io
+
+    from rich.console import Console
+
+    training = StepProgress("step", enabled=False)
+    training.start(28200)
+    training.update(12000, loss=12.30101, lr=1.0e-3, img_s=1900.4)
+    advance, _ = training.phase("evaluating", 10000)
+    advance(2560)
+    evaluation = StepProgress("image", enabled=False)
+    evaluation.start(10000)
+    evaluation.advance(2560)
+    for progress, rows in ((training.progress, 2), (evaluation.progress, 1)):
+        console = Console(file=io.StringIO(), width=80)
+        console.print(progress.make_tasks_table(progress.tasks))
+        lines = console.file.getvalue().splitlines()
+        assert len(lines) == rows and all(len(line) <= 80 for line in lines), lines
+        assert all(line.rstrip().endswith("eta -:--:--") for line in lines), lines
+    console = Console(file=io.StringIO(), width=80)
+    console.print(training.progress.make_tasks_table(training.progress.tasks))
+    first, second = console.file.getvalue().splitlines()
+    assert "12000/28200 loss 12.3010 lr 1.00e-03 1900 img/s" in first and "2560/10000" in second

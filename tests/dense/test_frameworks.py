@@ -1,4 +1,4 @@
-"""README's "DCCNeXt in detection frameworks": the torchvision route runs as written."""
+"""docs/dense.md's "DCCNeXt in detection frameworks": the torchvision route runs as written."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "dense.md"
 
 
 def _torchvision_block() -> str:
-    section = README.read_text().split("### DCCNeXt in detection frameworks", 1)[1]
+    section = README.read_text().split("## DCCNeXt in detection frameworks", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
