@@ -35,10 +35,11 @@ from .dcconv_export import cluster_conv_export, cluster_conv_plain, cluster_indi
 from .dcconv_export import exporting
 from .dcconv_reference import (
     accumulation_dtype,
+    bias_grad,
     cluster_conv_reference,
+    cluster_conv_reference_backward,
     cluster_indices_reference,
     effective_cluster_size,
-    flat_indices,
     pairwise_sq_distances,
 )
 from .settings import operator_settings
@@ -79,9 +80,9 @@ def _inductor_indices(x: torch.Tensor, k: int, d: int, chunk: int) -> torch.Tens
 
 
 def _inductor_conv(tokens, idx, weight, bias):
-    from .dcconv_inductor import compiled_conv
+    from .dcconv_inductor import cluster_conv_inductor
 
-    return compiled_conv(tokens, idx, weight, bias)
+    return cluster_conv_inductor(tokens, idx, weight, bias)
 
 
 def _triton_conv(deterministic: bool) -> Conv:
@@ -143,6 +144,11 @@ def watched_by_dispatch_mode() -> bool:
     return torch._C._len_torch_dispatch_stack() > 0
 
 
+def _as_custom_ops() -> bool:
+    """Eager under a dispatch mode (compilers and exporters trace the backends themselves)."""
+    return not (torch.compiler.is_compiling() or exporting()) and watched_by_dispatch_mode()
+
+
 def _chunk_elements(tensor: torch.Tensor) -> int:
     settings = operator_settings()
     return settings.distance_chunk_elements if tensor.device.type == "cpu" else settings.device_distance_elements
@@ -171,7 +177,7 @@ def cluster_indices(
     if subvector_interval < 1:
         raise ValueError(f"subvector_interval must be >= 1, got {subvector_interval}")
     chunk = chunk_elements or _chunk_elements(x)
-    if watched_by_dispatch_mode() and not exporting():
+    if _as_custom_ops():
         return _cluster_indices_op(x, cluster_size, subvector_interval, chunk)
     return _indices(x, cluster_size, subvector_interval, chunk)
 
@@ -183,7 +189,7 @@ def cluster_conv(
         bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`cluster_conv_reference`'s result by the backend `select_backend` picks, forward and backward."""
-    if watched_by_dispatch_mode() and not exporting() and not torch.compiler.is_compiling():
+    if _as_custom_ops():
         return _cluster_conv_op(tokens, idx, weight, bias)
     return BACKENDS[select_backend(tokens)].conv(tokens, idx, weight, bias)
 
@@ -217,17 +223,10 @@ def _(tokens, idx, weight, bias=None):
 @torch.library.custom_op("dccnext::cluster_conv_backward", mutates_args=())
 def _cluster_conv_backward_op(grad: torch.Tensor, tokens: torch.Tensor, idx: torch.Tensor,
                               weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's gradients written out: grad_x by index_add of grad * W[k], grad_W[k] by the gathered rows."""
-    batch, num_tokens, channels = tokens.shape
-    k = idx.shape[-1]
-    acc = accumulation_dtype(tokens, weight)
-    flat = tokens.reshape(-1, channels).to(acc)
-    rows = flat_indices(idx, num_tokens).reshape(-1)
-    g = grad.reshape(-1, 1, channels).to(acc)
-    grad_flat = torch.zeros_like(flat).index_add_(0, rows, (g * weight[:k].to(acc)).reshape(-1, channels))
-    grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-    grad_weight[:k] = (flat.index_select(0, rows).view(-1, k, channels) * g).sum(0)
-    return grad_flat.view(tokens.shape).to(tokens.dtype), grad_weight.to(weight.dtype)
+    grad_tokens, grad_weight = cluster_conv_reference_backward(grad, tokens, idx, weight)
+    full = torch.zeros_like(weight)
+    full[:idx.shape[-1]] = grad_weight  # slots past K' (small maps) get no gradient
+    return grad_tokens, full
 
 
 @_cluster_conv_backward_op.register_fake
@@ -244,10 +243,7 @@ def _op_setup_context(ctx, inputs, output):
 def _op_backward(ctx, grad):
     tokens, idx, weight = ctx.saved_tensors
     grad_tokens, grad_weight = _cluster_conv_backward_op(grad, tokens, idx, weight)
-    grad_bias = None
-    if ctx.bias_dtype is not None:
-        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
-        grad_bias = grad_bias.to(ctx.bias_dtype)
+    grad_bias = None if ctx.bias_dtype is None else bias_grad(grad, ctx.bias_dtype)
     return grad_tokens, None, grad_weight, grad_bias
 
 

@@ -19,6 +19,7 @@ import torch
 
 from .dcconv_reference import (
     accumulation_dtype,
+    autocast_disabled,
     as_dtype,
     as_tokens,
     centred,
@@ -60,7 +61,7 @@ def cluster_indices_export(x: torch.Tensor, cluster_size: int, subvector_interva
     tokens = as_tokens(x)
     num_tokens = tokens.shape[1]
     k = effective_cluster_size(cluster_size, num_tokens)
-    with torch.no_grad():
+    with torch.no_grad(), autocast_disabled(tokens.device):
         sub = tokens[..., ::subvector_interval].float()
         sub = centred(sub, sub)
         dist = pairwise_sq_distances(sub, sub)

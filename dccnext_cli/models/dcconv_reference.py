@@ -22,8 +22,11 @@ import torch
 __all__ = [
     "accumulation_dtype",
     "as_tokens",
+    "bias_grad",
+    "autocast_disabled",
     "centred",
     "cluster_conv_reference",
+    "cluster_conv_reference_backward",
     "cluster_indices_reference",
     "effective_cluster_size",
     "nearest_keyed",
@@ -139,7 +142,7 @@ def select_chunk(queries: torch.Tensor, keys_t: torch.Tensor, start: int, k: int
     return nearest_keyed(dist, k)
 
 
-def _autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
     """Distances stay float32 under mixed precision; the meta device (FLOP counting) has no autocast."""
     if device.type == "meta":
         return contextlib.nullcontext()
@@ -159,7 +162,7 @@ def cluster_indices_reference(
     tokens = as_tokens(x)
     batch, num_tokens, _ = tokens.shape
     k = effective_cluster_size(cluster_size, num_tokens)
-    with torch.no_grad(), _autocast_disabled(tokens.device):
+    with torch.no_grad(), autocast_disabled(tokens.device):
         if tokens.device.type == "meta":  # shapes only (the FLOP count)
             return tokens.new_empty((batch, num_tokens, k), dtype=torch.int64)
         queries, keys_t = prepare(tokens, subvector_interval)
@@ -193,6 +196,28 @@ def cluster_conv_reference(
     out = (gathered * as_dtype(weight[:k], acc)).sum(1).view(batch, num_tokens, channels)
     out = out if bias is None else out + as_dtype(bias, acc)
     return as_dtype(out, tokens.dtype)
+
+
+def cluster_conv_reference_backward(grad: torch.Tensor, tokens: torch.Tensor, idx: torch.Tensor,
+                                    weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's gradients written out, (grad_tokens, grad_weight[:K']): grad_x by index_add of grad * W[k],
+    grad_W[k] by the sum of the gathered rows times grad, both in float32 (`accumulation_dtype`)."""
+    channels = tokens.shape[-1]
+    k = idx.shape[-1]
+    acc = accumulation_dtype(tokens, weight)
+    flat = as_dtype(tokens.reshape(-1, channels), acc)
+    rows = flat_indices(idx, tokens.shape[1]).reshape(-1)
+    g = as_dtype(grad.reshape(-1, 1, channels), acc)
+    products = (g * as_dtype(weight[:k], acc)).reshape(-1, channels)
+    grad_flat = torch.zeros_like(flat).index_add_(0, rows, products)
+    grad_weight = (flat.index_select(0, rows).view(-1, k, channels) * g).sum(0)
+    return as_dtype(grad_flat.view(tokens.shape), tokens.dtype), as_dtype(grad_weight, weight.dtype)
+
+
+def bias_grad(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The bias's gradient: the output gradient summed over every token in float32, in the bias's dtype."""
+    total = grad.reshape(-1, grad.shape[-1]).sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
+    return as_dtype(total, dtype)
 
 
 def flat_indices(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:

@@ -111,3 +111,28 @@ def grads_of(fn, tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     leaves = [t.detach().clone().requires_grad_() for t in (tokens, weight, bias)]
     out = fn(*leaves)
     return out.detach(), torch.autograd.grad(out, leaves, grad)
+
+
+def bf16_layer_case():
+    """A DCConv(64, K = 12, d = 8) with random kernel and bias, bfloat16 StarReLU-like input, and the float64 result
+    of the reference on the same indices."""
+    from dccnext_cli.models.dcconv import DCConv, cluster_indices
+    from dccnext_cli.models.dcconv_reference import cluster_conv_reference
+
+    gen = torch.Generator().manual_seed(11)
+    layer = DCConv(64, cluster_size=12, subvector_interval=8)
+    torch.nn.init.normal_(layer.weight, generator=gen)
+    torch.nn.init.normal_(layer.bias, generator=gen)
+    x = (torch.relu(torch.randn(2, 6, 7, 64, generator=gen)) ** 2 + 3.0).to(torch.bfloat16)
+    idx = cluster_indices(x.float(), 12, 8)
+    ref = cluster_conv_reference(x.double().flatten(1, 2), idx, layer.weight.double(), layer.bias.double())
+    return layer, x, ref.view(x.shape)
+
+
+def assert_within_bf16_rounding(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """One rounding of the float64 result to bfloat16: at most half a unit in its last place (bfloat16 keeps 8
+    significant bits), with a little room for float32's own error where the result lies on a rounding boundary."""
+    assert out.dtype == torch.bfloat16
+    err = (out.detach().double() - ref).abs()
+    half_ulp = torch.exp2(torch.floor(torch.log2(ref.abs())) - 8)
+    assert torch.all(err <= half_ulp * 1.01 + 1e-6), f"max error {float((err / half_ulp).max()):.2f} half-ulps"

@@ -113,3 +113,24 @@ def test_without_a_compiler_the_reference_runs_with_a_note(monkeypatch, caplog):
         monkeypatch.undo()
         dcconv_inductor.available.cache_clear()
     assert select_backend(torch.empty(1)) == "inductor"
+
+
+def test_backward_keeps_no_gathered_tensor():
+    """What autograd keeps for the backward: the input rows, the int indices and the kernel, never (B*N, K', E)."""
+    tokens = torch.randn(4, 196, 64, requires_grad=True)
+    idx = cluster_indices(tokens, 12, 8)
+    weight = torch.randn(12, 64, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        cluster_conv(tokens, idx, weight, torch.zeros(64, requires_grad=True))
+    saved_bytes = sum(t.numel() * t.element_size() for t in saved)
+    allowed = tokens.numel() * 4 + idx.numel() * 8 + weight.numel() * 4
+    assert saved_bytes <= allowed, (saved_bytes, allowed)
+
+
+def test_gradcheck_float64():
+    tokens = torch.randn(1, 10, 5, dtype=torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(10)[:4] for _ in range(10)]).unsqueeze(0)
+    weight = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, w, b: cluster_conv(t, idx, w, b), (tokens, weight, bias))
