@@ -15,13 +15,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import (
     DropPath,
     LayerNorm,
     LayerNorm2d,
     SelectAdaptivePool2d,
-    register_notrace_module,
     trunc_normal_,
 )
 from timm.models._builder import build_model_with_cfg

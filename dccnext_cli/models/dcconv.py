@@ -8,12 +8,13 @@ sub-sample, and a depthwise kernel of K slots mixes the gathered cluster:
 The operator is a small table of backends, each a complete formulation (indices, convolution, backward) that
 the tests hold to the reference, and one function (`select_backend`) that picks one by device and mode:
 
-| backend | where | module |
-|---|---|---|
-| `reference` | the oracle; any device without a faster backend, the meta device, inside `torch.compile` | `dcconv_reference` |
-| `inductor` | CPU: the reference compiled once by Inductor, a fixed handful of ops per layer | `dcconv_inductor` |
-| `triton`, `triton-deterministic` | CUDA: the reference's indices, the convolution in Triton kernels | `dcconv_triton` |
-| `export` | exporting, tracing, scripting: plain ops for the `export_target` ("torch" or "onnx") | `dcconv_export` |
+- `reference` (`dcconv_reference`): the oracle; any device without a faster backend, the meta device, and
+  inside `torch.compile` (Inductor fuses it into the user's graph);
+- `inductor` (`dcconv_inductor`): on the CPU, the reference compiled once by Inductor, a fixed handful of ops
+  per layer whatever the batch;
+- `triton`, `triton-deterministic` (`dcconv_triton`): on CUDA, the reference's indices and the convolution in
+  Triton kernels;
+- `export` (`dcconv_export`): exporting, tracing, scripting: plain ops for the `export_target` ("torch", "onnx").
 
 Every backend sums in float32 and returns the input's dtype. Under a TorchDispatchMode (a user's
 `FlopCounterMode`) the layer runs as two custom ops with FLOP formulas, computing with the same backend.
@@ -31,8 +32,13 @@ import torch.nn as nn
 from timm.layers import register_notrace_module, trunc_normal_
 from torch.utils.flop_counter import register_flop_formula
 
-from .dcconv_export import cluster_conv_export, cluster_conv_plain, cluster_indices_export, cluster_indices_sorted
-from .dcconv_export import exporting
+from .dcconv_export import (
+    cluster_conv_export,
+    cluster_conv_plain,
+    cluster_indices_export,
+    cluster_indices_sorted,
+    exporting,
+)
 from .dcconv_reference import (
     accumulation_dtype,
     bias_grad,

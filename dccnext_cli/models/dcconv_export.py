@@ -19,9 +19,9 @@ import torch
 
 from .dcconv_reference import (
     accumulation_dtype,
-    autocast_disabled,
     as_dtype,
     as_tokens,
+    autocast_disabled,
     centred,
     cluster_conv_reference,
     effective_cluster_size,

@@ -2,9 +2,9 @@
 
 Each switch picks between formulations that give the same numbers (the tests hold every one to the
 reference), or sizes a block of work; none changes a result. Speed-ups that change how the blocks run
-(in-place activations, FFN batch slices) are not settings: `optimize_for_inference` applies them. Read the current values with
-`operator_settings()`; change them for a block of code with `use_operator_settings(...)` (as timm's
-`set_layer_config`), or for the whole process with `set_operator_settings(...)`:
+(in-place activations, FFN batch slices) are not settings: `optimize_for_inference` applies them.
+Read the current values with `operator_settings()`; change them for a block of code with
+`use_operator_settings(...)` (as timm's `set_layer_config`), or for the whole process with `set_operator_settings(...)`:
 
     from dccnext_cli.models.settings import use_operator_settings
 

@@ -16,7 +16,7 @@ from dcconv_cases import (
     offset_tokens,
 )
 
-from dccnext_cli.models.dcconv import DCConv, cluster_conv, cluster_indices
+from dccnext_cli.models.dcconv import DCConv
 from dccnext_cli.models.dcconv_export import cluster_conv_export, cluster_indices_export, cluster_indices_sorted
 from dccnext_cli.models.dcconv_reference import cluster_conv_reference
 from dccnext_cli.models.settings import use_operator_settings

@@ -16,8 +16,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dccnext_cli.models import dcconv_inductor
 from dccnext_cli.models.dccnext import create_dccnext
-from dccnext_cli.models.dcconv import BACKENDS, DCConv, cluster_conv, cluster_conv_reference, cluster_indices
-from dccnext_cli.models.dcconv import select_backend
+from dccnext_cli.models.dcconv import (
+    BACKENDS,
+    DCConv,
+    cluster_conv,
+    cluster_conv_reference,
+    cluster_indices,
+    select_backend,
+)
 from dccnext_cli.models.settings import OperatorSettings, use_operator_settings
 
 CPU_DEFAULT = "inductor" if dcconv_inductor.available() else "reference"

@@ -11,7 +11,6 @@ import os
 
 import pytest
 import torch
-
 from dcconv_cases import assert_spike_sums_in_float32
 
 from dccnext_cli.models import dcconv
