@@ -5,11 +5,11 @@
 
 Writes `gpu_check.json` and `gpu_check.md` to `--out` (default benchmarks/results). Sections:
 
-1. parity: cluster indices and the cluster convolution (PyTorch kernels, Triton, Triton deterministic) on the
-   device against the float64 reference on the CPU, outputs and gradients; b0 logits on the device against the
-   CPU model; on CUDA, DCConv's forward + backward under CUDA's sync debug mode (no host synchronisation).
-2. the cluster convolution's forward + backward at (B, 14, 14, 640), K = 12: the PyTorch kernels (device path,
-   and the CPU path's blocks) against Triton.
+1. parity: cluster indices and the cluster convolution (each DCConv backend: reference, Inductor, Triton, Triton
+   deterministic) on the device against the float64 reference on the CPU, outputs and gradients; b0 logits on
+   the device against the CPU model; on CUDA, DCConv's forward + backward under CUDA's sync debug mode (no host
+   synchronisation).
+2. the cluster convolution's forward + backward at (B, 14, 14, 640), K = 12: each backend.
 3. B2, its control and timm's convformer_s18: training step (bf16 autocast, eager and compiled) img/s and peak
    memory, inference img/s, the 1280x800 backbone forward, and the 2048x2048 forward of b0.
 
@@ -39,8 +39,7 @@ from dccnext_cli.models import dcconv  # noqa: E402
 from dccnext_cli.models.dccnext import create_dccnext  # noqa: E402
 from dccnext_cli.models.settings import use_operator_settings  # noqa: E402
 
-KERNELS = ("pytorch", "triton", "triton-deterministic")
-OP_VARIANTS = (("pytorch", "device"), ("pytorch", "cpu"), ("triton", "device"), ("triton-deterministic", "device"))
+KERNELS = ("reference", "inductor", "triton", "triton-deterministic")  # DCConv backends (models/dcconv.py)
 MODELS = ("dccnext_b2", "control_b2", "convformer_s18")
 
 
@@ -105,7 +104,7 @@ def parity(device: torch.device, shape: tuple[int, int, int, int]) -> list[dict]
     expected.backward(grad.double())
     for kernels in KERNELS:
         got = [t.detach().clone().to(device).requires_grad_() for t in (x.flatten(1, 2), weight, bias)]
-        with use_operator_settings(eager_kernels=kernels):
+        with use_operator_settings(backend=kernels):
             out = dcconv.cluster_conv(got[0], idx.to(device), got[1], got[2])
         out.backward(grad.to(device))
         diffs = [float((a.detach().cpu().double() - b.detach()).abs().max())
@@ -125,7 +124,7 @@ def parity(device: torch.device, shape: tuple[int, int, int, int]) -> list[dict]
 
 
 def _sync_free(device: torch.device, shape: tuple[int, int, int, int]) -> dict:
-    """DCConv forward + backward (default settings: the device path) with CUDA's sync debug mode set to raise."""
+    """DCConv forward + backward (default settings: Triton on CUDA) with CUDA's sync debug mode set to raise."""
     layer = dcconv.DCConv(shape[-1], 12, 8).to(device)
     x = torch.randn(*shape, device=device, requires_grad=True)
     layer(x).sum().backward()  # warm-up: Triton compiles its kernels
@@ -149,13 +148,12 @@ def op_speed(device: torch.device, shape: tuple[int, int, int, int], repeats: in
     bias = torch.zeros(channels, device=device, requires_grad=True)
     grad = torch.randn_like(x)
     rows = []
-    for kernels, path in OP_VARIANTS:
-        def step(kernels: str = kernels, path: str = path) -> None:
-            with use_operator_settings(eager_kernels=kernels, eager_path=path):
+    for kernels in KERNELS:
+        def step(kernels: str = kernels) -> None:
+            with use_operator_settings(backend=kernels):
                 dcconv.cluster_conv(x, idx, weight, bias).backward(grad)
 
-        name = kernels if path == "device" else f"{kernels}, {path} path"
-        rows.append({"kernels": name, "shape": list(shape), "fwd_bwd_ms": 1000 * _time(step, device, repeats)})
+        rows.append({"kernels": kernels, "shape": list(shape), "fwd_bwd_ms": 1000 * _time(step, device, repeats)})
     return rows
 
 
