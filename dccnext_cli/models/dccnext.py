@@ -4,6 +4,10 @@ The layout mirrors timm's `metaformer.py` (ConvFormer) so that names, feature ta
 match it: stages take and return NCHW maps, blocks work channels-last inside, and the classifier is
 `head.fc.fc2`. Differences from ConvFormer: the spatial op of stages 3-4 is DCConv, and the MLP is a
 ConvFFN (a 3x3 depthwise conv between its two linears).
+
+The modules are plain, one operation per line: what a reader, a hook, FX, TorchScript or an exporter sees is
+what runs. Inference speed-ups that change how a module runs (in-place activations, FFN batch slices, the ONNX
+GELU) are the one explicit step `models/inference.py:optimize_for_inference`.
 """
 
 import os
