@@ -14,7 +14,6 @@ absolute times do not. Writes `deploy.json` (every repeat) and `deploy.md` to `-
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -53,12 +52,10 @@ def onnx_session(model: nn.Module, folder: Path, name: str, profile: bool = Fals
     `profile`: onnxruntime's own profiler records every node (`end_profiling` names its file)."""
     import onnxruntime as ort
 
-    from dccnext_cli import optimize_for_inference
     from dccnext_cli.export import write_onnx_graph
 
     path = folder / f"{name}.onnx"
-    exported = optimize_for_inference(copy.deepcopy(model), pointwise_conv=True)  # as `export` (no-op for timm's)
-    write_onnx_graph(_NamedInput(exported).eval(), torch.randn(2, 3, *SIZE), path)
+    write_onnx_graph(_NamedInput(model).eval(), torch.randn(2, 3, *SIZE), path)
     options = ort.SessionOptions()  # graph optimisations: the default, ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
     if profile:

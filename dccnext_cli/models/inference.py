@@ -14,9 +14,9 @@ sees every operation. This step swaps in forms that compute the same numbers wit
   five passes over the FFN's 4C-wide tensor).
 - optionally (`pointwise_conv=True`) the blocks' linears as 1x1 convolutions on the NCHW view of the same memory:
   oneDNN ran these GEMMs 1.1-1.4x faster than MKL's with several threads, but with one thread and a small batch
-  PyTorch runs such a convolution on a slow fallback, so it is not the default. `export` sets it: exported graphs
-  keep the 1x1 convolutions they always had (onnxruntime's run of the MatMul form agreed with eager less well:
-  near-tie clusters swapped, 8 of 11,368 slots on the export tests' model, against none with Conv).
+  PyTorch runs such a convolution on a slow fallback, so it is not the default. The ONNX export sets it on a copy:
+  its files keep the 1x1 convolutions they always had (onnxruntime's run of the MatMul form agreed with eager less
+  well: near-tie clusters swapped, 8 of 11,368 slots on the export tests' model, against none with Conv).
 
 The parameters keep their names: the state dict of the optimized model is the plain model's.
 """
