@@ -6,7 +6,7 @@
 Writes `gpu_check.json` and `gpu_check.md` to `--out` (default benchmarks/results). Sections, each timed and
 each run even when an earlier one failed (its error is recorded):
 
-1. parity: every DCConv backend on the device against the float64 reference on the CPU, forward and
+1. parity: every DCConv backend (reference, Inductor, Triton, Triton deterministic) on the device against the float64 reference on the CPU, forward and
    backward, float32 and bfloat16; cluster indices exactly; b0 logits on the device against the CPU model.
 2. sync: DCConv forward + backward and a whole bf16 training step of b0 (AdamW) under CUDA's sync debug
    mode set to raise: no host synchronisation.
@@ -56,8 +56,7 @@ from dccnext_cli.models import dcconv  # noqa: E402
 from dccnext_cli.models.dccnext import create_dccnext  # noqa: E402
 from dccnext_cli.models.settings import use_operator_settings  # noqa: E402
 
-KERNELS = ("pytorch", "triton", "triton-deterministic")
-OP_VARIANTS = (("pytorch", "device"), ("pytorch", "cpu"), ("triton", "device"), ("triton-deterministic", "device"))
+KERNELS = ("reference", "inductor", "triton", "triton-deterministic")  # DCConv backends (models/dcconv.py)
 MODELS = ("dccnext_b2", "convformer_s18", "convnext_tiny", "dccnext_b0", "dccnext_b1", "dccnext_b3", "dccnext_b4")
 OPS = ("dcc", "conv", "none")
 TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2}  # max |error| / max |reference|: float32 sums; one bf16 rounding and more
@@ -100,7 +99,7 @@ def parity(device: torch.device, shape: tuple[int, int, int, int]) -> list[dict]
         expected.backward(grad.double())
         for kernels in KERNELS:
             got = [t.detach().clone().to(device).requires_grad_() for t in inputs]
-            with use_operator_settings(eager_kernels=kernels):
+            with use_operator_settings(backend=kernels):
                 out = dcconv.cluster_conv(got[0], idx.to(device), got[1], got[2])
             out.backward(grad.to(device, dtype))
             errors = [_relative(a, b) for a, b in ((out, expected), (got[0].grad, ref[0].grad),
@@ -170,12 +169,12 @@ def op_speed(device: torch.device, shape: tuple[int, int, int, int], repeats: in
     bias = torch.zeros(channels, device=device, requires_grad=True)
     grad = torch.randn_like(x)
     steps = {}
-    for kernels, path in OP_VARIANTS:
-        def step(kernels: str = kernels, path: str = path) -> None:
-            with use_operator_settings(eager_kernels=kernels, eager_path=path):
+    for kernels in KERNELS:
+        def step(kernels: str = kernels) -> None:
+            with use_operator_settings(backend=kernels):
                 dcconv.cluster_conv(x, idx, weight, bias).backward(grad)
 
-        steps[kernels if path == "device" else f"{kernels}, {path} path"] = _Timed(step)
+        steps[kernels] = _Timed(step)
     times = interleaved(steps, device, warmup=1, rounds=repeats)
     return [{"kernels": name, "shape": list(shape), "fwd_bwd_ms": 1000 * median(t)} for name, t in times.items()]
 

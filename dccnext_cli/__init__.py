@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .models.config import PAPER_TABLE1, VARIANTS, DCCNeXtConfig, variant_config  # noqa: F401
     from .models.dccnext import DCCNeXt, create_dccnext  # noqa: F401
     from .models.dcconv import DCConv, cluster_conv, cluster_conv_reference, cluster_indices  # noqa: F401
+    from .models.inference import optimize_for_inference  # noqa: F401
     from .models.pretrained import WarmStartReport, convformer_to_dccnext, warm_start_from_convformer  # noqa: F401
     from .models.settings import OperatorSettings, operator_settings, set_operator_settings, use_operator_settings  # noqa: F401
 
@@ -23,6 +24,7 @@ EXPORTS = {
     ".models.config": ("PAPER_TABLE1", "VARIANTS", "DCCNeXtConfig", "variant_config"),
     ".models.dccnext": ("DCCNeXt", "create_dccnext"),
     ".models.dcconv": ("DCConv", "cluster_conv", "cluster_conv_reference", "cluster_indices"),
+    ".models.inference": ("optimize_for_inference",),
     ".models.pretrained": ("WarmStartReport", "convformer_to_dccnext", "warm_start_from_convformer"),
     ".models.settings": ("OperatorSettings", "operator_settings", "set_operator_settings", "use_operator_settings"),
 }

@@ -20,6 +20,7 @@ holds the outputs to the tolerance on the samples whose clusters all agree, coun
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -39,6 +40,7 @@ from .export_formats import FOLDER_FORMATS, FORMATS, GRAPH_FORMATS, MIN_EXPORT_S
 from .models.config import variant_config
 from .models.dccnext import DCCNeXt
 from .models.hub import hub_config, model_card, push_folder
+from .models.inference import optimize_for_inference
 from .models.settings import use_operator_settings
 from .models.weights import CheckpointMeta, save_weights
 
@@ -332,7 +334,8 @@ def write_onnx_graph(module: nn.Module, example: torch.Tensor, out: Path,
     resolution = tuple(example.shape[-2:])
     # ONNX has no Sort: the clustering selects with TopK, whose ties go to the lower index (the same rule); the
     # GELU is written in the op order onnxruntime fuses into one Gelu node, the cluster convolution as one gather
-    onnx_forms = {"export_indices": "topk", "export_gelu": "erf", "export_cluster_conv": "gather"}
+    onnx_forms = {"export_target": "onnx"}
+    module = optimize_for_inference(copy.deepcopy(module), pointwise_conv=True)  # ORT's MatMul form swapped ties
     with use_operator_settings(**onnx_forms), contextlib.redirect_stdout(sys.stderr):
         program = torch.onnx.export(
             module, (example,), dynamo=True, opset_version=ONNX_OPSET, dynamic_shapes=_dynamic_shapes(resolution),
@@ -474,7 +477,7 @@ def export_model(
         resolution = meta.input_size or (224, 224)
     _check_request(fmt, out, features, dtype, resolution, overwrite, push)
 
-    model = model.eval()
+    model = optimize_for_inference(model)
     meta = _meta_for_export(meta, resolution)
     inputs = _check_inputs(resolution, model.in_chans, MIN_EXPORT_SIZE if fmt in GRAPH_FORMATS else 32)
     result = ExportResult(fmt, out, dtype, features)

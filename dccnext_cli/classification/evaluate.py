@@ -20,6 +20,7 @@ from ..data.loading import build_loader
 from ..data.sources import open_split, parse_data
 from ..errors import DataError
 from ..models.dccnext import DCCNeXt
+from ..models.inference import optimize_for_inference
 from ..models.precision import DEFAULT_PRECISION, to_precision
 from ..models.weights import CheckpointMeta
 
@@ -132,6 +133,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     `precision` ("fp32" or "bf16", `models.precision`) is the format the weights and activations run in.
     """
     model, meta = DCCNeXt.from_checkpoint(checkpoint)
+    model = optimize_for_inference(model)
     dtype = to_precision(model, precision)
     recipe = meta.recipe or {}
     data = data or recipe.get("data") or DEFAULT_EVAL_DATA

@@ -10,6 +10,7 @@ import torch
 from ..common.device import default_device
 from ..data.images import eval_transform, load_image
 from ..models.dccnext import DCCNeXt
+from ..models.inference import optimize_for_inference
 from ..models.precision import DEFAULT_PRECISION, to_precision
 from .evaluate import eval_settings
 
@@ -34,6 +35,7 @@ def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, ba
     probabilities are computed in float32 either way.
     """
     model, meta = DCCNeXt.from_checkpoint(checkpoint)
+    model = optimize_for_inference(model)
     dtype = to_precision(model, precision)
     transform = eval_transform(**eval_settings(meta))
     tensors = [transform(load_image(p)) for p in images]

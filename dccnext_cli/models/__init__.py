@@ -9,6 +9,7 @@ EXPORTS = {
     ".config": ("PAPER_TABLE1", "VARIANT_DROP_PATH", "VARIANTS", "DCCNeXtConfig", "variant_config"),
     ".dccnext": ("DCCNeXt", "create_dccnext"),
     ".dcconv": ("DCConv", "cluster_conv", "cluster_conv_reference", "cluster_indices"),
+    ".inference": ("optimize_for_inference",),
     ".pretrained": ("WarmStartReport", "convformer_to_dccnext", "warm_start_from_convformer"),
     ".flops": ("count_variant",),
 }

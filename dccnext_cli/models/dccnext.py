@@ -4,11 +4,12 @@ The layout mirrors timm's `metaformer.py` (ConvFormer) so that names, feature ta
 match it: stages take and return NCHW maps, blocks work channels-last inside, and the classifier is
 `head.fc.fc2`. Differences from ConvFormer: the spatial op of stages 3-4 is DCConv, and the MLP is a
 ConvFFN (a 3x3 depthwise conv between its two linears).
+
+The modules are plain, one operation per line: what a reader, a hook, FX, TorchScript or an exporter sees is
+what runs. Inference speed-ups that change how a module runs (in-place activations, FFN batch slices, the ONNX
+GELU) are the one explicit step `models/inference.py:optimize_for_inference`.
 """
 
-from __future__ import annotations
-
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -18,13 +19,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import (
     DropPath,
     LayerNorm,
     LayerNorm2d,
     SelectAdaptivePool2d,
-    register_notrace_module,
     trunc_normal_,
 )
 from timm.models._builder import build_model_with_cfg
@@ -32,114 +31,16 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models._registry import generate_default_cfgs, register_model
 from timm.models.metaformer import LayerNorm2dNoBias, LayerNormNoBias, MlpHead, Scale, StarReLU
-from torch.nn.modules import module as torch_module
 
 from ..errors import CheckpointError, ConfigError
 from .config import DCCNeXtConfig, variant_config
-from .dcconv import DCConv, exporting
+from .dcconv import DCConv
 from .pretrained import checkpoint_filter_fn, prepare_pretrained_kwargs
-from .settings import operator_settings
 from .weights import CheckpointMeta, load_weights
 
-__all__ = [
-    "DCCNeXt", "DCCNeXtBlock", "DCCNeXtStage", "ConvFFN", "SepMixer", "DepthwiseConv2dNHWC", "PointwiseLinear",
-    "activate", "pointwise_linear", "GLOBAL_POOLS",
-]
+__all__ = ["DCCNeXt", "DCCNeXtBlock", "DCCNeXtStage", "ConvFFN", "SepMixer", "DepthwiseConv2dNHWC", "GLOBAL_POOLS"]
 
 GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptivePool2d types
-
-
-def pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`F.linear` over the last axis; a (B, H, W, C) map on CPU goes through oneDNN as a 1x1 convolution.
-
-    The choice depends on the tensor (rank, device), so FX keeps this function as one leaf call
-    (`torch.fx.wrap` below) instead of tracing into it.
-    """
-    if (x.ndim == 4 and operator_settings().pointwise_as_conv_on_cpu and x.device.type == "cpu"
-            and _onednn_takes_pointwise(x)):
-        return F.conv2d(x.permute(0, 3, 1, 2), weight[:, :, None, None], bias).permute(0, 2, 3, 1)
-    return F.linear(x, weight, bias)
-
-
-def _onednn_takes_pointwise(x: torch.Tensor) -> bool:
-    """False where PyTorch would run a float32 1x1 convolution on its im2col fallback instead of oneDNN.
-
-    PyTorch hands such a convolution to oneDNN only with more than one thread or a batch of 16 or more, and
-    for a batch of one only above 20480 input elements (`ConvParams::use_mkldnn`). With one thread (a 1-CPU
-    container, `torch.set_num_threads(1)`) and a small batch, the fallback took 60 % of B2's batch-1 forward;
-    with the linear instead, B2 ran about as fast as convformer_s18. A compiled graph makes the choice for the
-    thread count it was compiled under (Inductor's convolution calls the same aten kernel); exported graphs keep
-    the convolution, since they run elsewhere.
-    """
-    if x.dtype != torch.float32 or exporting():
-        return True
-    batch = x.shape[0]
-    return (batch >= 16 or _several_threads()) and (batch > 1 or x.numel() > 20480)
-
-
-@torch.compiler.assume_constant_result
-def _several_threads() -> bool:
-    """torch's intra-op thread count > 1; a constant to torch.compile (which cannot trace the call)."""
-    return torch.get_num_threads() > 1
-
-
-torch.fx.wrap("pointwise_linear")
-
-
-@register_notrace_module
-class PointwiseLinear(nn.Linear):
-    """nn.Linear over the channels of a channels-last (B, H, W, C) map.
-
-    On CPU it runs as a 1x1 convolution on the NCHW view of the same memory (no copy in or out), see
-    `OperatorSettings.pointwise_as_conv_on_cpu`; elsewhere (CUDA, the meta device of the FLOP counter) and
-    under TorchScript as the plain linear.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return F.linear(x, self.weight, self.bias)
-        return pointwise_linear(x, self.weight, self.bias)
-
-
-def activate(act: nn.Module, x: torch.Tensor, *producers: nn.Module) -> torch.Tensor:
-    """`act(x)`, computed in place on `x` in eager inference when no one else can hold `x`.
-
-    The mixer's StarReLU and the FFN's GELU run on the widest tensors of a block (2C and 4C channels).
-    Out of place, each costs a fresh allocation (page-zeroing) and a full extra pass over memory: B2's
-    batch-32 eager inference ran 1.2x faster in place (benchmarks/). `producers` are the modules whose
-    output `x` is (the layer before, and any identity in between): a forward hook on one of them (or a
-    global one) may keep `x`, so then, as with autograd on (its backward needs `x`), under torch.compile
-    (Inductor fuses the activation by itself), while exporting (plain graphs) or when hooks watch `act`,
-    the module is called as usual. The numbers are the same bit for bit. The ONNX export writes the exact
-    GELU out in the op order onnxruntime fuses (`_exports_gelu_as_erf`).
-    """
-    if exporting() and _exports_gelu_as_erf(act) and not _hooked(act):
-        return x * (torch.erf(x / math.sqrt(2.0)) + 1.0) * 0.5
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or exporting()
-            or _hooked(act, *producers)):
-        return act(x)
-    if isinstance(act, StarReLU):  # scale * relu(x) ** 2 + bias
-        return x.relu_().square_().mul_(act.scale).add_(act.bias)
-    if isinstance(act, nn.GELU):
-        return torch.ops.aten.gelu_(x, approximate=act.approximate)
-    return act(x)
-
-
-def _exports_gelu_as_erf(act: nn.Module) -> bool:
-    """The exact GELU, to be written as x * (1 + erf(x / sqrt 2)) * 0.5 (`OperatorSettings.export_gelu`).
-
-    onnxruntime fuses that op order (Div, Erf, Add, Mul by x, Mul by 0.5) into one Gelu kernel; the order
-    torch's exporter writes (0.5 times the sum first) it leaves as five passes over the FFN's 4C-wide tensor.
-    """
-    return (isinstance(act, nn.GELU) and act.approximate == "none"
-            and operator_settings().export_gelu == "erf")
-
-
-def _hooked(*modules: nn.Module) -> bool:
-    """True when a forward hook (on one of `modules`, or registered for every module) could see a tensor."""
-    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class DepthwiseConv2dNHWC(nn.Conv2d):
@@ -172,15 +73,17 @@ class SepMixer(nn.Module):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         hidden = expansion * dim
-        self.pwconv1 = PointwiseLinear(dim, hidden, bias=False, **dd)
+        self.pwconv1 = nn.Linear(dim, hidden, bias=False, **dd)
         self.act1 = StarReLU(**dd)
         self.spatial = spatial
-        self.pwconv2 = PointwiseLinear(hidden, dim, bias=False, **dd)
+        self.pwconv2 = nn.Linear(hidden, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return self.pwconv2(self.spatial(self.act1(self.pwconv1(x))))
-        return self.pwconv2(self.spatial(activate(self.act1, self.pwconv1(x), self.pwconv1)))
+        x = self.pwconv1(x)
+        x = self.act1(x)
+        x = self.spatial(x)
+        x = self.pwconv2(x)
+        return x
 
 
 class ConvFFN(nn.Module):
@@ -194,36 +97,17 @@ class ConvFFN(nn.Module):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         hidden = ratio * dim
-        self.fc1 = PointwiseLinear(dim, hidden, bias=False, **dd)
+        self.fc1 = nn.Linear(dim, hidden, bias=False, **dd)
         self.dwconv = DepthwiseConv2dNHWC(hidden, kernel_size, bias=True, **dd) if conv else nn.Identity()
         self.act = nn.GELU() if act == "gelu" else StarReLU(**dd)
-        self.fc2 = PointwiseLinear(hidden, dim, bias=False, **dd)
+        self.fc2 = nn.Linear(hidden, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return self.fc2(self.act(self.dwconv(self.fc1(x))))
-        per_slice = self._images_per_slice(x)
-        if per_slice is None:
-            return self._ffn(x)
-        return torch.cat([self._ffn(part) for part in x.split(per_slice)])
-
-    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        # without its conv, the FFN's `dwconv` is an identity that hands on fc1's own output
-        producers = (self.dwconv,) if isinstance(self.dwconv, nn.Conv2d) else (self.dwconv, self.fc1)
-        return self.fc2(activate(self.act, self.dwconv(self.fc1(x)), *producers))
-
-    def _images_per_slice(self, x: torch.Tensor) -> int | None:
-        """Images per slice of the batch under `ffn_chunk_bytes` (operator settings), or None for the whole batch.
-
-        Only without autograd, with a concrete batch size (a symbolic one would pin compiled graphs to it)
-        and not while exporting (exported graphs stay plain).
-        """
-        batch, budget = x.shape[0], operator_settings().ffn_chunk_bytes
-        if budget <= 0 or torch.is_grad_enabled() or not isinstance(batch, int) or exporting():
-            return None
-        image_bytes = x.shape[1:-1].numel() * self.fc1.out_features * x.element_size()  # H * W * 4C
-        per_slice = max(1, budget // image_bytes)
-        return per_slice if per_slice < batch else None
+        x = self.fc1(x)
+        x = self.dwconv(x)
+        x = self.act(x)
+        x = self.fc2(x)
+        return x
 
 
 class DCCNeXtBlock(nn.Module):
@@ -256,8 +140,12 @@ class DCCNeXtBlock(nn.Module):
         # adds and LayerNorms then ran through transposes, and compiled B2 was ~1.09x slower than with 3-D ones.
         shape = x.shape
         x = x.flatten(1, 2)
-        x = self.res_scale1(x) + self.drop_path1(self.token_mixer(self.norm1(x).view(shape)).flatten(1, 2))
-        x = self.res_scale2(x) + self.drop_path2(self.mlp(self.norm2(x).view(shape)).flatten(1, 2))
+        y = self.norm1(x).view(shape)
+        y = self.token_mixer(y).flatten(1, 2)
+        x = self.res_scale1(x) + self.drop_path1(y)
+        y = self.norm2(x).view(shape)
+        y = self.mlp(y).flatten(1, 2)
+        x = self.res_scale2(x) + self.drop_path2(y)
         return x.view(shape)
 
 
@@ -360,7 +248,7 @@ class DCCNeXt(nn.Module):
         self.apply(self._init_weights)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **config_changes: Any) -> tuple[DCCNeXt, CheckpointMeta]:
+    def from_checkpoint(cls, path: str | os.PathLike, **config_changes: Any) -> tuple["DCCNeXt", CheckpointMeta]:
         """The classifier a dccnext weights file describes, with its weights loaded strictly, and its metadata.
 
         `config_changes` replace fields of the recorded config (e.g. `drop_path_rate`); the tensors must still fit.

@@ -18,7 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["cluster_conv_forward", "cluster_conv_backward", "TritonClusterConv", "BLOCK_ROWS", "BLOCK_CHANNELS"]
+from .dcconv_reference import flat_indices
+
+__all__ = ["cluster_conv_triton", "cluster_conv_forward", "cluster_conv_backward", "TritonClusterConv", "BLOCK_ROWS",
+           "BLOCK_CHANNELS"]
 
 BLOCK_ROWS = 32
 BLOCK_CHANNELS = 64
@@ -164,3 +167,12 @@ class TritonClusterConv(torch.autograd.Function):
         full_grad_weight[:slots.shape[0]] = grad_weight  # slots k >= K' (small maps) get no gradient
         return (grad_input, None, full_grad_weight.to(weight.dtype),
                 None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype), None)
+
+
+def cluster_conv_triton(tokens: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        deterministic: bool = False) -> torch.Tensor:
+    """The cluster convolution of (B, N, E) tokens and (B, N, K') indices with these kernels, under autograd."""
+    batch, num_tokens, channels = tokens.shape
+    flat = tokens.reshape(batch * num_tokens, channels).contiguous()
+    slots = flat_indices(idx, num_tokens).t().contiguous()  # (K', B*N): one contiguous row per slot
+    return TritonClusterConv.apply(flat, slots, weight, bias, deterministic).view(batch, num_tokens, channels)

@@ -1,13 +1,14 @@
 """The operator's switches: one documented settings object instead of module globals to patch.
 
 Each switch picks between formulations that give the same numbers (the tests hold every one to the
-reference), or sizes a block of work; none changes a result. Read the current values with
-`operator_settings()`; change them for a block of code with `use_operator_settings(...)` (as timm's
-`set_layer_config`), or for the whole process with `set_operator_settings(...)`:
+reference), or sizes a block of work; none changes a result. Speed-ups that change how the blocks run
+(in-place activations, FFN batch slices) are not settings: `optimize_for_inference` applies them.
+Read the current values with `operator_settings()`; change them for a block of code with
+`use_operator_settings(...)` (as timm's `set_layer_config`), or for the whole process with `set_operator_settings(...)`:
 
     from dccnext_cli.models.settings import use_operator_settings
 
-    with use_operator_settings(ffn_chunk_bytes=0, pointwise_as_conv_on_cpu=False):
+    with use_operator_settings(backend="reference"):
         logits = model(images)
 """
 
@@ -28,55 +29,28 @@ __all__ = ["OperatorSettings", "operator_settings", "set_operator_settings", "us
 
 @dataclass(frozen=True)
 class OperatorSettings:
-    """How DCConv and the blocks compute; measured on the project's 2-core AMD EPYC with benchmarks/compare.py."""
+    """How DCConv computes (models/dcconv.py's backend table); measured on the project's 2-core AMD EPYC."""
 
-    # Blocks' linears on CPU as 1x1 convolutions (oneDNN) instead of matrix products (MKL): the same GEMMs ran
-    # 1.1-1.4x faster, the B2 training step 1.16x. The parameters are those of nn.Linear either way.
-    pointwise_as_conv_on_cpu: bool = True
-    # Inference runs the ConvFFN over slices of the batch whose 4C-wide hidden tensor takes at most this many
-    # bytes (0: never): slices stay in cache (B2 1.2x faster at batch 32). Training keeps the whole batch.
-    ffn_chunk_bytes: int = 16 << 20
-    # Distances (query rows x tokens of one image, images grouped up to this size) computed at once; above
-    # this, query rows are chunked. 2M floats (8 MiB) keep a chunk in cache between the matmul that writes it
+    # Which formulation runs in eager mode: "reference" (plain aten ops, the oracle), "inductor" (the reference
+    # compiled once by Inductor: a fixed handful of ops per layer; needs a C++ compiler, else the reference),
+    # "triton" (CUDA kernels, atomic scatter-add backward), "triton-deterministic" (backward through the reverse
+    # index) or "auto": Inductor on the CPU, Triton on CUDA where it is installed, else the reference. Exporting,
+    # the meta device and torch.compile pick their own form whatever this says.
+    backend: Literal["auto", "reference", "inductor", "triton", "triton-deterministic"] = "auto"
+    # The form exported graphs take: "torch" (torch.export, TorchScript: a stable sort, the convolution one slot
+    # at a time) or "onnx" (a topk, one gather of all slots, the GELU in the op order onnxruntime fuses; the ONNX
+    # export sets it).
+    export_target: Literal["torch", "onnx"] = "torch"
+    # Distances (query rows x tokens of one image, images grouped up to this size) computed at once on the CPU;
+    # above this, query rows are chunked. 2M floats (8 MiB) keep a chunk in cache between the matmul that writes it
     # and the top-k that reads it. The chunk's rows depend on the token count alone, never on the batch.
     distance_chunk_elements: int = 1 << 21
-    # How the cluster convolution runs inside torch.compile: "inductor" (fused gather) or "custom_op".
-    compile_impl: Literal["inductor", "custom_op"] = "inductor"
-    # Output rows per block of the fast cluster convolution (output block + gather buffer stay in L2).
-    block_rows: int = 512
-    # Rows per block of its backward: five ops per slot and block, so fewer, larger blocks pay (measured).
-    backward_block_rows: int = 1024
-    # Which eager operator runs: "cpu" (cache-sized row blocks; two shortcuts read a flag back from the tensor:
-    # the centre slot read in place, and top-k's tie repair done on the few rows that need it), "device" (whole-
-    # tensor ops, nothing read back to the host, a number of kernel launches that does not grow with batch x
-    # tokens) or "auto": "device" for tensors on any device but the CPU. Both give the same numbers.
-    eager_path: Literal["auto", "cpu", "device"] = "auto"
-    # On the device path, distances (query rows x tokens, images grouped) computed at once: 64M floats (256 MiB,
-    # plus 512 MiB of int64 selection keys), so at (64, 14, 14, C) or a 1280x800 stage 3 a few launches in all.
+    # The same on other devices: 64M floats (256 MiB, plus 512 MiB of int64 selection keys), so at (64, 14, 14, C)
+    # or a 1280x800 stage 3 a few launches in all.
     device_distance_elements: int = 1 << 26
-    # The eager cluster convolution's kernels: "pytorch" (aten ops: in cache-sized row blocks on the "cpu" path,
-    # in one block on the "device" path), "triton" (models/dcconv_triton.py: a fixed number of kernel launches
-    # whatever the batch; atomic scatter-add backward), "triton-deterministic" (backward through the reverse
-    # index) or "auto": Triton for CUDA tensors where Triton is installed, else "pytorch". Every choice
-    # accumulates in float32 (float64 for float64 inputs) and returns the input's dtype. The Triton kernels
-    # need CUDA, or TRITON_INTERPRET=1 set before their first use (slow; how the tests run them on the CPU).
-    eager_kernels: Literal["auto", "pytorch", "triton", "triton-deterministic"] = "auto"
-    # Cluster selection in exported graphs: "sort" (stable sort: torch.export, TorchScript) or "topk"
-    # (ONNX has no Sort; its TopK puts equal values in index order, the stable sort's tie rule).
-    export_indices: Literal["sort", "topk"] = "sort"
-    # The exact GELU in exported graphs: "aten" (torch's gelu op) or "erf" (x * (1 + erf(x / sqrt 2)) * 0.5,
-    # in that order: the pattern onnxruntime fuses into one Gelu node; the ONNX export sets it).
-    export_gelu: Literal["aten", "erf"] = "aten"
-    # The cluster convolution in exported graphs: "loop" (one gather, multiply and add per slot: memory of one
-    # activation) or "gather" (the reference: all K slots in one gather, multiply, sum over K; K activations of
-    # memory, and onnxruntime ran it 1.2x (batch 32) to 3x (batch 1) faster; the ONNX export sets it).
-    export_cluster_conv: Literal["loop", "gather"] = "loop"
 
     def __post_init__(self) -> None:
-        for name in ("ffn_chunk_bytes",):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"operator setting {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("distance_chunk_elements", "device_distance_elements", "block_rows", "backward_block_rows"):
+        for name in ("distance_chunk_elements", "device_distance_elements"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"operator setting {name} must be >= 1, got {getattr(self, name)}")
         for name, choices in _choices().items():

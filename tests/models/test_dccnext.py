@@ -6,11 +6,10 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models.metaformer import StarReLU
 from timm.optim import create_optimizer_v2
 
 from dccnext_cli import CheckpointError, DCCNeXt, create_dccnext, variant_config, warm_start_from_convformer
-from dccnext_cli.models.dccnext import DepthwiseConv2dNHWC, PointwiseLinear, activate
+from dccnext_cli.models.dccnext import DepthwiseConv2dNHWC
 from dccnext_cli.models.weights import CheckpointMeta, save_weights
 
 # The spec's reconstruction (section 2); b1 and b2 round to the paper's Table 1.
@@ -46,80 +45,6 @@ def test_dcc_stages_use_dcconv_with_the_papers_k_and_d():
     assert {(m.cluster_size, m.subvector_interval, m.dim) for _, m in layers} == {(12, 8, 640), (18, 8, 1024)}
     stage1_spatial = model.stages[0].blocks[0].token_mixer.spatial
     assert isinstance(stage1_spatial, DepthwiseConv2dNHWC) and stage1_spatial.kernel_size == (7, 7)
-
-
-@pytest.mark.parametrize("shape", [(2, 5, 7, 24), (3, 1, 1, 24)])
-def test_pointwise_linear_as_conv_equals_nn_linear(shape):
-    g = torch.Generator().manual_seed(0)
-    layer = PointwiseLinear(24, 40, bias=True)
-    plain = torch.nn.Linear(24, 40, bias=True)
-    plain.load_state_dict(layer.state_dict())
-    x = torch.randn(*shape, generator=g)
-    for inputs in (x, x.transpose(1, 2)):  # also a non-contiguous map
-        a, b = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
-        out, want = layer(a), plain(b)
-        assert out.shape == want.shape
-        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-        grad = torch.randn(want.shape, generator=g)
-        out.backward(grad)
-        want.backward(grad)
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(layer.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("act", [StarReLU(scale_value=0.8, bias_value=-0.3), torch.nn.GELU(), torch.nn.GELU("tanh")])
-def test_activate_works_in_place_only_without_autograd(act):
-    x = torch.randn(2, 3, 4, 8, generator=torch.Generator().manual_seed(0))
-    want = act(x)
-    with torch.no_grad():
-        fresh = x.clone()
-        out = activate(act, fresh)
-    assert out.data_ptr() == fresh.data_ptr(), "no grad: computed in the input's memory"
-    assert torch.equal(out, want), "bit for bit the module's own result"
-    kept = x.clone()
-    assert torch.equal(activate(act, kept), want) and torch.equal(kept, x), "grad mode: the input is left alone"
-    seen = []
-    act.register_forward_hook(lambda module, args, output: seen.append(output.shape))
-    with torch.no_grad():
-        activate(act, x.clone())
-    assert seen == [x.shape], "hooks on the activation still fire"
-
-
-@pytest.mark.parametrize("ffn_act", ["gelu", "starrelu"])
-def test_inference_without_grad_equals_the_autograd_forward(ffn_act):
-    model = create_dccnext("b0", ffn_act=ffn_act, num_classes=10).eval()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        fast = model(x)
-    assert torch.equal(fast, model(x).detach())
-
-
-def test_inference_runs_the_ffn_over_slices_of_the_batch():
-    from dccnext_cli.models.settings import use_operator_settings
-
-    model = create_dccnext("b0", num_classes=10).eval()
-    ffn = model.stages[0].blocks[0].mlp
-    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    calls = []
-    ffn.fc1.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    with torch.no_grad():
-        whole = model(x)
-    assert calls == [5], "the default slice holds this small batch whole"
-    image_bytes = 16 * 16 * ffn.fc1.out_features * 4  # stage 1 of a 64 px image, float32
-    with use_operator_settings(ffn_chunk_bytes=2 * image_bytes):
-        calls.clear()
-        with torch.no_grad():
-            sliced = model(x)
-        assert calls == [2, 2, 1]
-        torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
-        calls.clear()
-        torch.testing.assert_close(model(x), whole, rtol=1e-5, atol=1e-5)
-        assert calls == [5], "with autograd the batch stays whole"
-    calls.clear()
-    with torch.no_grad():
-        model(x)
-    assert calls == [5], "the block's end restores the default"
 
 
 def test_config_options_change_the_network():

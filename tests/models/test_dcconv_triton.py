@@ -1,4 +1,4 @@
-"""The Triton cluster convolution against the reference: outputs and every gradient, ties and K' < K included.
+"""The Triton backend against the reference: outputs and every gradient, ties and K' < K included, bfloat16 sums.
 
 Without a GPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, exact but slow), so the shapes
 here are small. The same tests run the compiled kernels where CUDA is present.
@@ -11,8 +11,10 @@ import os
 
 import pytest
 import torch
+from dcconv_cases import assert_spike_sums_in_float32
 
 from dccnext_cli.models import dcconv
+from dccnext_cli.models.dcconv_reference import flat_indices
 from dccnext_cli.models.settings import use_operator_settings
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,7 +41,7 @@ def _case(batch: int, height: int, width: int, channels: int, cluster_size: int,
 
 
 def _slots(idx: torch.Tensor) -> torch.Tensor:
-    return dcconv._flat_indices(idx, idx.shape[1]).t().contiguous()
+    return flat_indices(idx, idx.shape[1]).t().contiguous()
 
 
 CASES = [
@@ -103,20 +105,31 @@ def test_bfloat16_accumulates_in_float32(kernels):
     assert float(naive) == 256.0, "the case is one that bfloat16 accumulation gets wrong"
 
 
-def test_dcconv_layer_with_triton_kernels_equals_the_pytorch_kernels(kernels):
+@pytest.mark.parametrize("backend", ["triton", "triton-deterministic"])
+def test_the_backend_sums_bf16_in_float32_and_rounds_once(kernels, backend):
+    if DEVICE == "cuda":
+        pytest.skip("the spike case runs under CPU autocast")
+    # Triton's interpreter rounds a kernel's float32 -> bf16 store toward zero (compiled Triton: to nearest even)
+    toward_zero = torch.tensor(266.0, dtype=torch.bfloat16)
+    with use_operator_settings(backend=backend):
+        assert_spike_sums_in_float32(dcconv.cluster_conv, rounded_out=toward_zero,
+                                     rounded_grad=toward_zero if backend == "triton-deterministic" else None)
+
+
+def test_dcconv_layer_with_triton_kernels_equals_the_reference(kernels):
     layer = dcconv.DCConv(24, cluster_size=6, subvector_interval=2).to(DEVICE)
     torch.nn.init.normal_(layer.bias)
     x = torch.randn(2, 4, 5, 24, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     outputs, grads = {}, {}
-    for kernels_name in ("pytorch", "triton", "triton-deterministic"):
+    for kernels_name in ("reference", "triton", "triton-deterministic"):
         layer.zero_grad()
         xi = x.clone().requires_grad_()
-        with use_operator_settings(eager_kernels=kernels_name):
+        with use_operator_settings(backend=kernels_name):
             out = layer(xi)
         out.square().sum().backward()
         outputs[kernels_name] = out.detach()
         grads[kernels_name] = [xi.grad, layer.weight.grad.clone(), layer.bias.grad.clone()]
     for name in ("triton", "triton-deterministic"):
-        torch.testing.assert_close(outputs[name], outputs["pytorch"], rtol=1e-5, atol=1e-5)
-        for g, r in zip(grads[name], grads["pytorch"], strict=True):
+        torch.testing.assert_close(outputs[name], outputs["reference"], rtol=1e-5, atol=1e-5)
+        for g, r in zip(grads[name], grads["reference"], strict=True):
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)

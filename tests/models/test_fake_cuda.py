@@ -24,7 +24,7 @@ def _forward_loss(kernels: str, train: bool, **settings) -> torch.Tensor:
         model = create_dccnext("b0", drop_path_rate=0.1).train(train)
         images = torch.randn(2, 3, 64, 64)
         labels = torch.randint(0, 1000, (2,))
-        with use_operator_settings(eager_kernels=kernels, **settings):
+        with use_operator_settings(backend=kernels, **settings):
             logits = model(images)
         assert logits.device.type == "cuda" and logits.shape == (2, 1000)
         loss = F.cross_entropy(logits, labels)
@@ -32,7 +32,7 @@ def _forward_loss(kernels: str, train: bool, **settings) -> torch.Tensor:
         return loss
 
 
-@pytest.mark.parametrize("kernels", ["pytorch", "triton"])
+@pytest.mark.parametrize("kernels", ["reference", "inductor", "triton"])
 @pytest.mark.parametrize("train", [True, False])
 def test_forward_and_loss_on_fake_cuda_read_nothing_on_the_host(kernels, train):
     _forward_loss(kernels, train)

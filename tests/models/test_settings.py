@@ -9,8 +9,7 @@ from dccnext_cli.models.settings import OperatorSettings, operator_settings, use
 
 
 @pytest.mark.parametrize("field, bad", [
-    ("compile_impl", "triton"), ("eager_path", "gpu"), ("eager_kernels", "cuda"), ("export_indices", "argsort"),
-    ("export_gelu", "tanh"), ("export_cluster_conv", "scatter"), ("block_rows", 0), ("ffn_chunk_bytes", -1),
+    ("backend", "cuda"), ("export_target", "tflite"), ("distance_chunk_elements", 0), ("device_distance_elements", -1),
 ])
 def test_a_bad_setting_is_refused_by_name(field, bad):
     with pytest.raises(ConfigError, match=f"{field} must be"):
@@ -19,8 +18,8 @@ def test_a_bad_setting_is_refused_by_name(field, bad):
 
 def test_settings_change_for_a_block_only():
     before = operator_settings()
-    with use_operator_settings(export_gelu="erf", export_cluster_conv="gather"):
-        assert (operator_settings().export_gelu, operator_settings().export_cluster_conv) == ("erf", "gather")
+    with use_operator_settings(export_target="onnx", backend="reference"):
+        assert (operator_settings().export_target, operator_settings().backend) == ("onnx", "reference")
     assert operator_settings() == before
     with pytest.raises(ConfigError, match="unknown operator setting"):
         before.replace(export_onnx=True)

@@ -1,45 +1,31 @@
-"""DCConv against a naive reference written straight from the paper (docs/model.md, section 2)."""
+"""The reference backend (the oracle) against naive definitions written straight from the paper.
+
+Every test here runs DCConv with `backend="reference"`; the other backends' tests hold them to this one.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from dcconv_cases import (
+    assert_spike_sums_in_float32,
+    direct_float64_indices,
+    integer_tokens,
+    naive_dcconv,
+    naive_indices,
+    near_tie_tokens,
+    offset_tokens,
+)
 
-from dccnext_cli import DCConv, cluster_conv, cluster_conv_reference, cluster_indices
-
-
-def naive_indices(x: torch.Tensor, k: int, d: int) -> torch.Tensor:
-    """Explicit pairwise distances in float64, then a Python sort by (not centre, distance, index)."""
-    tokens = x.flatten(1, 2).double() if x.ndim == 4 else x.double()
-    sub = tokens[..., ::d]
-    batch, n, _ = sub.shape
-    k = min(k, n)
-    out = torch.empty(batch, n, k, dtype=torch.int64)
-    for b in range(batch):
-        dist = ((sub[b, :, None, :] - sub[b, None, :, :]) ** 2).sum(-1)
-        for i in range(n):
-            order = sorted(range(n), key=lambda j, i=i: (j != i, dist[i, j].item(), j))
-            out[b, i] = torch.tensor(order[:k])
-    return out
+from dccnext_cli.models.dcconv import DCConv, cluster_conv, cluster_conv_reference, cluster_indices
+from dccnext_cli.models.dcconv_reference import nearest_keyed, nearest_sorted, pairwise_sq_distances
+from dccnext_cli.models.settings import use_operator_settings
 
 
-def naive_dcconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, d: int) -> torch.Tensor:
-    """Distances, sort, gather, weighted sum: one token at a time."""
-    batch, height, width, channels = x.shape
-    tokens = x.reshape(batch, height * width, channels)
-    idx = naive_indices(x, weight.shape[0], d)
-    out = torch.empty_like(tokens)
-    for b in range(batch):
-        for n in range(height * width):
-            members = tokens[b, idx[b, n]]  # (K', E)
-            out[b, n] = (members * weight[: idx.shape[-1]]).sum(0) + bias
-    return out.view(batch, height, width, channels)
-
-
-def integer_tokens(shape: tuple[int, ...], low: int = -3, high: int = 4, seed: int = 0) -> torch.Tensor:
-    """Small integers: the distance expansion is exact in float32, so ties are real ties."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(low, high, shape, generator=g).float()
+@pytest.fixture(autouse=True)
+def _reference():
+    with use_operator_settings(backend="reference"):
+        yield
 
 
 @pytest.mark.parametrize("k,d", [(12, 8), (5, 1), (18, 3)])
@@ -101,13 +87,71 @@ def test_dcconv_matches_naive_reference():
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_loop_and_gather_formulations_agree():
-    tokens = torch.randn(3, 20, 32)
-    idx = cluster_indices(tokens, 6, 4)
-    weight, bias = torch.randn(6, 32), torch.randn(32)
-    torch.testing.assert_close(
-        cluster_conv(tokens, idx, weight, bias), cluster_conv_reference(tokens, idx, weight, bias)
-    )
+def test_distances_equal_the_definition():
+    g = torch.Generator().manual_seed(0)
+    queries, keys = torch.randn(2, 7, 10, generator=g), torch.randn(2, 9, 10, generator=g)
+    want = (queries.double()[:, :, None] - keys.double()[:, None]).pow(2).sum(-1)
+    got = pairwise_sq_distances(queries, keys)
+    assert got.dtype == torch.float32 and got.shape == (2, 7, 9)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("offset", [0.0, 20.0, 100.0])
+def test_indices_survive_a_large_shared_offset(offset):
+    tokens = offset_tokens(offset)
+    assert torch.equal(cluster_indices(tokens, 12, 8), direct_float64_indices(tokens, 12, 8))
+
+
+@pytest.mark.parametrize("chunk_elements", [4000, None])
+def test_an_image_gets_the_same_indices_alone_and_in_a_batch(chunk_elements):
+    # Chunks were batch x rows x tokens: alone, 4 query rows per matmul; among 8 images, 1. The matmul's rounding
+    # depends on its shape, and 640 of 1000 rows of this image changed their indices.
+    tokens = near_tie_tokens(8)
+    alone = cluster_indices(tokens[:1], 12, 1, chunk_elements=chunk_elements)
+    in_batch = cluster_indices(tokens, 12, 1, chunk_elements=chunk_elements)
+    assert torch.equal(alone, in_batch[:1])
+    last = cluster_indices(tokens[-1:], 12, 1, chunk_elements=chunk_elements)
+    assert torch.equal(last, in_batch[-1:])
+
+
+def test_chunked_indices_equal_one_block():
+    # Chunking changes the matmul shapes; on well-separated data the indices must not move.
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randn(3, 300, 64, generator=g)
+    one_block = cluster_indices(tokens, 12, 8, chunk_elements=1 << 30)
+    assert torch.equal(cluster_indices(tokens, 12, 8, chunk_elements=900), one_block)
+    assert torch.equal(one_block, direct_float64_indices(tokens, 12, 8))
+
+
+def test_chunks_of_a_few_rows_keep_exact_ties():
+    x = torch.randint(-2, 3, (2, 12, 10, 16), generator=torch.Generator().manual_seed(0)).float()  # many ties
+    whole = cluster_indices(x, 12, 2)
+    assert torch.equal(cluster_indices(x, 12, 2, chunk_elements=2 * 120 * 7), whole)  # 7 query rows per chunk
+    assert torch.equal(whole, naive_indices(x, 12, 2))
+
+
+def _hostile_distances(seed: int) -> torch.Tensor:
+    """(2, 24, 24) float32 distances with every case where int32 bit order and float order part or ties hide:
+    small integers (many exact ties) in image 0, distinct values in image 1, then -0.0 beside +0.0, small
+    negatives (expansion round-off), +-inf, NaNs with both signs and another payload; the diagonal -inf."""
+    g = torch.Generator().manual_seed(seed)
+    dist = torch.randint(0, 6, (2, 24, 24), generator=g).float()
+    dist[1] = torch.rand(24, 24, generator=g) + 1.0  # distinct values: a special value is the row's only trap
+    specials = torch.tensor([-0.0, 0.0, -1e-7, -3.0, float("inf"), float("-inf"), float("nan"), -float("nan")])
+    odd_nan = torch.tensor([0x7FC00001], dtype=torch.int32).view(torch.float32)
+    pool = torch.cat([specials, odd_nan])
+    where = torch.rand(dist.shape, generator=g) < 0.04
+    where[1, :6] = False  # rows with no special value and no tie
+    dist[where] = pool[torch.randint(0, len(pool), (int(where.sum()),), generator=g)]
+    dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    return dist
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [1, 5, 23, 24])
+def test_keyed_selection_equals_the_stable_sort_on_hostile_distances(seed, k):
+    dist = _hostile_distances(seed)
+    assert torch.equal(nearest_keyed(dist, k), nearest_sorted(dist, k))
 
 
 def well_separated_tokens(batch: int, height: int, width: int, channels: int) -> torch.Tensor:
@@ -159,6 +203,11 @@ def test_distances_stay_float32_under_autocast():
     bf16.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
     assert not torch.equal(bf16.float().sort(dim=-1, stable=True).indices[..., :12], ref)
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_bf16_sums_in_float32_and_rounds_once():
+    assert_spike_sums_in_float32(cluster_conv_reference)
+    assert_spike_sums_in_float32(cluster_conv)
 
 
 def test_indices_are_kept_only_when_asked():

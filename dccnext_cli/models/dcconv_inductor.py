@@ -1,0 +1,89 @@
+"""DCConv's fused CPU backend: the reference formulation compiled by Inductor once, for dynamic shapes.
+
+Eager PyTorch runs the reference as a few dozen small ops per layer (centring, the augmented rows, the
+selection keys, the gather, the product, the sum), each one a parallel region that waits for every thread.
+Inductor fuses each of the three steps below into one C++ loop nest, keeping only the matmul and the top-k
+as library calls, so a layer issues a fixed handful of aten ops whatever the batch (`benchmarks/op_counts.py`):
+
+- `subvector_rows`: sub-vectors, centring, augmented query and key rows (one fused kernel);
+- `select_chunk`: distances (bmm), the centre forced first, unique keys, topk;
+- `cluster_conv_reference`: gather, product and sum over K' in one loop;
+- `cluster_conv_reference_backward`: its gradients (a scatter-add and a gathered product summed over rows), so
+  that autograd keeps the input, the int indices and the kernel, never the (B*N, K', E) gather.
+
+The functions are compiled with `dynamic=True` on first use and cached by Inductor on disk (for this torch and
+thread count), so a later process loads them in about a second. Where no C++ compiler is found the backend is
+not offered and the reference runs instead (`available`, with a one-line note).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+
+import torch
+
+from .dcconv_reference import (
+    bias_grad,
+    cluster_conv_reference,
+    cluster_conv_reference_backward,
+    select_chunk,
+    subvector_rows,
+)
+
+__all__ = ["available", "cluster_conv_inductor", "compiled_prepare", "compiled_select", "compiled_conv"]
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def available() -> bool:
+    """True when a C++ compiler is on PATH (Inductor's CPU code needs one); otherwise say so once."""
+    compiler = os.environ.get("CXX") or "g++"  # what Inductor runs on Linux unless CXX names another
+    found = shutil.which(compiler) is not None
+    if not found:
+        log.warning("DCConv: no C++ compiler (%s) found, so the fused CPU kernel is off; the reference runs "
+                    "instead (same numbers, more ops per layer). Install g++ to turn it on.", compiler)
+    return found
+
+
+def _compile(fn):
+    """Dynamic shapes: one graph serves every batch, token count, width and K' (Dynamo still specialises sizes 0
+    and 1, dtypes and grad mode). Past Dynamo's recompile limit a call runs the same function eagerly."""
+    return torch.compile(fn, dynamic=True)
+
+
+compiled_prepare = _compile(subvector_rows)
+compiled_select = _compile(select_chunk)
+compiled_conv = _compile(cluster_conv_reference)
+compiled_backward = _compile(cluster_conv_reference_backward)
+
+
+class _InductorClusterConv(torch.autograd.Function):
+    """The compiled forward and backward under autograd; saves the input, the int indices and the kernel."""
+
+    @staticmethod
+    def forward(ctx, tokens, idx, weight, bias):
+        ctx.save_for_backward(tokens, idx, weight)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return compiled_conv(tokens, idx, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tokens, idx, weight = ctx.saved_tensors
+        grad_tokens, grad_weight = compiled_backward(grad.contiguous(), tokens, idx, weight)
+        grad_bias = None if ctx.bias_dtype is None else bias_grad(grad, ctx.bias_dtype)
+        return grad_tokens, None, grad_weight, grad_bias
+
+
+def cluster_conv_inductor(tokens: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor | None) -> torch.Tensor:
+    """`cluster_conv_reference`'s result by the compiled kernels; with autograd through `_InductorClusterConv`."""
+    # views, not the Parameters themselves: Dynamo keeps a Parameter's shape static (one graph per layer width)
+    weight = weight[:idx.shape[-1]]
+    bias = None if bias is None else bias.view(-1)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (tokens, weight, bias)):
+        return _InductorClusterConv.apply(tokens, idx, weight, bias)
+    return compiled_conv(tokens, idx, weight, bias)
