@@ -6,8 +6,9 @@
 Writes `gpu_check.json` and `gpu_check.md` to `--out` (default benchmarks/results). Sections, each timed and
 each run even when an earlier one failed (its error is recorded):
 
-1. parity: every DCConv backend (reference, Inductor, Triton, Triton deterministic) on the device against the float64 reference on the CPU, forward and
-   backward, float32 and bfloat16; cluster indices exactly; b0 logits on the device against the CPU model.
+1. parity: every DCConv backend (reference, Inductor, Triton, Triton deterministic) on the device against
+   the float64 reference on the CPU, forward and backward, float32 and bfloat16; cluster indices exactly; b0
+   logits on the device against the CPU model.
 2. sync: DCConv forward + backward and a whole bf16 training step of b0 (AdamW) under CUDA's sync debug
    mode set to raise: no host synchronisation.
 3. op: the cluster convolution's forward + backward at (64, 14, 14, 640), K = 12, per backend.
