@@ -69,9 +69,21 @@ def _input(setting: Setting, device: torch.device, dtype: torch.dtype) -> torch.
     return x.contiguous(memory_format=torch.channels_last) if setting.channels_last else x
 
 
+def _allow_recompiles(limit: int = 64) -> None:
+    """Every variant at every batch size is one more graph of the same forward: past dynamo's limit (8 per
+    function) the rest would run eagerly, uncompiled, and be reported as compiled."""
+    import torch._dynamo.config as dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), limit))
+
+
 def make_step(model: nn.Module, setting: Setting, device: torch.device) -> Step:
     """`model` (freshly built) moved, cast and compiled as `setting` says, with its input ready on `device`."""
     model = model.to(device, memory_format=torch.channels_last if setting.channels_last else torch.preserve_format)
+    if setting.mode == "compiled":
+        _allow_recompiles()
     runnable = torch.compile(model) if setting.mode == "compiled" else model
     dtype = DTYPES[setting.precision]
     if setting.kind == "infer":

@@ -246,7 +246,7 @@ def _train(run: RunFolder, data: str | Dataset, weights, eval_data, progress: bo
     dense = _build_data(run, data)
     parts = _build_trainables(run, dense, weights)
     run.start({**run.recipe.to_dict(), "weights": str(weights) if weights else None, "data": str(data)})
-    state = run.restore(_state_parts(run, parts), RunLimits(parts.total, data.plan.steps_per_epoch,
+    state = run.restore(_state_parts(run, parts), RunLimits(parts.total, dense.plan.steps_per_epoch,
                                                             run.recipe.batch_size))
     run.log.write("start", world_size=world, micro_batch=dense.plan.micro, grad_accum=run.recipe.grad_accum,
                      iterations=parts.total, step=state.step, device=str(run.accelerator.device),

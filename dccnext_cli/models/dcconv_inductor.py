@@ -38,6 +38,18 @@ __all__ = ["available", "cluster_conv_inductor", "compiled_prepare", "compiled_s
 log = logging.getLogger(__name__)
 
 
+class _NoCudaRuntimeNote(logging.Filter):
+    """Inductor's CPU compile imports torch's C++ extension helper, which warns "No CUDA runtime is found" on
+    a CPU-only machine that has a CUDA folder: noise on the user's terminal (and a second line under any
+    one-line error) for a kernel that never uses CUDA."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()
+
+
+logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeNote())
+
+
 @functools.cache
 def available() -> bool:
     """True when a C++ compiler is on PATH (Inductor's CPU code needs one); otherwise say so once."""
