@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import ConfigError, OutputExistsError
-from .options import ModelSetOpt, OverwriteOpt, console, parse_model_sets, parse_resolution, print_json
+from .options import (
+    ModelSetOpt,
+    OverwriteOpt,
+    choices,
+    console,
+    parse_model_sets,
+    parse_resolution,
+    print_json,
+)
 
 EXAMPLES = """\
 dccnext benchmark dccnext_b2 control_b2 convformer_s18
@@ -20,27 +27,11 @@ dccnext benchmark dccnext_b0 --bench train --data builtin:fashion-mnist --worker
 """
 
 
-class Bench(str, Enum):
-    infer = "infer"
-    train = "train"
-    both = "both"
-
-
-class Mode(str, Enum):
-    eager = "eager"
-    compiled = "compiled"
-
-
-class BenchPrecision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+# Choice lists as the other commands build theirs (options.choices); the values measure.py takes
+Bench = choices("Bench", ("infer", "train", "both"))
+Mode = choices("Mode", ("eager", "compiled"))
+BenchPrecision = choices("BenchPrecision", ("fp32", "bf16", "fp16"))
+Device = choices("Device", ("auto", "cpu", "cuda"))
 
 
 def _settings(bench: Bench, batch_sizes: list[int], resolutions: list[tuple[int, int]], precisions: list[str],
