@@ -9,7 +9,6 @@ so the ratios hold even when the absolute times do not.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,17 +20,12 @@ class Timing:
 
 
 def measure_interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, Timing]:
-    """Warm each of `fns` up, then time `repeats` rounds, rotating the order every round."""
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {name: Timing(statistics.median(ts), ts) for name, ts in times.items()}
+    """Warm each of `fns` up, then time `repeats` rounds, rotating the order every round (the rotation of
+    `dccnext benchmark`, dccnext_cli.benchmark.measure.interleaved, on the CPU)."""
+    import torch
 
+    from dccnext_cli.benchmark.measure import Step, interleaved
+
+    steps = {name: Step(fn, model=None) for name, fn in fns.items()}
+    times = interleaved(steps, torch.device("cpu"), warmup, repeats)
+    return {name: Timing(statistics.median(ts), ts) for name, ts in times.items()}
