@@ -7,7 +7,8 @@ runs), and the exported ONNX file in onnxruntime (CPU provider, default graph op
 threads as torch uses). Every model goes through the same ONNX export call as `dccnext export`
 (`export.write_onnx_graph`: dynamo exporter, one opset, dynamic batch/H/W). For each batch size, all fifteen
 (model, mode) cases are timed in one interleaved run (`timing.measure_interleaved`: warm-up, then rounds in a
-rotating order, medians), so machine drift hits every case alike and the ratios to convformer_s18 hold when
+rotating order, medians), DCCNeXt and its control after `optimize_for_inference` (as `eval`, `predict` and
+`export` run them), so machine drift hits every case alike and the ratios to convformer_s18 hold when
 absolute times do not. Writes `deploy.json` (every repeat) and `deploy.md` to `--out`.
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from dccnext_cli import optimize_for_inference
 
 from . import cases
 from .compare import machine
@@ -97,6 +100,9 @@ def build_runners(folder: Path) -> dict[str, dict[str, Callable[[torch.Tensor], 
         bf16 = cases.build_model(name).eval()
         bf16.load_state_dict(fp32.state_dict())
         bf16.to(torch.bfloat16)
+        if name != REF:  # as `eval`, `predict` and `export` run DCCNeXt (the control is the same network)
+            optimize_for_inference(fp32)
+            optimize_for_inference(bf16)
         compiled, compiled_bf16 = torch.compile(fp32, dynamic=False), torch.compile(bf16, dynamic=False)
         t0 = time.perf_counter()
         session = onnx_session(fp32, folder, name)

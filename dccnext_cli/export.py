@@ -477,7 +477,7 @@ def export_model(
         resolution = meta.input_size or (224, 224)
     _check_request(fmt, out, features, dtype, resolution, overwrite, push)
 
-    model = optimize_for_inference(model)
+    model = optimize_for_inference(copy.deepcopy(model))  # the caller's model stays as it was (training, say)
     meta = _meta_for_export(meta, resolution)
     inputs = _check_inputs(resolution, model.in_chans, MIN_EXPORT_SIZE if fmt in GRAPH_FORMATS else 32)
     result = ExportResult(fmt, out, dtype, features)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.device import default_device
+from ..common.threads import fit_threads
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..data.loading import build_loader
 from ..data.sources import open_split, parse_data
@@ -64,6 +65,7 @@ class Lockstep:
 def _batches_within(batches: Iterable, max_samples: int | None, totals: torch.Tensor) -> Iterator:
     """(images, labels) to score, counting skipped images into `totals[4]`, up to `max_samples`."""
     for images, labels, skipped in batches:
+        fit_threads()
         totals[4] += skipped
         if max_samples is not None:
             room = max_samples - int(totals[3])

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..common.device import default_device
+from ..common.threads import fit_threads
 from ..data.images import eval_transform, load_image
 from ..models.dccnext import DCCNeXt
 from ..models.inference import optimize_for_inference
@@ -45,6 +46,7 @@ def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, ba
     k = min(top_k, meta.num_classes)
     out: list[Prediction] = []
     for start in range(0, len(tensors), batch_size):
+        fit_threads()
         probs = model(torch.stack(tensors[start:start + batch_size]).to(device, dtype)).float().softmax(dim=1)
         values, indices = probs.topk(k, dim=1)
         for i, (vals, idx) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):

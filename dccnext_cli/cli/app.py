@@ -24,6 +24,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from ..common.text import printable
+from ..common.threads import spin_briefly, start_measuring
 from ..errors import DCCNeXtError
 from .help import HelpCommand, render_help
 
@@ -148,6 +149,8 @@ def _root(
 
 
 def main() -> None:
+    spin_briefly()  # before torch loads: libgomp reads it once (common/threads.py)
+    start_measuring()
     app = build_app()
     app(prog_name="dccnext")
 

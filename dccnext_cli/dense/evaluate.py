@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..common.device import default_device
 from ..common.progress import StepProgress
+from ..common.threads import fit_threads
 from ..models.precision import DEFAULT_PRECISION, precision_dtype
 from ..training.shards import all_gather_objects, from_main, shard_range
 from .checkpoint import load_dense_model
@@ -97,6 +98,7 @@ def score_dense(
     dtype = precision_dtype(precision)
     try:
         for images, targets in loader:
+            fit_threads()
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
                 task.evaluate_batch(model, images, targets, evaluator, dev)
             bar.advance()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..common.threads import fit_threads
 from ..errors import ConfigError, DCCNeXtError
 from .shards import from_main
 
@@ -134,6 +135,7 @@ def micro_step(accelerator, model, optimizer, grad_clip: float | None, losses: C
                *inputs: Any) -> dict:
     """One micro-batch: `losses(model, *inputs)` (named parts, summed) under autocast, backward, and at the end of each
     accumulation window the clipped optimiser step. Returns the detached parts and their sum as "loss"."""
+    fit_threads()  # a busy machine: as many threads as the cores others leave free (common/threads.py)
     with accelerator.accumulate(model):
         with accelerator.autocast():
             parts = losses(model, *inputs)

@@ -65,3 +65,11 @@ def test_timm_folder_weights_reload_through_model_from_checkpoint(source, export
     model, meta = DCCNeXt.from_checkpoint(folder / "model.safetensors")
     assert meta.class_names == source[1].class_names
     _assert_identical(model, check_inputs, eager_outputs)
+
+
+def test_export_leaves_the_callers_model_as_it_was(source, exported):
+    # export runs optimize_for_inference on a copy: a model still being trained keeps its plain modules
+    exported("safetensors")
+    model = source[0]
+    assert {type(m).__name__ for m in model.modules()}.isdisjoint(
+        {"SlicedConvFFN", "InferenceGELU", "InferenceStarReLU"})

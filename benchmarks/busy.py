@@ -1,0 +1,174 @@
+"""Speed on a busy machine: DCCNeXt beside other work, the way users run it on shared machines.
+
+    python -m benchmarks.busy [--part inference|training|both] [--quick] [--out benchmarks/results]
+
+- **inference**: DCCNeXt-B2 (after `optimize_for_inference`, as `eval` and `predict` run it), its control and
+  timm's convformer_s18, batch 8, 224 px, float32: interleaved rounds at 2 threads on the quiet machine, then
+  beside two busy processes (`python -c "while True: pass"`) at 2 threads, then at the thread count
+  `common.threads.CoreShare` picks there (what `eval` and `predict` switch to). Reported per model: the slow-down
+  (busy over quiet), and B2's speed ratio to each peer busy over quiet (1.0: the load hurts B2 no more than the
+  peer). Each spin policy runs in a fresh process, since libgomp reads it when torch loads: libgomp's default
+  (spin about 300,000 times, then sleep), `GOMP_SPINCOUNT=10000` (what the `dccnext` command sets) and
+  `OMP_WAIT_POLICY=PASSIVE` (no spin).
+- **training**: the quickstart-sized run `dccnext train --variant b0 --epochs 1 --set train_samples=3200
+  --set eval_samples=32 --workers 0` alone, then twice at once; the pair's wall time over one alone (a fair
+  share of two cores is 2x). Once as the command runs by default (threads fitted to the free cores, short
+  spin), once as it ran before (`OMP_NUM_THREADS` = the cores, which keeps the count fixed, and libgomp's spin).
+
+Writes `busy.json` and `busy.md` to `--out`. Needs an otherwise quiet machine: it makes the load itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REF = "convformer_s18"
+MODELS = ("dccnext_b2", "control_b2", REF)
+POLICIES = {"libgomp default": {}, "dccnext (GOMP_SPINCOUNT=10000)": {"GOMP_SPINCOUNT": "10000"},
+            "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+SPIN = [sys.executable, "-c", "while True: pass"]
+TRAIN = ["-m", "dccnext_cli", "train", "--variant", "b0", "--epochs", "1", "--set", "train_samples=3200",
+         "--set", "eval_samples=32", "--workers", "0"]
+
+
+def _env(changes: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+    return {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **changes}
+
+
+def inference_child(warmup: int, rounds: int) -> dict:
+    """In this process (its spin policy fixed by its environment): quiet rounds at 2 threads, then rounds beside two
+    spinners at 2 threads, then at the thread count `fit_threads` picks there (what `eval` and `predict` do)."""
+    import torch
+
+    from dccnext_cli import optimize_for_inference
+    from dccnext_cli.common.threads import CoreShare
+
+    from . import cases
+    from .timing import measure_interleaved
+
+    torch.set_num_threads(2)
+    steps = {}
+    for name in MODELS:
+        torch.manual_seed(0)
+        model = cases.build_model(name).eval()
+        if name != REF:
+            optimize_for_inference(model)
+        steps[name] = cases.inference_step(model, 8, (224, 224))
+    quiet = measure_interleaved(steps, warmup, rounds)
+    spinners = [subprocess.Popen(SPIN) for _ in range(2)]
+    try:
+        time.sleep(1.0)
+        busy = measure_interleaved(steps, 1, rounds)
+        share = CoreShare(every_s=1.0)
+        share.ceiling = 2
+        share.sample()
+        time.sleep(1.2)
+        fitted_threads = share.threads_for(share.others() or 0.0)
+        torch.set_num_threads(fitted_threads)
+        fitted = measure_interleaved(steps, 1, rounds)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    return {name: {"quiet_s": quiet[name].median_s, "busy_s": busy[name].median_s,
+                   "fitted_s": fitted[name].median_s, "fitted_threads": fitted_threads,
+                   "quiet_times_s": quiet[name].times_s, "busy_times_s": busy[name].times_s} for name in MODELS}
+
+
+def inference(quick: bool) -> list[dict]:
+    rows = []
+    for label, policy in POLICIES.items():
+        command = [sys.executable, "-m", "benchmarks.busy", "--child", "--quick" if quick else "--full"]
+        out = subprocess.run(command, env=_env(policy), capture_output=True, text=True, check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        for name, r in result.items():
+            rows.append({"policy": label, "model": name, **r, "slowdown": r["busy_s"] / r["quiet_s"]})
+        print(f"inference, {label}: done", flush=True)
+    for row in rows:
+        b2 = next(r for r in rows if r["policy"] == row["policy"] and r["model"] == "dccnext_b2")
+        # B2's speed relative to this model, busy over quiet: < 1 means the load slows B2 more than it.
+        row["b2_ratio_kept"] = (row["busy_s"] / b2["busy_s"]) / (row["quiet_s"] / b2["quiet_s"])
+    return rows
+
+
+def _wall(command: list[str], env: dict[str, str], copies: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, *command, "-o", f"{tmp}/run{i}"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(copies)]
+        codes = [p.wait() for p in procs]
+        elapsed = time.perf_counter() - start
+    if any(codes):
+        raise SystemExit(f"dccnext train exited with {codes}")
+    return elapsed
+
+
+def training(repeats: int) -> list[dict]:
+    rows = []
+    cores = str(len(os.sched_getaffinity(0)))
+    before = {"OMP_NUM_THREADS": cores, "GOMP_SPINCOUNT": "300000"}  # libgomp's spin, threads never refitted
+    for label, policy in {"dccnext default": {}, "as before (fixed threads, libgomp's spin)": before}.items():
+        env = _env(policy)
+        alone, pair = [], []
+        for _ in range(repeats):  # alternate, so drift hits both alike
+            alone.append(_wall(TRAIN, env, 1))
+            pair.append(_wall(TRAIN, env, 2))
+        rows.append({"policy": label, "alone_s": statistics.median(alone), "pair_s": statistics.median(pair),
+                     "alone_all_s": alone, "pair_all_s": pair,
+                     "pair_over_alone": statistics.median(pair) / statistics.median(alone)})
+        print(f"training, {label}: alone {alone} pair {pair}", flush=True)
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    if "inference" in result:
+        lines += ["| spin policy | model | quiet ms | busy ms | busy / quiet | B2's ratio to it kept "
+                  "| busy, fitted threads ms |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in result["inference"]:
+            kept = "" if r["model"] == "dccnext_b2" else f"{r['b2_ratio_kept']:.2f}"
+            lines.append(f"| {r['policy']} | {r['model']} | {r['quiet_s'] * 1000:.1f} | {r['busy_s'] * 1000:.1f} "
+                         f"| {r['slowdown']:.2f}x | {kept} | {r['fitted_s'] * 1000:.1f} ({r['fitted_threads']}) |")
+        lines.append("")
+    if "training" in result:
+        lines += ["| threads | one alone s | two at once s | pair / alone |", "|---|---:|---:|---:|"]
+        for r in result["training"]:
+            lines.append(f"| {r['policy']} | {r['alone_s']:.1f} | {r['pair_s']:.1f} | {r['pair_over_alone']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("inference", "training", "both"), default="both")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and one training repeat")
+    parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(inference_child(*((2, 5) if args.quick else (3, 9)))))
+        return
+    from .compare import machine
+
+    result: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick}
+    if args.part in ("inference", "both"):
+        result["inference"] = inference(args.quick)
+    if args.part in ("training", "both"):
+        result["training"] = training(1 if args.quick else 2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "busy.json").write_text(json.dumps(result, indent=1))
+    (args.out / "busy.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""CPU threads on a shared machine: as many as the cores other programs leave free, and no long spinning.
+
+PyTorch runs each CPU op on a team of OpenMP threads that meet at a barrier when the op ends. On a machine whose
+cores other programs also want, the OS deschedules one of the team now and then, and every op waits for it: two
+quickstart-sized trainings started together on two cores took 13x one alone, where a fair share is 2x
+(docs/speed.md, "Busy machines"). Two measures, both off where they are not needed:
+
+- `fit_threads()`: called once per training step or inference batch, it looks every few seconds at how much CPU
+  the other processes used (`/proc/stat` less this process and its data workers) and sets torch's thread count to
+  the cores they left free: at least one, never more than the count the process started with. Alone on the
+  machine that is every core, as before; beside another training each takes one core and no op waits for a
+  descheduled thread. Linux only; elsewhere, or when the user set `OMP_NUM_THREADS`, it does nothing.
+- `spin_briefly()`: before torch loads, the `dccnext` command caps libgomp's spin at a barrier
+  (`GOMP_SPINCOUNT=10000`, a few tens of microseconds, against about 300,000 by default) so that a thread that
+  waits longer sleeps and hands its core over. It cost nothing measurable on a quiet machine; beside a test suite
+  it halved a training's time. `OMP_WAIT_POLICY=PASSIVE` (no spin at all) was faster still there but cost 25-35 %
+  on a quiet machine at batch 1. The user's own `GOMP_SPINCOUNT` or `OMP_WAIT_POLICY` wins.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["CoreShare", "fit_threads", "spin_briefly", "start_measuring"]
+
+SPIN_COUNT = "10000"
+TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def spin_briefly() -> bool:
+    """Set `GOMP_SPINCOUNT` unless the user chose a wait policy or torch is already loaded; True if it was set."""
+    if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    return True
+
+
+def _machine_busy_ticks() -> int:
+    """Clock ticks every core spent on anything but idle and iowait since boot (the first line of /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def _process_ticks(pid: int | str) -> tuple[int, list[int]]:
+    """(user + system ticks of process `pid`, all its threads included; its child processes)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "(comm)", which may hold spaces
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return int(fields[11]) + int(fields[12]), children
+
+
+def _own_ticks() -> int:
+    """This process and its descendants (data-loading workers): their CPU is ours, not someone else's load."""
+    total, pending = 0, [os.getpid()]
+    while pending:
+        try:
+            ticks, children = _process_ticks(pending.pop())
+        except (OSError, ValueError, IndexError):  # a worker that just exited
+            continue
+        total += ticks
+        pending += children
+    return total
+
+
+class CoreShare:
+    """Fits torch's thread count to the cores that other processes leave free, measured over `every_s`."""
+
+    def __init__(self, every_s: float = 2.0):
+        self.every_s = every_s
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.ceiling: int | None = None  # the thread count the process started with
+        self._last: tuple[float, int, int] | None = None
+        # a thread count the user set (OMP_NUM_THREADS) is kept as it is
+        self.working = ("OMP_NUM_THREADS" not in os.environ and Path("/proc/stat").exists()
+                        and Path(f"/proc/{os.getpid()}/task").exists())
+
+    def sample(self) -> None:
+        """Start a measuring window now (the command does so before torch loads, so the first batch can adapt)."""
+        if self.working:
+            self._last = (time.monotonic(), _machine_busy_ticks(), _own_ticks())
+
+    def others(self) -> float | None:
+        """Cores the other processes kept busy since the last sample, or None before a full window."""
+        if self._last is None:
+            self.sample()
+            return None
+        start, busy, own = self._last
+        elapsed = time.monotonic() - start
+        if elapsed < self.every_s:
+            return None
+        self.sample()
+        assert self._last is not None
+        used = (self._last[1] - busy) - (self._last[2] - own)
+        return max(0.0, used / TICKS_PER_S / elapsed)
+
+    def threads_for(self, others: float) -> int:
+        """The free cores, rounded: at least 1, at most the starting thread count."""
+        assert self.ceiling is not None
+        return max(1, min(self.ceiling, round(self.cores - others)))
+
+    def __call__(self) -> None:
+        if not self.working:
+            return
+        import torch
+
+        if self.ceiling is None:
+            self.ceiling = torch.get_num_threads()
+        others = self.others()
+        if others is None:
+            return
+        threads = self.threads_for(others)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
+
+_share = CoreShare()
+
+
+def fit_threads() -> None:
+    """Once per step or batch: torch's threads fitted to the free cores (cheap; it measures every 2 s)."""
+    _share()
+
+
+def start_measuring() -> None:
+    """Open the first window early (the command calls it before torch loads)."""
+    _share.sample()
