@@ -35,8 +35,9 @@ __all__ = ["exporting", "cluster_indices_export", "cluster_conv_export", "cluste
 
 
 def exporting() -> bool:
-    """True while exporting, tracing (torch.jit or FX) or scripting: then only plain aten ops are used."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+    """True while exporting, tracing (torch.jit) or scripting: then only plain aten ops are used. (FX symbolic
+    tracing never runs DCConv: it is a leaf module and its two functions are wrapped, dcconv.py.)"""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
         return True
     if torch.onnx.is_in_onnx_export():
         return True
