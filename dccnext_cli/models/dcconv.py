@@ -80,9 +80,10 @@ class Backend:
 
 
 def _inductor_indices(x: torch.Tensor, k: int, d: int, chunk: int) -> torch.Tensor:
-    from .dcconv_inductor import compiled_prepare, compiled_select
+    from .dcconv_inductor import compiled_prepare, compiled_select, compiled_select_all
 
-    return cluster_indices_reference(x, k, d, chunk, prepare=compiled_prepare, select=compiled_select)
+    return cluster_indices_reference(x, k, d, chunk, prepare=compiled_prepare, select=compiled_select,
+                                     whole=compiled_select_all)
 
 
 def _inductor_conv(tokens, idx, weight, bias):

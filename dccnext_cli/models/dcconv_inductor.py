@@ -6,7 +6,8 @@ Inductor fuses each of the three steps below into one C++ loop nest, keeping onl
 as library calls, so a layer issues a fixed handful of aten ops whatever the batch (`benchmarks/op_counts.py`):
 
 - `subvector_rows`: sub-vectors, centring, augmented query and key rows (one fused kernel);
-- `select_chunk`: distances (bmm), the centre forced first, unique keys, topk;
+- `select_chunk`: distances (bmm), the centre forced first, unique keys, topk; `select_all`, both steps in one
+  call when the whole batch fits one chunk (one call fewer per layer, what a batch-1 forward notices);
 - `cluster_conv_reference`: gather, product and sum over K' in one loop;
 - `cluster_conv_reference_backward`: its gradients (a scatter-add and a gathered product summed over rows), so
   that autograd keeps the input, the int indices and the kernel, never the (B*N, K', E) gather.
@@ -29,11 +30,13 @@ from .dcconv_reference import (
     bias_grad,
     cluster_conv_reference,
     cluster_conv_reference_backward,
+    select_all,
     select_chunk,
     subvector_rows,
 )
 
-__all__ = ["available", "cluster_conv_inductor", "compiled_prepare", "compiled_select", "compiled_conv"]
+__all__ = ["available", "cluster_conv_inductor", "compiled_prepare", "compiled_select", "compiled_select_all",
+           "compiled_conv"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ def _compile(fn):
 
 compiled_prepare = _compile(subvector_rows)
 compiled_select = _compile(select_chunk)
+compiled_select_all = _compile(select_all)
 compiled_conv = _compile(cluster_conv_reference)
 compiled_backward = _compile(cluster_conv_reference_backward)
 

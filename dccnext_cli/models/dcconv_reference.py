@@ -32,6 +32,7 @@ __all__ = [
     "nearest_keyed",
     "nearest_sorted",
     "pairwise_sq_distances",
+    "select_all",
     "select_chunk",
     "subvector_rows",
 ]
@@ -142,6 +143,13 @@ def select_chunk(queries: torch.Tensor, keys_t: torch.Tensor, start: int, k: int
     return nearest_keyed(dist, k)
 
 
+def select_all(tokens: torch.Tensor, subvector_interval: int, k: int) -> torch.Tensor:
+    """Indices of every query row in one step (`subvector_rows`, then `select_chunk` from row 0): what a batch whose
+    distances fit one chunk runs, in one compiled call on the Inductor backend instead of two."""
+    queries, keys_t = subvector_rows(tokens, subvector_interval)
+    return select_chunk(queries, keys_t, 0, k)
+
+
 def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
     """Distances stay float32 under mixed precision; the meta device (FLOP counting) has no autocast."""
     if device.type == "meta":
@@ -151,13 +159,14 @@ def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager
 
 def cluster_indices_reference(
         x: torch.Tensor, cluster_size: int, subvector_interval: int, chunk_elements: int,
-        prepare=subvector_rows, select=select_chunk,
+        prepare=subvector_rows, select=select_chunk, whole=select_all,
 ) -> torch.Tensor:
     """Indices (B, N, K') int64 of each token's cluster: centre in slot 0, then ascending distance.
 
     Query rows in chunks of `chunk_elements // N`, as many images at once as fit `chunk_elements`; the number of
     chunks depends on N (and on the batch only beyond that many images). `prepare` and `select` are this module's
-    `subvector_rows` and `select_chunk`, or the same functions compiled (the Inductor backend).
+    `subvector_rows` and `select_chunk` (`whole`: `select_all`, when one chunk holds everything), or the same
+    functions compiled (the Inductor backend).
     """
     tokens = as_tokens(x)
     batch, num_tokens, _ = tokens.shape
@@ -165,11 +174,11 @@ def cluster_indices_reference(
     with torch.no_grad(), autocast_disabled(tokens.device):
         if tokens.device.type == "meta":  # shapes only (the FLOP count)
             return tokens.new_empty((batch, num_tokens, k), dtype=torch.int64)
-        queries, keys_t = prepare(tokens, subvector_interval)
         rows = min(num_tokens, max(1, chunk_elements // max(1, num_tokens)))
         group = max(1, chunk_elements // (rows * num_tokens))  # images per chunk
         if rows == num_tokens and group >= batch:
-            return select(queries, keys_t, 0, k)
+            return whole(tokens, subvector_interval, k)
+        queries, keys_t = prepare(tokens, subvector_interval)
         out = torch.empty((batch, num_tokens, k), dtype=torch.int64, device=tokens.device)
         for first in range(0, batch, group):
             images = slice(first, min(batch, first + group))
