@@ -2,8 +2,9 @@
 
 PyTorch runs each CPU op on a team of OpenMP threads that meet at a barrier when the op ends. On a machine whose
 cores other programs also want, the OS deschedules one of the team now and then, and every op waits for it: two
-quickstart-sized trainings started together on two cores took 13x one alone, where a fair share is 2x
-(docs/speed.md, "Busy machines"). Two measures, both off where they are not needed:
+quickstart-sized trainings started together on two cores took 4.4x the time of one alone, where a fair share is
+2x, and beside a test suite one took 4.6x its quiet time (docs/speed.md, "Busy machines"). Two measures, both
+idle where they are not needed:
 
 - `fit_threads()`: called once per training step or inference batch, it looks every few seconds at how much CPU
   the other processes used (`/proc/stat` less this process and its data workers) and sets torch's thread count to
