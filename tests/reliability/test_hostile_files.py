@@ -21,13 +21,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dccnext_cli.common.tensor_tree import load_tree, save_tree
 from dccnext_cli.data.loading import decode_record
 from dccnext_cli.data.sources import DataSource, ImageSplit
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
 from dccnext_cli.models.weights import CheckpointMeta, save_weights
 from dccnext_cli.training.run_state import list_checkpoints
-from dccnext_cli.training.state_tree import load_tree, save_tree
 from tests.reliability.disks import last_line_error
 
 
