@@ -1,4 +1,4 @@
-"""The training loop: the paper's recipe on Hugging Face Accelerate, from one CPU to many GPUs and nodes.
+"""Training a classifier: the paper's recipe on Hugging Face Accelerate, from one CPU to many GPUs and nodes.
 
     dccnext train --variant b0                                  # one process, embedded data, quickstart recipe
     accelerate launch --multi_gpu --num_processes 8 -m dccnext_cli train --recipe imagenet/b2
@@ -7,8 +7,8 @@ One process per device; `batch_size` in the recipe is the total per optimiser st
 gradient-accumulation steps, so a recipe means the same thing on 1 or 64 GPUs. Without CUDA the Accelerator is
 made with `cpu=True`, which is what makes `accelerate launch --multi_gpu` start real CPU processes.
 
-`train` reads top to bottom in named stages: prepare the run, build the data, build the model and optimiser,
-restore or start the state, then one epoch and one evaluate-and-save at a time, and the summary.
+The loop is training/loop.py's, the same for every task; `ClassificationEngine` is what a classifier adds to
+it: the loaders, the model, optimiser, cosine schedule, Mixup and loss, each epoch's evaluation and weights.
 """
 
 from __future__ import annotations
