@@ -92,6 +92,21 @@ def test_train_state_counter_out_of_range(dccnext, small_images, train_args, kil
     assert not (run / "summary.json").exists()
 
 
+@pytest.mark.parametrize("entry, value", [("best_top1", 1000.0), ("best_epoch", 99)])
+def test_train_state_task_entry_out_of_range(dccnext, small_images, train_args, killed_run, tmp_path, entry, value):
+    """The task's own entries of a train state (classification: the best top-1 and its epoch), checked by it."""
+    run = _copy(killed_run, tmp_path)
+    (checkpoint,) = list_checkpoints(run)
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    (checkpoint / "train_state.json").write_text(json.dumps({**state, "task": {**state["task"], entry: value}}))
+    _forge_manifest(checkpoint)
+    done = dccnext(*train_args(small_images, run), "--resume")
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = last_line_error(done.stderr)
+    assert "train_state.json" in line and f"{entry}={value}" in line, line
+    assert not (run / "summary.json").exists()
+
+
 def test_optimizer_tensor_of_the_wrong_shape(dccnext, small_images, train_args, killed_run, tmp_path):
     run = _copy(killed_run, tmp_path)
     (checkpoint,) = list_checkpoints(run)
