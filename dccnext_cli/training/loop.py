@@ -109,8 +109,10 @@ def _train(run: RunFolder, engine: TaskEngine, reporter) -> TrainResult:
 
 
 def _epochs(run: RunFolder, engine: TaskEngine, state: TrainState, steps: _StepStats) -> None:
-    """Epochs of micro-batches until the schedule's last optimiser step; a resumed epoch continues in its middle."""
-    while state.step < engine.total_steps or state.batch >= engine.micro_per_epoch:
+    """Epochs of micro-batches until the schedule's last optimiser step or the recipe's last epoch (a stream may
+    give fewer batches than it said); a resumed epoch continues in its middle, or is closed when it has ended."""
+    while (state.step < engine.total_steps and state.epoch < (engine.epochs or math.inf)) \
+            or state.batch >= engine.micro_per_epoch:
         for batch in engine.micro_batches(state):
             if state.batch >= engine.micro_per_epoch:
                 break
