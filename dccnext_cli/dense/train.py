@@ -5,10 +5,10 @@
 
 The loop, the run folder, the resume policy, the train states and the log are `training/`'s, as for
 classification; `DenseEngine` adds each process's share of every global batch (`batches.py`), the model
-(SyncBatchNorm on GPUs, AdamW without weight decay on 1-D parameters), the lr schedule, and the end (the weights
-file gathered on every process, the sharded evaluation, metrics.json). `batch_size` is the total per optimiser step; the lr is the
-recipe's times `lr_factor`: linear warm-up, then poly (segmentation) or step (detection 1x) decay. Each task
-computes its own loss (`DenseTask.loss`).
+(SyncBatchNorm on GPUs, AdamW without weight decay on 1-D parameters), the lr schedule and the end (the weights
+file gathered on every process, the sharded evaluation, metrics.json). `batch_size` is the total per step; the
+lr is the recipe's times `lr_factor`: linear warm-up, then poly (segmentation) or step (detection 1x) decay.
+Each task computes its own loss (`DenseTask.loss`).
 """
 
 from __future__ import annotations
