@@ -129,7 +129,7 @@ def load_source(checkpoint: str | os.PathLike | None, variant: str | None,
                 model_changes: dict[str, Any] | None = None) -> tuple[DCCNeXt, CheckpointMeta]:
     """The model to export: a dccnext checkpoint, or a freshly initialised variant with `model_changes`."""
     if (checkpoint is None) == (variant is None):
-        raise ConfigError("pass exactly one of --checkpoint FILE or --variant NAME")
+        raise ConfigError("pass exactly one of --weights FILE or --variant NAME")
     if checkpoint is not None and model_changes:
         raise ConfigError("--set model.FIELD=VALUE builds a model from --variant; a checkpoint carries its own config")
     if checkpoint is not None:

@@ -18,6 +18,7 @@ from ..common.recipe_files import (
     INTERPOLATIONS,
     RECIPE_ROOT,
     build_recipe,
+    check_rules,
     merge_overrides,
     parse_overrides,
     read_recipe,
@@ -104,23 +105,17 @@ class TrainRecipe:
             raise ConfigError(f"unknown variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
         object.__setattr__(self, "variant", self.variant.removeprefix("dccnext_"))
         self.model_config()  # refuses an unknown model option or a bad value now, not after loading the data
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "lr_base_size": self.lr_base_size, "shuffle_buffer": self.shuffle_buffer,
-                    "keep_last": self.keep_last, "log_every": self.log_every}
-        for key, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{key} must be at least 1, got {value}")
-        for key in ("workers", "checkpoint_every", "eval_every"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be 0 or more, got {getattr(self, key)}")
-        if min(self.input_size) < 32:
-            raise ValueError(f"input_size must be at least 32x32, got {list(self.input_size)}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {list(self.scale)}")
+        check_rules([
+            *((key, getattr(self, key), getattr(self, key) >= 1, "must be at least 1")
+              for key in ("epochs", "batch_size", "grad_accum", "lr_base_size", "shuffle_buffer", "keep_last",
+                          "log_every")),
+            *((key, getattr(self, key), getattr(self, key) >= 0, "must be 0 or more")
+              for key in ("workers", "checkpoint_every", "eval_every")),
+            ("input_size", self.input_size, min(self.input_size) >= 32, "must be at least 32x32"),
+            ("lr", self.lr, self.lr is None or self.lr > 0, "must be positive"),
+            ("amp", self.amp, self.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
+            ("scale", self.scale, 0 < self.scale[0] <= self.scale[1] <= 1, "must satisfy 0 < min <= max <= 1"),
+        ])
         _check_ranges(self)
         _check_names(self)
 
@@ -154,35 +149,35 @@ def _finite(value: float | None) -> bool:
 def _check_ranges(r: TrainRecipe) -> None:
     """Every number in the range the paper's recipe (and timm, numpy, PIL) can use; a wrong one would train
     something else silently (grad_clip -1 ascends the gradient, smoothing 1.5 inverts the targets)."""
-    numbers = {k: getattr(r, k) for k, hint in TrainRecipe.__annotations__.items() if "float" in str(hint)
-               and not str(hint).startswith("tuple")}
-    bad = [k for k, v in numbers.items() if not _finite(v)] + [
-        k for k in ("scale", "ratio", "mean", "std") if not all(math.isfinite(v) for v in getattr(r, k))]
-    if bad:
-        raise ValueError(f"{bad[0]} must be a finite number, got {getattr(r, bad[0])!r}")
-    rules = [
-        ("smoothing", 0 <= r.smoothing < 1, "in [0, 1)"), ("mixup", r.mixup >= 0, "0 or more"),
-        ("cutmix", r.cutmix >= 0, "0 or more"), ("warmup_epochs", r.warmup_epochs >= 0, "0 or more"),
-        ("warmup_lr", r.warmup_lr >= 0, "0 or more"),
-        ("checkpoint_minutes", r.checkpoint_minutes >= 0, "0 or more"), ("min_lr", r.min_lr >= 0, "0 or more"),
-        ("lr_base", r.lr_base > 0, "positive"), ("weight_decay", r.weight_decay >= 0, "0 or more"),
-        ("grad_clip", r.grad_clip is None or r.grad_clip > 0, "positive or null"),
-        ("drop_path_rate", r.drop_path_rate is None or 0 <= r.drop_path_rate < 1, "in [0, 1) or null"),
-        ("color_jitter", r.color_jitter is None or r.color_jitter >= 0, "0 or more, or null"),
-        ("crop_pct", 0 < r.crop_pct <= 1, "in (0, 1]"), ("seed", 0 <= r.seed <= SEED_MAX, f"in 0..{SEED_MAX}"),
-        ("eval_samples", r.eval_samples is None or r.eval_samples >= 1, "at least 1 or null"),
-        ("train_samples", r.train_samples is None or r.train_samples >= 1, "at least 1 or null"),
-        ("num_classes", r.num_classes is None or r.num_classes >= 2, "at least 2 or null"),
-        ("ratio", 0 < r.ratio[0] <= r.ratio[1], "ordered: 0 < min <= max"),
-        ("std", min(r.std) > 0, "positive in every channel"),
-        ("input_size", max(r.input_size) <= MAX_INPUT_SIZE, f"at most {MAX_INPUT_SIZE} (the training ceiling)"),
-        *((k, 0 <= getattr(r, k) <= 1, "a probability in [0, 1]")
+    numbers = [k for k, hint in TrainRecipe.__annotations__.items() if "float" in str(hint)
+               and not str(hint).startswith("tuple")]
+    check_rules([
+        *((k, getattr(r, k), _finite(getattr(r, k)), "must be a finite number") for k in numbers),
+        *((k, getattr(r, k), all(math.isfinite(v) for v in getattr(r, k)), "must be a finite number")
+          for k in ("scale", "ratio", "mean", "std")),
+        ("smoothing", r.smoothing, 0 <= r.smoothing < 1, "must be in [0, 1)"),
+        *((k, getattr(r, k), getattr(r, k) >= 0, "must be 0 or more")
+          for k in ("mixup", "cutmix", "warmup_epochs", "warmup_lr", "checkpoint_minutes", "min_lr", "weight_decay")),
+        ("lr_base", r.lr_base, r.lr_base > 0, "must be positive"),
+        ("grad_clip", r.grad_clip, r.grad_clip is None or r.grad_clip > 0, "must be positive or null"),
+        ("drop_path_rate", r.drop_path_rate, r.drop_path_rate is None or 0 <= r.drop_path_rate < 1,
+         "must be in [0, 1) or null"),
+        ("color_jitter", r.color_jitter, r.color_jitter is None or r.color_jitter >= 0, "must be 0 or more, or null"),
+        ("crop_pct", r.crop_pct, 0 < r.crop_pct <= 1, "must be in (0, 1]"),
+        ("seed", r.seed, 0 <= r.seed <= SEED_MAX, f"must be in 0..{SEED_MAX}"),
+        *((k, getattr(r, k), getattr(r, k) is None or getattr(r, k) >= 1, "must be at least 1 or null")
+          for k in ("eval_samples", "train_samples")),
+        ("num_classes", r.num_classes, r.num_classes is None or r.num_classes >= 2, "must be at least 2 or null"),
+        ("ratio", r.ratio, 0 < r.ratio[0] <= r.ratio[1], "must be ordered: 0 < min <= max"),
+        ("std", r.std, min(r.std) > 0, "must be positive in every channel"),
+        ("input_size", r.input_size, max(r.input_size) <= MAX_INPUT_SIZE,
+         f"must be at most {MAX_INPUT_SIZE} (the training ceiling)"),
+        *((k, getattr(r, k), 0 <= getattr(r, k) <= 1, "must be a probability in [0, 1]")
           for k in ("hflip", "re_prob", "mixup_prob", "mixup_switch_prob")),
-    ]
-    for key, ok, rule in rules:
-        if not ok:
-            value = getattr(r, key)
-            raise ValueError(f"{key} must be {rule}, got {list(value) if isinstance(value, tuple) else value!r}")
+        ("interpolation", r.interpolation, r.interpolation in INTERPOLATIONS,
+         f"must be one of {', '.join(INTERPOLATIONS)}"),
+        ("re_mode", r.re_mode, r.re_mode in RE_MODES, f"must be one of {', '.join(RE_MODES)}"),
+    ])
 
 
 def _check_names(r: TrainRecipe) -> None:
@@ -191,10 +186,6 @@ def _check_names(r: TrainRecipe) -> None:
 
     if r.opt.lower().removeprefix("lookahead_") not in list_optimizers():
         raise ValueError(f"opt {r.opt!r} is not an optimiser timm knows (for example adamw, sgd, lamb)")
-    if r.interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {r.interpolation!r}")
-    if r.re_mode not in RE_MODES:
-        raise ValueError(f"re_mode must be one of {', '.join(RE_MODES)}, got {r.re_mode!r}")
     if r.auto_augment:
         from timm.data import create_transform
 

@@ -1,4 +1,4 @@
-"""`dccnext eval`: top-1/top-5 and loss of a checkpoint on any data source."""
+"""`dccnext eval`: top-1/top-5 and loss of a weights file on any data source."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from .options import (
 )
 
 EXAMPLES = """\
-dccnext eval --checkpoint model.safetensors
-dccnext eval --checkpoint b2.safetensors --data imagefolder:/data/imagenet
-dccnext eval --checkpoint b2.safetensors --precision bf16
+dccnext eval --weights model.safetensors
+dccnext eval --weights b2.safetensors --data imagefolder:/data/imagenet
+dccnext eval --weights b2.safetensors --precision bf16
 """
 
 

@@ -18,23 +18,23 @@ from ..errors import CheckpointError
 __all__ = ["WEIGHTS_NAME", "checkpoint_file", "weights_file", "image_files", "data_source", "train_data",
            "export_output", "figure_outputs"]
 
-WEIGHTS_NAME = "model.safetensors"  # what `train` leaves in a run folder; --checkpoint RUN_DIR means this file
+WEIGHTS_NAME = "model.safetensors"  # what `train` leaves in a run folder; --weights RUN_DIR means this file
 err_console = Console(stderr=True)
 
 
 def checkpoint_file(path: Path | None) -> Path | None:
-    """--checkpoint FILE, or a run folder standing for its model.safetensors (said on stderr); None stays None."""
+    """--weights FILE, or a run folder standing for its model.safetensors (said on stderr); None stays None."""
     if path is None:
         return None
     if path.is_dir():
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
-            raise CheckpointError(f"--checkpoint {path} is a folder without {WEIGHTS_NAME}; pass a run folder "
+            raise CheckpointError(f"--weights {path} is a folder without {WEIGHTS_NAME}; pass a run folder "
                                   "of `dccnext train` or a .safetensors file")
-        err_console.print(f"--checkpoint {path} is a run folder: using {weights}", highlight=False)
+        err_console.print(f"--weights {path} is a run folder: using {weights}", highlight=False)
         return weights
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a .safetensors file or a run folder")
+        raise CheckpointError(f"weights file {path} does not exist; pass a .safetensors file or a run folder")
     return path
 
 

@@ -115,10 +115,11 @@ ResOpt = Annotated[Optional[str], typer.Option("--res", metavar="WxH", help=RES_
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON result on stdout, nothing else.")
 ]
-CHECKPOINT_HELP = ("A dccnext .safetensors file (from `train` or `export`), or a run folder of `train` "
-                   "(its model.safetensors).")
-CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help=CHECKPOINT_HELP)]
-RequiredCheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help=CHECKPOINT_HELP)]
+WEIGHTS_HELP = ("A dccnext weights file (.safetensors, from `train` or `export`), or a run folder of `train` "
+                "(its model.safetensors). --checkpoint is the same option under its former name.")
+# The weights file of eval, predict, export, ... ("weights"; a train state is RUN/checkpoints/step-N)
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--weights", "--checkpoint", help=WEIGHTS_HELP)]
+RequiredCheckpointOpt = Annotated[Path, typer.Option("--weights", "--checkpoint", help=WEIGHTS_HELP)]
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", help="Number format of the weights and activations: fp32 (float32, as trained) or bf16 "
                         "(bfloat16: 1.4-2x faster on CPUs with AVX512-BF16 or AMX; top-1 within a few hundredths "
@@ -140,8 +141,14 @@ def given_options(ctx: typer.Context) -> list[str]:
     """The options given on the command line (not left at their defaults), spelled as the user types them."""
     from click.core import ParameterSource
 
-    return [max(param.opts, key=len) for param in ctx.command.params
+    return [option_name(param) for param in ctx.command.params
             if ctx.get_parameter_source(param.name) not in (ParameterSource.DEFAULT, None)]
+
+
+def option_name(param) -> str:
+    """An option's name as tasks declare it: its first long spelling (--output for -o, --weights for its former
+    name --checkpoint)."""
+    return next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
 
 
 def _finite(obj: Any) -> Any:

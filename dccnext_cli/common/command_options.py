@@ -13,5 +13,5 @@ TRAIN_OPTIONS = frozenset({
     "--variant", "--data", "--recipe", "--set", "--epochs", "--batch-size", "--lr", "--res", "--grad-accum",
     "--workers", "--seed", "--amp", "--compile", "--grad-checkpointing", "--checkpoint-every", "--output", "--resume",
     "--overwrite", "--task", "--weights", "--json"})
-EVAL_OPTIONS = frozenset({"--checkpoint", "--data", "--split", "--batch-size", "--workers", "--limit", "--task",
+EVAL_OPTIONS = frozenset({"--weights", "--data", "--split", "--batch-size", "--workers", "--limit", "--task",
                           "--precision", "--json"})

@@ -31,7 +31,7 @@ from .crash_points import crash_point
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "append_text", "check_writable",
            "check_new_output", "check_run_folder", "remove_run_files", "staged", "write_file",
-           "reporting_full_disk", "is_disk_full", "remove_stale", "DISK_FREE_ENV"]
+           "reporting_full_disk", "is_disk_full", "remove_stale", "fsync", "DISK_FREE_ENV"]
 
 DISK_FREE_ENV = "DCCNEXT_DISK_FREE"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -113,7 +113,8 @@ def _simulate_full_disk(tmp: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
 
 
-def _fsync(path: str | os.PathLike) -> None:
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a file or a folder (a rename in it) to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -129,7 +130,7 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], None], needed: i
         with reporting_full_disk(path, needed, partial=path):
             write(path)
             _simulate_full_disk(str(path))
-            _fsync(path)
+            fsync(path)
     except BaseException:
         if not path.is_symlink():
             path.unlink(missing_ok=True)
@@ -185,7 +186,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], needed: 
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the file should get the usual permissions
-            _fsync(tmp)
+            fsync(tmp)
         crash_point(f"written:{path.name}")
         os.replace(tmp, path)
     except BaseException:
@@ -218,7 +219,7 @@ def _publish(tmp: Path, path: Path, folder: bool) -> None:
         if path.is_dir() and not path.is_symlink():
             path.rmdir()  # empty: the staged folder takes its place
         os.replace(tmp, path)
-    _fsync(path.parent)
+    fsync(path.parent)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import yaml
 from ..errors import ConfigError
 
 __all__ = ["RECIPE_ROOT", "parse_overrides", "read_recipe", "read_yaml", "build_recipe", "check_fields",
-           "merge_overrides", "recipe_names", "INTERPOLATIONS"]
+           "check_rules", "merge_overrides", "recipe_names", "INTERPOLATIONS"]
 
 RECIPE_ROOT = Path(__file__).resolve().parent.parent / "recipes"
 # The resize filters timm's transforms take (`random`: bilinear or bicubic at random, for training); a recipe
@@ -178,6 +178,14 @@ def check_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]
             raise ConfigError(f"{source}: {key} must be {_describe(hints[key])}, got {value!r}")
         values[key] = converted
     return values
+
+
+def check_rules(rules: typing.Iterable[tuple[str, Any, bool, str]]) -> None:
+    """How every config dataclass checks its values: (field, value, holds, rule) in order; the first rule that
+    does not hold is one line naming the field, the rule ("must be ...") and the value given."""
+    for name, value, holds, rule in rules:
+        if not holds:
+            raise ConfigError(f"{name} {rule}, got {list(value) if isinstance(value, tuple) else value!r}")
 
 
 def build_recipe(cls: type, data: dict[str, Any], source: str):

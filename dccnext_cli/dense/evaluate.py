@@ -1,7 +1,8 @@
 """COCO AP (bbox; segm for mask-rcnn) or mIoU/aAcc of a dense model or checkpoint on a data set.
 
-Under several processes (`accelerator`), each scores a contiguous block of the images and the metric states
-are merged before the metric is computed once (see metrics.py), so the numbers equal a single-process run's.
+Under several processes (`accelerator`), process r scores images r, r + W, r + 2W, ... (training/shards.py, the
+rule of every task) and the metric states are merged back in the data set's order before the metric is computed
+once (see metrics.py), so the numbers equal a single-process run's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..common.device import default_device
 from ..common.progress import StepProgress
 from ..common.threads import fit_threads
 from ..models.precision import DEFAULT_PRECISION, precision_dtype
-from ..training.shards import all_gather_objects, from_main, shard_range
+from ..training.shards import all_gather_objects, from_main
 from .checkpoint import load_dense_model
 from .data import SegAugment
 from .tasks import DenseTask, get_dense_task
@@ -90,7 +91,7 @@ def score_dense(
     dataset = task.open_data(data, train=False, num_classes=num_classes, augment=SegAugment(scale=scale),
                              split=split)
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    loader = dense_loader(Subset(dataset, shard_range(count, rank, world)), task, batch_size, False, workers, 0)
+    loader = dense_loader(Subset(dataset, range(rank, count, world)), task, batch_size, False, workers, 0)
     evaluator, seen = task.make_evaluator(num_classes, dataset), _ComputeDtype(model)
     bar = StepProgress("batch", enabled=progress and rank == 0)
     title = f"evaluating {task.name}" + (f" (1/{world} of the images each)" if world > 1 else "")

@@ -31,11 +31,13 @@ def metric_states(metrics) -> list[dict]:
 
 
 def merge_metric_states(metrics, per_process: list[list[dict]]) -> None:
-    """Load `metrics` with the states of every process, in process order: lists concatenated, counts summed."""
+    """Load `metrics` with the states of every process, which scored images rank, rank + world, ... (see
+    training/shards.py): per-image lists interleaved back into the data set's order, counts summed."""
     for i, metric in enumerate(metrics):
         for name, first in per_process[0][i].items():
             values = [states[i][name] for states in per_process]
-            merged = [v for value in values for v in value] if isinstance(first, list) else sum(values)
+            merged = [v[k] for k in range(len(values[0])) for v in values if k < len(v)] \
+                if isinstance(first, list) else sum(values)
             setattr(metric, name, merged)
 
 

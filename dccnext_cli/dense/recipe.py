@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..common.recipe_files import RECIPE_ROOT, build_recipe, parse_overrides, read_recipe
-from ..errors import ConfigError
+from ..common.recipe_files import RECIPE_ROOT, build_recipe, check_rules, parse_overrides, read_recipe
 from .tasks import DENSE_TASKS, DenseTask
 
 __all__ = ["DenseRecipe", "load_dense_recipe", "RECIPE_DIR", "TASK_RECIPES", "AMP_MODES"]
@@ -70,23 +69,24 @@ class DenseRecipe:
     def __post_init__(self) -> None:
         for name in ("betas", "step_epochs", "crop_size", "scale", "ratio_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.task not in DENSE_TASKS:
-            raise ConfigError(f"recipe task {self.task!r} is not one of {', '.join(DENSE_TASKS)}")
-        if self.schedule not in ("poly", "step"):
-            raise ConfigError(f"recipe schedule must be 'poly' or 'step', got {self.schedule!r}")
-        if (self.iterations is None) == (self.epochs is None):
-            raise ConfigError("a dense recipe sets exactly one of iterations and epochs")
-        if (self.iterations or self.epochs) < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("iterations/epochs, batch_size and lr must be positive")
-        if self.grad_accum < 1 or self.keep_last < 1 or self.checkpoint_every < 0:
-            raise ConfigError("grad_accum and keep_last must be at least 1, checkpoint_every at least 0")
-        if self.batch_size % self.grad_accum:
-            raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}; "
-                              "batch_size is the total per optimiser step")
-        if not self.checkpoint_minutes >= 0:
-            raise ConfigError(f"checkpoint_minutes must be 0 or more, got {self.checkpoint_minutes!r}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        steps = self.iterations if self.iterations is not None else self.epochs
+        check_rules([
+            ("task", self.task, self.task in DENSE_TASKS, f"must be one of {', '.join(DENSE_TASKS)}"),
+            ("schedule", self.schedule, self.schedule in ("poly", "step"), "must be 'poly' or 'step'"),
+            ("iterations", self.iterations, self.iterations is None or self.epochs is None,
+             "must be null when epochs is set (a dense recipe counts one of them)"),
+            ("epochs", self.epochs, steps is not None, "must be set when iterations is null"),
+            ("iterations" if self.iterations is not None else "epochs", steps, steps is None or steps >= 1,
+             "must be at least 1"),
+            *((key, getattr(self, key), getattr(self, key) >= 1, "must be at least 1")
+              for key in ("batch_size", "grad_accum", "keep_last", "log_every")),
+            ("lr", self.lr, self.lr > 0, "must be positive"),
+            ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, "must be 0 or more"),
+            ("checkpoint_minutes", self.checkpoint_minutes, self.checkpoint_minutes >= 0, "must be 0 or more"),
+            ("amp", self.amp, self.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
+            ("batch_size", self.batch_size, self.batch_size % max(self.grad_accum, 1) == 0,
+             f"must be a multiple of grad_accum {self.grad_accum} (it is the total per optimiser step)"),
+        ])
 
     @property
     def dense_task(self) -> DenseTask:

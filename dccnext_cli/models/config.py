@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..common.recipe_files import check_fields
+from ..common.recipe_files import check_fields, check_rules
 from ..errors import ConfigError
 
 __all__ = ["DCCNeXtConfig", "VARIANTS", "VARIANT_DROP_PATH", "PAPER_TABLE1", "ARCHITECTURE_OPTIONS", "SPATIAL_OPS",
@@ -74,28 +74,23 @@ class DCCNeXtConfig:
         self.validate()
 
     def validate(self) -> None:
-        if len(self.dims) != 4 or len(self.depths) != 4:
-            raise ConfigError(f"dims and depths need 4 stages each, got dims={self.dims} depths={self.depths}")
-        if any(d < 1 for d in self.dims) or any(d < 1 for d in self.depths):
-            raise ConfigError(f"dims and depths must be positive, got dims={self.dims} depths={self.depths}")
-        if self.global_op not in SPATIAL_OPS:
-            raise ConfigError(f"global_op must be one of {', '.join(SPATIAL_OPS)}, got {self.global_op!r}")
-        for name in ("conv_ffn", "res_scale"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.ffn_act not in ("gelu", "starrelu"):
-            raise ConfigError(f"ffn_act must be 'gelu' or 'starrelu', got {self.ffn_act!r}")
-        for name in ("cluster_sizes", "subvector_intervals"):
-            values = getattr(self, name)
-            if len(values) != 2:
-                raise ConfigError(f"{name} needs one value per DCC stage (stage 3, stage 4), got {values}")
-            if any(v < 1 for v in values):
-                raise ConfigError(f"{name} must be >= 1, got {values}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        self._check_ceilings()
+        dcc = (("cluster_sizes", self.cluster_sizes), ("subvector_intervals", self.subvector_intervals))
+        check_rules([
+            *((name, v, len(v) == 4, "needs 4 stages") for name, v in (("dims", self.dims), ("depths", self.depths))),
+            *((name, v, all(d >= 1 for d in v), "must be positive") for name, v in (("dims", self.dims),
+                                                                                      ("depths", self.depths))),
+            ("global_op", self.global_op, self.global_op in SPATIAL_OPS, f"must be one of {', '.join(SPATIAL_OPS)}"),
+            *((name, getattr(self, name), isinstance(getattr(self, name), bool), "must be true or false")
+              for name in ("conv_ffn", "res_scale")),
+            ("ffn_act", self.ffn_act, self.ffn_act in ("gelu", "starrelu"), "must be 'gelu' or 'starrelu'"),
+            *((name, v, len(v) == 2, "needs one value per DCC stage (stage 3, stage 4)") for name, v in dcc),
+            *((name, v, all(x >= 1 for x in v), "must be >= 1") for name, v in dcc),
+            ("drop_path_rate", self.drop_path_rate, 0.0 <= self.drop_path_rate < 1.0, "must be in [0, 1)"),
+            *self._ceilings(),
+            ("drop_rate", self.drop_rate, 0.0 <= self.drop_rate < 1.0, "must be in [0, 1)"),
+        ])
 
-    def _check_ceilings(self) -> None:
+    def _ceilings(self) -> list[tuple[str, Any, bool, str]]:
         """Sizes a file could claim to make a loader allocate gigabytes before any shape is compared: refused
         above ceilings well past every published variant (the largest, B4, has width 768 and depth 20)."""
         limits = {"dims": (self.dims, MAX_WIDTH), "depths": (self.depths, MAX_DEPTH),
@@ -104,13 +99,10 @@ class DCCNeXtConfig:
                   "head_mlp_ratio": ((self.head_mlp_ratio,), 16), "mixer_expansion": ((self.mixer_expansion,), 8),
                   "mixer_kernel_size": ((self.mixer_kernel_size,), 31),
                   "ffn_kernel_size": ((self.ffn_kernel_size,), 31)}
-        for name, (values, ceiling) in limits.items():
-            low = 0 if name == "num_classes" else 1  # 0: a backbone without a classifier (the dense models)
-            if any(not low <= v <= ceiling for v in values):
-                raise ConfigError(f"{name} must be in {low}..{ceiling} (a ceiling that keeps a broken file from "
-                                  f"allocating gigabytes), got {list(values) if len(values) > 1 else values[0]}")
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        low = {"num_classes": 0}  # 0: a backbone without a classifier (the dense models)
+        return [(name, values if len(values) > 1 else values[0], all(low.get(name, 1) <= v <= ceiling for v in values),
+                 f"must be in {low.get(name, 1)}..{ceiling} (a ceiling that keeps a broken file from allocating "
+                 "gigabytes)") for name, (values, ceiling) in limits.items()]
 
     def stage_op(self, stage: int) -> SpatialOp:
         """Spatial op of stage 0..3: stages 1-2 are local, stages 3-4 are `global_op`."""

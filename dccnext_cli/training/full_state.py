@@ -21,8 +21,8 @@ import torch
 
 from .accelerator import engine_name
 
-__all__ = ["is_sharded", "gather_model_state", "gather_optimizer_state", "load_full_state", "every_rank_weights_digest",
-           "StateView"]
+__all__ = ["is_sharded", "is_fsdp1", "gather_model_state", "gather_optimizer_state", "load_full_state",
+           "every_rank_weights_digest", "StateView"]
 
 _COMPILED = "_orig_mod."
 
@@ -46,8 +46,11 @@ def _options(**kwargs):
 def is_sharded(model: torch.nn.Module) -> bool:
     """True when the model's parameters are FSDP shards (FSDP2 DTensors, or FSDP1 flat parameters), whoever
     sharded it: Accelerate on GPUs, or `fully_shard` in a test on CPUs."""
-    if any(hasattr(p, "full_tensor") for p in model.parameters()):
-        return True
+    return any(hasattr(p, "full_tensor") for p in model.parameters()) or is_fsdp1(model)
+
+
+def is_fsdp1(model: torch.nn.Module) -> bool:
+    """True for FSDP1's flat parameters, where even asking for the state dict is a collective."""
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())

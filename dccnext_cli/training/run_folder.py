@@ -1,10 +1,13 @@
 """The run folder, one object for every task: everything `train` decides about `-o DIR`, under one set of rules.
 
-    folder = RunFolder.open(accelerator, recipe, output, resume=..., overwrite=..., explicit=...)
+    folder = RunFolder.launch(recipe, output, resume=..., overwrite=..., explicit=...)
     folder.start(recipe_dict)                      # lock, --overwrite's removal, recipe.yaml (a new run only)
-    state = folder.restore(parts)                  # the newest complete train state, or a fresh TrainState
-    folder.save(state, parts)                      # a train state under checkpoints/step-N (every process calls)
+    folder.parts = Trainables(model, optimizer, ...)  # what a train state holds besides the loop's position
+    state = folder.restore(limits)                 # the newest complete train state, or a fresh TrainState
+    folder.save(state)                             # a train state under checkpoints/step-N (every process calls)
     folder.finish(summary)                         # summary.json: the run's commit mark
+
+(training/loop.py makes these calls, in this order, for every task.)
 
 Only the main process touches the folder (it may be on the main node's local disk); what it decides (the folder,
 the train state to continue, the recipe of a resumed run) reaches the other processes by broadcast, errors
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from ..common.recipe_files import build_recipe, read_yaml
 from ..common.run_lock import lock_folder, unlock_folder
 from ..errors import CheckpointError, ConfigError, DCCNeXtError, OutputExistsError
 from . import run_state as states
-from .accelerator import make_accelerator, on_main_process
+from .accelerator import make_accelerator, micro_batch, on_main_process
 from .run_state import Trainables, TrainState
 from .saving import SaveSchedule
 from .state_checks import RunLimits, check_counters
@@ -66,8 +68,14 @@ class TrainResult:
     skipped_images: int = 0
     ranks: list[dict[str, Any]] = field(default_factory=list)
     samples: int = 0  # training images drawn (resumed runs included), whatever the launch shape
-    losses: list[float] = field(default_factory=list)  # dense: per iteration this call ran, mean over processes
+    losses: list[float] = field(default_factory=list)  # per optimiser step this call ran, mean over processes
     resumed_from: Path | None = None  # the train state continued
+
+    @classmethod
+    def from_summary(cls, out: Path, summary: dict[str, Any], losses: list[float], resumed_from: Path | None):
+        return cls(out, out / "model.safetensors", summary["steps"], summary["world_size"], summary.get("metrics"),
+                   summary.get("epochs", 0), float(summary.get("wall_s", 0.0)), summary.get("skipped_images", 0),
+                   summary.get("ranks", []), summary.get("samples", 0), losses, resumed_from)
 
 
 class TrainingInterrupted(DCCNeXtError):
@@ -148,6 +156,8 @@ class RunFolder:
     log: RunLog | None = None
     micro: int = 0  # images per process per micro-batch, once the loop knows it
     saving: SaveSchedule | None = None  # when to write a train state (steps, minutes, Ctrl-C); from `start`
+    saved: tuple[int, int] | None = None  # (step, epoch) of the train state written or resumed last
+    parts: Trainables | None = None  # what a train state holds besides the loop's position, once it is built
 
     @property
     def main(self) -> bool:
@@ -155,14 +165,14 @@ class RunFolder:
 
     @classmethod
     def launch(cls, recipe: Any, output: Path, *, resume: bool | str | Path, overwrite: bool,
-               explicit: dict[str, Any] | None, micro: Callable[[Any, int], int]) -> RunFolder:
+               explicit: dict[str, Any] | None) -> RunFolder:
         """The Accelerator, then the run folder (see `open`) and the images per process per micro-batch of the
-        recipe it runs (`micro(recipe, processes)`, which refuses a batch that does not split)."""
+        recipe it runs (a batch that does not split is refused)."""
         accelerator = make_accelerator(recipe.amp, recipe.grad_accum)
         run = cls.open(accelerator, recipe, output, resume=resume, overwrite=overwrite, explicit=explicit)
         accelerator.gradient_accumulation_steps = run.recipe.grad_accum  # a resumed run's own, or the one asked
         try:
-            run.micro = micro(run.recipe, accelerator.num_processes)
+            run.micro = micro_batch(run.recipe.batch_size, accelerator.num_processes, run.recipe.grad_accum)
         except DCCNeXtError:
             run.close()
             raise
@@ -197,8 +207,8 @@ class RunFolder:
         return cls(output, accelerator, chosen, train_state, bool(resume), overwrite,
                    notes if accelerator.is_main_process else [])
 
-    def completed(self) -> dict[str, Any] | None:
-        """The summary of a run already finished from this train state (nothing to do), else None. Main only."""
+    def completed(self) -> TrainResult | None:
+        """The result of a run already finished from this train state (nothing to do), else None. Main only."""
         if self.train_state is None or not self.main:
             return None
         try:
@@ -209,7 +219,10 @@ class RunFolder:
         if not isinstance(summary, dict) or summary.get("steps") != state.step \
                 or not (self.out / "model.safetensors").is_file():
             return None
-        return summary
+        try:
+            return TrainResult.from_summary(self.out, summary, [], self.train_state)
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def start(self, recipe_record: dict[str, Any]) -> None:
         """Main process: create and lock the folder; a new run (not a resumed one) removes the previous run's
@@ -224,20 +237,21 @@ class RunFolder:
         self.log = RunLog(self.out, self.main)
         self.saving = SaveSchedule(self.accelerator, self.recipe.checkpoint_every, self.recipe.checkpoint_minutes)
 
-    def restore(self, parts: Trainables, limits: RunLimits) -> TrainState:
+    def restore(self, limits: RunLimits) -> TrainState:
         """Every process: the position, weights, optimiser and random states of the train state continued (the
         main process reads it, the others receive it), checked against `limits`, reshaped to this launch; or a
         fresh start."""
         accelerator, world, micro = self.accelerator, self.accelerator.num_processes, self.micro
         state = TrainState(world_size=world, micro_batch=micro)
         if self.train_state is not None:
-            state = states.load_run_state(accelerator, self.train_state, parts, self.notes)
+            state = states.load_run_state(accelerator, self.train_state, self.parts, self.notes)
             check_counters(state, self.train_state / "train_state.json", limits)
             if state.samples == 0:  # a train state from before the image count was kept
                 state.samples = state.step * self.recipe.batch_size
             if (state.world_size, state.micro_batch) != (world, micro):
                 self._reshape(state, micro)
             accelerator.step = state.micro_steps
+            self.saved = (state.step, state.epoch)
         accelerator.wait_for_everyone()
         return state
 
@@ -255,17 +269,13 @@ class RunFolder:
         state.world_size, state.micro_batch = world, micro
         state.batch, state.micro_steps = state.batch // saved_accum * accum, state.step * accum
 
-    def save(self, state: TrainState, parts: Trainables) -> Path:
+    def save(self, state: TrainState) -> Path:
         """A train state at `state.step` (every process calls this; the main process writes)."""
         state.micro_steps = self.accelerator.step
-        saved = states.save_run_state(self.accelerator, self.out, state, parts, self.recipe.keep_last)
+        saved = states.save_run_state(self.accelerator, self.out, state, self.parts, self.recipe.keep_last)
         self.saving.saved()
+        self.saved = (state.step, state.epoch)
         return saved
-
-    def kept(self) -> str:
-        """Which train state a stopped run keeps, for the user."""
-        kept = states.list_checkpoints(self.out)
-        return f"kept {kept[-1].relative_to(self.out)}" if kept else "no train state yet: it starts again"
 
     def finish(self, summary: dict[str, Any]) -> None:
         """summary.json, written last: the mark of a finished run."""
@@ -278,7 +288,9 @@ class RunFolder:
     def interrupted(self, step: int, task_args: str = "") -> TrainingInterrupted:
         """What Ctrl-C ends with: the step, the train state kept, the command that continues (`task_args`: what
         it needs besides the run folder, e.g. a dense task's --task and --data)."""
-        return TrainingInterrupted(f"interrupted at step {step}: {self.kept()}; continue with: dccnext train "
+        kept = states.list_checkpoints(self.out)
+        kept = f"kept {kept[-1].relative_to(self.out)}" if kept else "no train state yet: it starts again"
+        return TrainingInterrupted(f"interrupted at step {step}: {kept}; continue with: dccnext train "
                                    f"{task_args + ' ' if task_args else ''}-o {self.out} --resume")
 
     def close(self) -> None:

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..common.crash_points import crash_point
-from ..common.files import write_file
+from ..common.files import fsync, write_file
+from ..common.tensor_tree import load_tree, save_tree
 from ..errors import CheckpointError, ConfigError, DCCNeXtError
 from .accelerator import engine_name
 from .full_state import gather_model_state, gather_optimizer_state, load_full_state
 from .rng_state import capture_rng, reseed_rng, restore_rng
 from .shards import all_gather_objects, from_main
 from .state_checks import check_state_tensors
-from .state_tree import load_tree, save_tree
 
 __all__ = ["TrainState", "Trainables", "save_run_state", "load_run_state", "find_checkpoint", "list_checkpoints",
            "recover_checkpoints", "prune_checkpoints", "checkpoint_problem", "read_train_state", "CHECKPOINT_DIR"]
@@ -63,34 +62,14 @@ class TrainState:
     step: int = 0  # optimiser steps taken
     world_size: int = 1
     micro_batch: int = 0
-    best_top1: float | None = None
-    best_epoch: int | None = None
     skipped_images: int = 0
     micro_steps: int = 0  # Accelerate's micro-batch counter (which micro-batches sync gradients)
     metrics: dict[str, Any] | None = None  # the latest evaluation, so a resumed run reports it too
     samples: int = 0  # training images consumed by all processes together, whatever the launch shape
+    task: dict[str, Any] = field(default_factory=dict)  # the task's own entries, checked by the task
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str, source: Path) -> TrainState:
-        """Every field checked for its type and bounds: a damaged file is refused, not half-used."""
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise CheckpointError(f"{source} is not valid JSON; the checkpoint is damaged") from None
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or not set(data) <= names:
-            raise CheckpointError(f"{source} does not hold a training state; the checkpoint is damaged")
-        for key, value in data.items():
-            ok = {"best_top1": value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
-                  "best_epoch": value is None or (isinstance(value, int) and value >= 0),
-                  "metrics": value is None or isinstance(value, dict)}.get(
-                key, isinstance(value, int) and not isinstance(value, bool) and value >= 0)
-            if not ok:
-                raise CheckpointError(f"{source}: {key}={value!r} is out of range; the checkpoint is damaged")
-        return cls(**data)
 
 
 @dataclass
@@ -197,14 +176,6 @@ def recover_checkpoints(run_dir: Path, notes: list[str]) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write(tmp: Path, name: str, moment: str, write) -> None:
     write_file(tmp / name, write)  # fsynced; a full disk is one line, the partial file removed
     crash_point(f"{moment}:{name}")
@@ -215,7 +186,7 @@ def _write_manifest(tmp: Path, state: TrainState, world: int) -> None:
              for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
     manifest = {"format": FORMAT, "step": state.step, "world_size": world, "files": files}
     _write(tmp, MANIFEST, _moment(state), lambda p: p.write_text(json.dumps(manifest, indent=1)))
-    _fsync(tmp)
+    fsync(tmp)
 
 
 def _moment(state: TrainState) -> str:
@@ -230,7 +201,7 @@ def _commit(tmp: Path, final: Path, moment: str) -> None:
         final.rename(aside)
         crash_point(f"{moment}:aside")
     tmp.rename(final)
-    _fsync(final.parent)
+    fsync(final.parent)
     crash_point(f"{moment}:committed")
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -256,45 +227,54 @@ def save_run_state(accelerator, run_dir: Path, state: TrainState, parts: Trainab
     rngs = all_gather_objects(accelerator, capture_rng(parts.generator))  # every process's, for the main one
     final = Path(run_dir) / CHECKPOINT_DIR / f"{PREFIX}{state.step:08d}"
     if accelerator.is_main_process:
-        _write_checkpoint(final, state, model_state, optimizer_state, rngs, parts.scaler, engine_name(accelerator))
+        tree = {"optimizer": optimizer_state, "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+                "engine": engine_name(accelerator)}
+        _write_checkpoint(final, state, model_state, tree, rngs)
         prune_checkpoints(run_dir, keep_last, state.step)
         crash_point(f"{_moment(state)}:pruned")
     accelerator.wait_for_everyone()
     return final
 
 
-def _write_checkpoint(final: Path, state: TrainState, model_state: dict[str, torch.Tensor],
-                      optimizer_state: dict[str, Any] | None, rngs: list[dict[str, Any]], scaler, engine: str) -> None:
+def _write_checkpoint(final: Path, state: TrainState, model_state: dict[str, torch.Tensor], tree: dict[str, Any],
+                      rngs: list[dict[str, Any]]) -> None:
+    """Every file under a hidden name, the manifest last, then one rename."""
     tmp, moment = final.with_name(f".{final.name}{_TMP}"), _moment(state)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_files(tmp, moment, state, model_state, optimizer_state, rngs, scaler, engine)
+        for rank, rng in enumerate(rngs):
+            _write(tmp, f"rng-{rank}.json", moment, lambda p, rng=rng: p.write_text(json.dumps(rng)))
+        _write(tmp, "model.safetensors", moment, lambda p: save_file(model_state, str(p)))
+        _write(tmp, "optimizer.safetensors", moment, lambda p: save_tree(p, tree))
+        _write(tmp, "train_state.json", moment, lambda p: p.write_text(state.to_json()))
+        _write_manifest(tmp, state, len(rngs))
     except DCCNeXtError:  # a full disk: no half-written checkpoint stays; the previous ones are untouched
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _commit(tmp, final, moment)
 
 
-def _write_files(tmp: Path, moment: str, state: TrainState, model_state: dict[str, torch.Tensor],
-                 optimizer_state: dict[str, Any] | None, rngs: list[dict[str, Any]], scaler, engine: str) -> None:
-    for rank, rng in enumerate(rngs):
-        _write(tmp, f"rng-{rank}.json", moment, lambda p, rng=rng: p.write_text(json.dumps(rng)))
-    _write(tmp, "model.safetensors", moment, lambda p: save_file(model_state, str(p)))
-    tree = {"optimizer": optimizer_state, "scaler": scaler.state_dict() if scaler is not None else None,
-            "engine": engine}
-    _write(tmp, "optimizer.safetensors", moment, lambda p: save_tree(p, tree))
-    _write(tmp, "train_state.json", moment, lambda p: p.write_text(state.to_json()))
-    _write_manifest(tmp, state, len(rngs))
-
-
 def read_train_state(checkpoint: Path) -> TrainState:
+    """A train state's position, every field checked for its type: a damaged file is refused, not half-used."""
     path = Path(checkpoint) / "train_state.json"
     try:
-        text = path.read_text()
+        data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {path} ({e.__class__.__name__})") from None
-    return TrainState.from_json(text, path)
+    except ValueError:
+        raise CheckpointError(f"{path} is not valid JSON; the checkpoint is damaged") from None
+    if isinstance(data, dict) and "task" not in data:  # written before the task owned its entries
+        legacy = {key: data.pop(key, None) for key in ("best_top1", "best_epoch")}
+        data["task"] = {key: value for key, value in legacy.items() if value is not None}
+    if not isinstance(data, dict) or not set(data) <= {f.name for f in fields(TrainState)}:
+        raise CheckpointError(f"{path} does not hold a training state; the checkpoint is damaged")
+    for key, value in data.items():
+        ok = {"task": isinstance(value, dict), "metrics": value is None or isinstance(value, dict)}.get(
+            key, isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+        if not ok:
+            raise CheckpointError(f"{path}: {key}={value!r} is out of range; the checkpoint is damaged")
+    return TrainState(**data)
 
 
 @dataclass
@@ -315,11 +295,6 @@ def _read_checkpoint(checkpoint: Path, model: torch.nn.Module) -> _Read:
         weights = load_file(str(model_file))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot resume from {model_file}: {str(e).splitlines()[0]}") from None
-    expected = _shapes(model)
-    found = {name: tuple(t.shape) for name, t in weights.items()}
-    if expected is not None and found != expected:
-        wrong = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
-        raise CheckpointError(f"cannot resume from {model_file}: it does not fit this model ({wrong[0]})")
     rngs = []
     for rank in range(state.world_size):
         rng_file = checkpoint / f"rng-{rank}.json"
@@ -332,16 +307,6 @@ def _read_checkpoint(checkpoint: Path, model: torch.nn.Module) -> _Read:
         raise CheckpointError(f"{checkpoint / 'optimizer.safetensors'} holds no optimiser entry; it is damaged")
     check_state_tensors(checkpoint, model, weights, tree)
     return _Read(state, rngs, weights, tree)
-
-
-def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]] | None:
-    """The model's tensor names and whole shapes (DTensors report theirs), or None under FSDP1, where asking
-    is a collective that the main process cannot make alone (the strict load checks the names there)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
-        return None
-    return {name.replace("_orig_mod.", ""): tuple(t.shape) for name, t in model.state_dict().items()}
 
 
 def _share(accelerator, read: _Read | None, problem: str | None) -> _Read:

@@ -1,23 +1,22 @@
-"""Evaluation split over processes: each takes one contiguous block, the blocks' results come back in order.
+"""Evaluation split over processes, one rule for every task: image i of the first N goes to process i mod W.
 
 Metrics are never averaged over processes (a mean of per-process mIoU or AP is not the data set's): each
-process contributes what it accumulated, and the metric is computed once on the union, in the data set's
-order, so a sharded evaluation equals a single-process one. The two collectives here (`all_gather_objects`,
-`from_main`) are also how checkpoints gather random states and share what the main process read.
+process contributes what it accumulated (counts, or a metric's states), and the metric is computed once on the
+union, in the data set's order, so a sharded evaluation equals a single-process one. The two collectives here
+(`all_gather_objects`, `from_main`) are also how train states gather random states and share what the main
+process read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["shard_range", "all_gather_objects", "from_main"]
+__all__ = ["strided_share", "all_gather_objects", "from_main"]
 
 
-def shard_range(n: int, rank: int, world: int) -> range:
-    """Process `rank`'s contiguous block of `n` items; blocks differ in size by at most one, none overlap."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (rank < extra))
+def strided_share(n: int, rank: int, world: int) -> int:
+    """How many of the first `n` items process `rank` scores: items rank, rank + world, rank + 2 world, ..."""
+    return len(range(rank, n, world))
 
 
 def all_gather_objects(accelerator, obj: Any) -> list[Any]:

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from .full_state import is_fsdp1
 
-__all__ = ["RunLimits", "check_counters", "check_state_tensors", "MAX_PROCESSES"]
+__all__ = ["RunLimits", "check_counters", "check_state_tensors", "refuse", "MAX_PROCESSES"]
 
 MAX_PROCESSES = 1 << 16
 _WRAPPERS = ("module.", "_orig_mod.")  # DDP and torch.compile prefixes of parameter names
@@ -36,7 +37,8 @@ class RunLimits:
     epochs: int | None = None  # the recipe's epochs (None: as many as total_steps takes)
 
 
-def _refuse(path: Path, field: str, value: Any, why: str) -> CheckpointError:
+def refuse(path: Path, field: str, value: Any, why: str) -> CheckpointError:
+    """A train state's field that does not fit the run, as one line naming the file and the field."""
     return CheckpointError(f"{path}: {field}={value!r} {why}; the checkpoint does not belong to this run (or was "
                            "edited): resume an earlier checkpoint or start again with --overwrite")
 
@@ -46,9 +48,9 @@ def check_counters(state: Any, path: Path, limits: RunLimits) -> None:
     steps = max(limits.steps_per_epoch, 1)
     epochs = limits.epochs if limits.epochs is not None else -(-limits.total_steps // steps)
     if not 1 <= state.world_size <= MAX_PROCESSES:
-        raise _refuse(path, "world_size", state.world_size, f"is not a process count (1..{MAX_PROCESSES})")
+        raise refuse(path, "world_size", state.world_size, f"is not a process count (1..{MAX_PROCESSES})")
     if not 1 <= state.micro_batch <= limits.batch_size:
-        raise _refuse(path, "micro_batch", state.micro_batch, f"is outside 1..{limits.batch_size} (the batch size)")
+        raise refuse(path, "micro_batch", state.micro_batch, f"is outside 1..{limits.batch_size} (the batch size)")
     accum = max(limits.batch_size // (state.world_size * state.micro_batch), 1)
     bounds = {
         "step": (state.step, limits.total_steps, "the run's optimiser steps"),
@@ -59,15 +61,11 @@ def check_counters(state: Any, path: Path, limits: RunLimits) -> None:
     }
     for field, (value, most, what) in bounds.items():
         if not 0 <= value <= most:
-            raise _refuse(path, field, value, f"is outside 0..{most} ({what})")
+            raise refuse(path, field, value, f"is outside 0..{most} ({what})")
     if state.epoch == epochs and state.batch:
-        raise _refuse(path, "batch", state.batch, f"is past the end of the last epoch ({epochs})")
+        raise refuse(path, "batch", state.batch, f"is past the end of the last epoch ({epochs})")
     if state.samples and state.skipped_images > state.samples:
-        raise _refuse(path, "skipped_images", state.skipped_images, f"is more than the {state.samples} images drawn")
-    if state.best_epoch is not None and state.best_epoch > state.epoch:
-        raise _refuse(path, "best_epoch", state.best_epoch, f"is after the epoch in progress ({state.epoch})")
-    if state.best_top1 is not None and not (math.isfinite(state.best_top1) and 0 <= state.best_top1 <= 100):
-        raise _refuse(path, "best_top1", state.best_top1, "is not a percentage")
+        raise refuse(path, "skipped_images", state.skipped_images, f"is more than the {state.samples} images drawn")
 
 
 def _plain_name(name: str) -> str:
@@ -77,9 +75,14 @@ def _plain_name(name: str) -> str:
 
 
 def _check_weights(path: Path, weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    found = {_plain_name(name): tuple(t.shape) for name, t in weights.items()}
+    shapes = {name: tuple(t.shape) for name, t in expected.items()}  # DTensors report their whole shapes
+    if found != shapes:
+        wrong = sorted(set(found) ^ set(shapes)) or sorted(k for k in found if found[k] != shapes[k])
+        raise CheckpointError(f"cannot resume from {path}: it does not fit this model ({wrong[0]})")
     for name, tensor in weights.items():
-        want = expected.get(_plain_name(name))
-        if want is not None and tensor.dtype != want.dtype:
+        want = expected[_plain_name(name)]
+        if tensor.dtype != want.dtype:
             raise CheckpointError(f"{path}: tensor {name} is {str(tensor.dtype).removeprefix('torch.')}, the model "
                                   f"holds {str(want.dtype).removeprefix('torch.')}; the checkpoint is damaged")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -132,12 +135,10 @@ def _check_optimizer(path: Path, optimizer: Any, params: dict[str, torch.Tensor]
 
 def check_state_tensors(checkpoint: Path, model: torch.nn.Module, weights: dict[str, torch.Tensor] | None,
                         tree: dict[str, Any] | None) -> None:
-    """Main process, before anything is loaded: the weights' dtypes (and finiteness) as the model holds them, the
-    optimiser state's tensors shaped as its parameters (shapes of the weights are checked by the reader)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
-        return  # FSDP1: asking the model is a collective the main process cannot make alone; the load checks
+    """Main process, before anything is loaded: the weights' names, shapes, dtypes (and finiteness) as the model
+    holds them, the optimiser state's tensors shaped as its parameters."""
+    if is_fsdp1(model):
+        return  # asking the model is a collective the main process cannot make alone; the strict load checks
     checkpoint = Path(checkpoint)
     expected = {_plain_name(n): t for n, t in model.state_dict().items()}
     if weights is not None:

@@ -59,8 +59,10 @@ CASES = {
                                "image nothere.jpg does not exist"),
     "predict, not an image": (["predict", "notes.png", "--checkpoint", "red.png"], "not an image file Pillow can read"),
     "predict, missing checkpoint": (["predict", "red.png", "--checkpoint", "no.safetensors"],
-                                    "checkpoint no.safetensors does not exist"),
-    "eval, run folder without weights": (["eval", "--checkpoint", "empty_run"],
+                                    "weights file no.safetensors does not exist"),
+    "eval, --checkpoint (the former name of --weights)": (["eval", "--checkpoint", "no.safetensors"],
+                                                          "weights file no.safetensors does not exist"),
+    "eval, run folder without weights": (["eval", "--weights", "empty_run"],
                                          "empty_run is a folder without model.safetensors"),
     "eval, bare --data path": (["eval", "--checkpoint", "red.png", "--data", "flat"],
                                "a local folder is read as --data imagefolder:flat"),
@@ -137,7 +139,7 @@ def run_folder(tmp_path_factory) -> Path:
 def test_checkpoint_may_name_a_run_folder(run_cli, run_folder):
     r = run_cli("kernel-weights", "--checkpoint", run_folder, "--json")
     assert r.exit_code == 0, r.output
-    assert f"using {run_folder / 'model.safetensors'}" in r.stderr
+    assert f"using {run_folder / 'model.safetensors'}" in " ".join(r.stderr.split())  # rich wraps at 80 columns
     assert json.loads(r.stdout)["model"]["checkpoint"] == str(run_folder / "model.safetensors")
 
 

@@ -33,7 +33,7 @@ def test_dense_task_needs_its_data(run_cli, tmp_path):
 def test_dense_batch_that_does_not_split_and_a_run_folder_in_use(run_cli, ade_root, tmp_path):
     args = ["train", "--task", "semantic-fpn", "--variant", "b0", "--data", f"ade20k:{ade_root}"]
     r = run_cli(*args, "--batch-size", "2", "--grad-accum", "3", "-o", tmp_path / "a")
-    assert r.exit_code == 2 and "batch_size 2 is not divisible by grad_accum 3" in r.text
+    assert r.exit_code == 2 and "batch_size must be a multiple of grad_accum 3" in r.text
     keep = tmp_path / "b"
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")

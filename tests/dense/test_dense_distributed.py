@@ -26,7 +26,7 @@ from dccnext_cli.dense.models import sync_batchnorm
 from dccnext_cli.dense.tasks import get_dense_task
 from dccnext_cli.errors import ConfigError, DataError
 from dccnext_cli.training.run_state import list_checkpoints
-from dccnext_cli.training.shards import shard_range
+from dccnext_cli.training.shards import strided_share
 
 ROOT = Path(__file__).resolve().parents[2]
 SEG_ARGS = ["--task", "semantic-fpn", "--variant", "b0", "--batch-size", "2", "--workers", "0", "--set",
@@ -85,14 +85,14 @@ def test_a_global_batch_is_the_same_images_on_any_launch():
     assert plan.micro_batches(0, skip=3) == plan.micro_batches(0)[3:]  # a resumed epoch continues where it was
     with pytest.raises(DataError, match="fewer than one batch of 8"):
         BatchPlan(5, 8, 1, 0, 1, seed=0)
-    with pytest.raises(ConfigError, match="not divisible by grad_accum 3"):
+    with pytest.raises(ConfigError, match="batch_size must be a multiple of grad_accum 3"):
         load_dense_recipe("semantic-fpn", ["batch_size=8", "grad_accum=3"])
 
 
-def test_shards_cover_the_data_once_in_order():
-    blocks = [shard_range(7, rank, 3) for rank in range(3)]
-    assert [list(b) for b in blocks] == [[0, 1, 2], [3, 4], [5, 6]]
-    assert list(shard_range(1, 1, 2)) == []
+def test_shards_cover_the_first_n_images_once():
+    """Image i goes to process i mod world; the shares of the first n add up to n."""
+    assert [strided_share(7, rank, 3) for rank in range(3)] == [3, 2, 2]
+    assert strided_share(1, 1, 2) == 0 and sum(strided_share(5, rank, 8) for rank in range(8)) == 5
 
 
 def test_batchnorm_becomes_sync_batchnorm_on_gpus_only():
@@ -134,7 +134,7 @@ def test_merged_shards_equal_one_evaluation_detection(coco_json, world):
     parts, states = [], []
     for rank in range(world):
         parts.append(task.make_evaluator(None, data))
-        block = shard_range(len(data), rank, world)
+        block = range(rank, len(data), world)
         parts[-1].update([answers[i] for i in block], [targets[i] for i in block])
         states.append(parts[-1].states())
     merged = parts[0]  # the main process merges into its own evaluator
@@ -154,7 +154,7 @@ def test_merged_shards_equal_one_evaluation_segmentation(ade_root):
         whole.update(guess, label)
     for rank in range(2):
         parts.append(task.make_evaluator(5, data))
-        for i in shard_range(len(labels), rank, 2):
+        for i in range(rank, len(labels), 2):
             parts[-1].update(guesses[i], labels[i])
     merged = parts[0]
     merged.merge([part.states() for part in parts])

@@ -140,7 +140,7 @@ def test_bad_options(run_cli, checkpoint, tmp_path, args, message):
 
 def test_needs_exactly_one_source(run_cli, checkpoint, tmp_path):
     result = run_cli("export", "--format", "onnx", "-o", tmp_path / "a.onnx")
-    _one_line_error(result, "exactly one of --checkpoint FILE or --variant NAME")
+    _one_line_error(result, "exactly one of --weights FILE or --variant NAME")
     result = run_cli("export", "--checkpoint", checkpoint, "--variant", "b0", "--format", "onnx", "-o", tmp_path / "a")
     _one_line_error(result, "exactly one")
 

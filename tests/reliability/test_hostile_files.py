@@ -21,13 +21,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dccnext_cli.common.tensor_tree import load_tree, save_tree
 from dccnext_cli.data.loading import decode_record
 from dccnext_cli.data.sources import DataSource, ImageSplit
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
 from dccnext_cli.models.weights import CheckpointMeta, save_weights
 from dccnext_cli.training.run_state import list_checkpoints
-from dccnext_cli.training.state_tree import load_tree, save_tree
 from tests.reliability.disks import last_line_error
 
 
@@ -78,12 +78,15 @@ def test_planted_step_tmp_symlink_is_removed_not_followed(dccnext, small_images,
 
 
 @pytest.mark.parametrize("field, value", [("epoch", 1_000_000_000), ("batch", 1_000_000), ("step", 10**9),
-                                          ("samples", 10**12)])
+                                          ("samples", 10**12), ("task.best_top1", 1000.0), ("task.best_epoch", 99)])
 def test_train_state_counter_out_of_range(dccnext, small_images, train_args, killed_run, tmp_path, field, value):
+    """The loop's counters, and the task's own entries (classification: the best top-1 and its epoch)."""
     run = _copy(killed_run, tmp_path)
     (checkpoint,) = list_checkpoints(run)
     state = json.loads((checkpoint / "train_state.json").read_text())
-    (checkpoint / "train_state.json").write_text(json.dumps({**state, field: value}))
+    field = field.removeprefix("task.")
+    lie = {"task": {**state["task"], field: value}} if field.startswith("best_") else {field: value}
+    (checkpoint / "train_state.json").write_text(json.dumps({**state, **lie}))
     _forge_manifest(checkpoint)
     done = dccnext(*train_args(small_images, run), "--resume")
     assert done.returncode == 2, done.stderr[-3000:]

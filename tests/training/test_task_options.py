@@ -22,6 +22,7 @@ import yaml
 from train_processes import ROOT, dccnext
 
 from dccnext_cli.cli.app import build_app
+from dccnext_cli.cli.options import option_name
 from dccnext_cli.common.command_options import EVAL_OPTIONS, TRAIN_OPTIONS
 from dccnext_cli.tasks import TASKS, check_options, get_task, is_dense
 
@@ -43,7 +44,7 @@ RECIPE_OPTIONS = {  # option -> (its value here, the recipe.yaml keys it sets: f
 # checked below by recipe.yaml too, or by what they do to the run (-o, --overwrite, --resume, --json)
 OTHER_TRAIN_OPTIONS = {"--recipe", "--set", "--batch-size", "--res", "--data", "--weights", "--task", "--output",
                        "--overwrite", "--resume", "--json"}
-EVAL_CHECKED = {"--checkpoint", "--task", "--data", "--split", "--limit", "--batch-size", "--precision", "--workers",
+EVAL_CHECKED = {"--weights", "--task", "--data", "--split", "--limit", "--batch-size", "--precision", "--workers",
                 "--json"}
 
 
@@ -51,7 +52,7 @@ def _params(command: str) -> set[str]:
     import typer.main
 
     click_command = typer.main.get_command(build_app()).commands[command]
-    return {max(p.opts, key=len) for p in click_command.params}
+    return {option_name(p) for p in click_command.params}
 
 
 def test_the_declared_options_are_the_commands_options_and_every_one_is_walked():
@@ -201,7 +202,7 @@ def _eval(run_cli, *args) -> dict:
 def test_every_eval_option_is_honoured(task, data, weights_of, run_cli, tmp_path):
     spec = TASKS[task]
     assert spec.honours["eval"] == EVAL_OPTIONS  # nothing to refuse: each is checked below
-    base = ["--checkpoint", weights_of[task], "--task", task, "--data", data[task]]  # --checkpoint, --task, --data
+    base = ["--weights", weights_of[task], "--task", task, "--data", data[task]]  # --weights, --task, --data
     plain = _eval(run_cli, *base)
     images = {"classification": 8, "semantic-fpn": 2}.get(task, 2)  # the validation split's
     assert plain["images" if is_dense(spec) else "samples"] == images and plain["checkpoint"] == str(weights_of[task])
@@ -213,3 +214,10 @@ def test_every_eval_option_is_honoured(task, data, weights_of, run_cli, tmp_path
     assert plain["dtype"] == "float32" and _eval(run_cli, *base, "--precision", "bf16")["dtype"] == "bfloat16"
     assert _eval(run_cli, *base, "--workers", "2") == plain  # worker processes read the images: the same scores
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_former_name_of_eval_weights_still_works(data, weights_of, run_cli):
+    """eval --checkpoint FILE is --weights FILE under its former name: accepted, and the same scores."""
+    args = ["--task", "classification", "--data", data["classification"]]
+    plain = _eval(run_cli, "--weights", weights_of["classification"], *args)
+    assert _eval(run_cli, "--checkpoint", weights_of["classification"], *args) == plain

@@ -1,6 +1,6 @@
-"""Nested training state (an optimiser's state dict, a grad scaler's) as a safetensors file: no pickle.
+"""Nested tensors and plain values (an optimiser's state dict, a grad scaler's) as one safetensors file: no pickle.
 
-A run folder may have been touched by anyone, so resuming must never execute code from it. `save_tree` stores
+A file may have been touched by anyone, so reading it must never execute code from it. `save_tree` stores
 every tensor of a nested dict/list/tuple structure in a safetensors file and the structure itself, with
 references to the tensors, as JSON in the file's metadata; `load_tree` rebuilds it. Only tensors, dicts (str or
 int keys), lists, tuples, str, int, float, bool and None are allowed, so the reader only ever builds plain data.
