@@ -22,7 +22,7 @@ def _pair(ffn_act: str = "gelu", **options):
 
 @pytest.mark.parametrize("ffn_act", ["gelu", "starrelu"])
 def test_outputs_equal_the_plain_model_and_the_state_dict_is_the_same(ffn_act):
-    plain, fast = _pair(ffn_act, ffn_slice_bytes=0)
+    plain, fast = _pair(ffn_act, ffn_slice_bytes=0, pointwise_conv=False)
     assert fast.state_dict().keys() == plain.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), plain.state_dict().values(),
                                                   strict=True))
@@ -102,13 +102,24 @@ def test_pointwise_convolution_equals_nn_linear(shape):
         want.backward(grad)
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layer.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, threads):  # oneDNN by name: one thread and a small batch too
+            torch.set_num_threads(count)
+            with torch.inference_mode():
+                torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(layer(x.transpose(1, 2)), plain(x.transpose(1, 2)), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_pointwise_convolutions_keep_the_models_numbers():
-    plain, fast = _pair(pointwise_conv=True)
+    plain, fast = _pair()  # on by default
     assert sum(isinstance(m, PointwiseConv) for m in fast.modules()) == 4 * sum(plain.config.depths)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
 
 
