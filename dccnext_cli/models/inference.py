@@ -97,8 +97,8 @@ class PointwiseConv(nn.Linear):
     otherwise (autograd, torch.compile, other devices) the plain Linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            return super().forward(x)
+        if x.ndim != 4 or (torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
+            return super().forward(x)  # torch.compile: Inductor plans the GEMMs itself
         if exporting():
             return F.conv2d(x.permute(0, 3, 1, 2), self.weight[:, :, None, None], self.bias).permute(0, 2, 3, 1)
         if not _onednn_direct(x):
@@ -111,7 +111,7 @@ class PointwiseConv(nn.Linear):
 def _onednn_direct(x: torch.Tensor) -> bool:
     """Eager CPU inference in float32 or bfloat16 where PyTorch has oneDNN."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
-            and torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling())
+            and torch.backends.mkldnn.is_available())
 
 
 def _as_pointwise_conv(linear: nn.Linear) -> PointwiseConv:
