@@ -477,7 +477,9 @@ def export_model(
         resolution = meta.input_size or (224, 224)
     _check_request(fmt, out, features, dtype, resolution, overwrite, push)
 
-    model = optimize_for_inference(copy.deepcopy(model))  # the caller's model stays as it was (training, say)
+    # on a copy: the caller's model stays as it was; the linears stay Linear, so that the eager reference computes
+    # the GEMMs as a reloaded weights file does (ONNX writes its 1x1 convolutions itself, write_onnx_graph)
+    model = optimize_for_inference(copy.deepcopy(model), pointwise_conv=False)
     meta = _meta_for_export(meta, resolution)
     inputs = _check_inputs(resolution, model.in_chans, MIN_EXPORT_SIZE if fmt in GRAPH_FORMATS else 32)
     result = ExportResult(fmt, out, dtype, features)
