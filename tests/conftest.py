@@ -51,3 +51,12 @@ def run_cli(cli_app):
         return result
 
     return run
+
+
+@pytest.fixture
+def fresh_compiles():
+    """Dynamo's compiled variants forgotten (Inductor's disk cache stays): past its limit of variants per function
+    (dtypes, batch 1, inference tensors: a test suite makes many) a compiled backend runs its function eagerly,
+    which an op-count test would read as the backend's own count."""
+    torch._dynamo.reset()
+    yield

@@ -16,8 +16,10 @@ the tests hold to the reference, and one function (`select_backend`) that picks 
   Triton kernels;
 - `export` (`dcconv_export`): exporting, tracing, scripting: plain ops for the `export_target` ("torch", "onnx").
 
-Every backend sums in float32 and returns the input's dtype. Under a TorchDispatchMode (a user's
-`FlopCounterMode`) the layer runs as two custom ops with FLOP formulas, computing with the same backend.
+Every backend sums in float32 and returns the input's dtype. In eager mode the layer runs as two custom ops
+(`dccnext::cluster_indices`, `dccnext::cluster_conv`) that compute with the selected backend: one autograd rule
+for every backend (each supplies its backward), and a FLOP counter (torch's `FlopCounterMode`) sees one op each
+with the FLOP formulas registered below. Compilers and exporters trace the backends' own ops instead.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .dcconv_export import (
 )
 from .dcconv_reference import (
     accumulation_dtype,
+    autocast_disabled,
     bias_grad,
     cluster_conv_reference,
     cluster_conv_reference_backward,
@@ -64,19 +67,22 @@ __all__ = [
     "exporting",
     "pairwise_sq_distances",
     "select_backend",
-    "watched_by_dispatch_mode",
 ]
 
 Indices = Callable[[torch.Tensor, int, int, int], torch.Tensor]  # (x, K, d, chunk elements) -> (B, N, K')
 Conv = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+# (grad, tokens, idx, weight) -> (grad_tokens, grad_weight[:K']): the convolution's gradients without autograd
+ConvBackward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Backend:
-    """One complete formulation: how it finds the clusters and how it convolves them (with its backward)."""
+    """One complete formulation: how it finds the clusters, how it convolves them, and that convolution's
+    gradients (called by the custom op's autograd rule; no backend runs autograd itself)."""
 
     indices: Indices
     conv: Conv
+    backward: ConvBackward
 
 
 def _inductor_indices(x: torch.Tensor, k: int, d: int, chunk: int) -> torch.Tensor:
@@ -92,12 +98,24 @@ def _inductor_conv(tokens, idx, weight, bias):
     return cluster_conv_inductor(tokens, idx, weight, bias)
 
 
-def _triton_conv(deterministic: bool) -> Conv:
-    def conv(tokens, idx, weight, bias):
-        from .dcconv_triton import cluster_conv_triton  # on first use: Triton fixes its interpret mode at import
+def _inductor_backward(grad, tokens, idx, weight):
+    from .dcconv_inductor import cluster_conv_inductor_backward
 
-        return cluster_conv_triton(tokens, idx, weight, bias, deterministic)
-    return conv
+    return cluster_conv_inductor_backward(grad, tokens, idx, weight)
+
+
+def _triton_conv(tokens, idx, weight, bias):
+    from .dcconv_triton import cluster_conv_triton  # on first use: Triton fixes its interpret mode at import
+
+    return cluster_conv_triton(tokens, idx, weight, bias)
+
+
+def _triton_backward(deterministic: bool) -> ConvBackward:
+    def backward(grad, tokens, idx, weight):
+        from .dcconv_triton import cluster_conv_triton_backward
+
+        return cluster_conv_triton_backward(grad, tokens, idx, weight, deterministic)
+    return backward
 
 
 def _export_indices(x: torch.Tensor, k: int, d: int, chunk: int) -> torch.Tensor:
@@ -109,11 +127,12 @@ def _export_conv(tokens, idx, weight, bias):
 
 
 BACKENDS: dict[str, Backend] = {
-    "reference": Backend(cluster_indices_reference, cluster_conv_reference),
-    "inductor": Backend(_inductor_indices, _inductor_conv),
-    "triton": Backend(cluster_indices_reference, _triton_conv(deterministic=False)),
-    "triton-deterministic": Backend(cluster_indices_reference, _triton_conv(deterministic=True)),
-    "export": Backend(_export_indices, _export_conv),
+    "reference": Backend(cluster_indices_reference, cluster_conv_reference, cluster_conv_reference_backward),
+    "inductor": Backend(_inductor_indices, _inductor_conv, _inductor_backward),
+    "triton": Backend(cluster_indices_reference, _triton_conv, _triton_backward(deterministic=False)),
+    "triton-deterministic": Backend(cluster_indices_reference, _triton_conv, _triton_backward(deterministic=True)),
+    # exporters trace the export form's own ops, autograd included; the custom ops never run it
+    "export": Backend(_export_indices, _export_conv, cluster_conv_reference_backward),
 }
 
 
@@ -145,15 +164,9 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def watched_by_dispatch_mode() -> bool:
-    """True while a TorchDispatchMode (a user's `FlopCounterMode`) sees every op: DCConv then runs as its custom
-    ops, which such a mode sees as one op each, with the FLOP formulas registered below."""
-    return torch._C._len_torch_dispatch_stack() > 0
-
-
 def _as_custom_ops() -> bool:
-    """Eager under a dispatch mode (compilers and exporters trace the backends themselves)."""
-    return not (torch.compiler.is_compiling() or exporting()) and watched_by_dispatch_mode()
+    """Eager mode: compilers and exporters trace the backends' own ops instead."""
+    return not (torch.compiler.is_compiling() or exporting())
 
 
 def _chunk_elements(tensor: torch.Tensor) -> int:
@@ -201,11 +214,22 @@ def cluster_conv(
     return BACKENDS[select_backend(tokens)].conv(tokens, idx, weight, bias)
 
 
-# --- the layer as custom ops, for dispatch modes (FLOP counters); they compute with the selected backend ---
+# --- the layer as custom ops in eager mode; they compute with the backend selected at the forward ---
+
+def _plain_call(fn: Callable, *args):
+    """A backend called on plain tensors: no autograd, no autocast and no grad flags (a compiled backend guards on
+    each, so one graph then serves training, inference and mixed precision; the backends cast for themselves)."""
+    device = args[0].device
+    if not (torch.is_grad_enabled() or torch.is_autocast_enabled(device.type)):
+        return fn(*args)  # inference: nothing to switch off (entering the two contexts costs ~10 us a call)
+    plain = [a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args]
+    with torch.no_grad(), autocast_disabled(device):
+        return fn(*plain)
+
 
 @torch.library.custom_op("dccnext::cluster_indices", mutates_args=())
 def _cluster_indices_op(x: torch.Tensor, cluster_size: int, subvector_interval: int, chunk: int) -> torch.Tensor:
-    return _indices(x, cluster_size, subvector_interval, chunk)
+    return _plain_call(_indices, x, cluster_size, subvector_interval, chunk)
 
 
 @_cluster_indices_op.register_fake
@@ -218,8 +242,7 @@ def _(x: torch.Tensor, cluster_size: int, subvector_interval: int, chunk: int) -
 @torch.library.custom_op("dccnext::cluster_conv", mutates_args=())
 def _cluster_conv_op(tokens: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
-    with torch.no_grad():
-        return BACKENDS[select_backend(tokens)].conv(tokens, idx, weight, bias)
+    return _plain_call(BACKENDS[select_backend(tokens)].conv, tokens, idx, weight, bias)
 
 
 @_cluster_conv_op.register_fake
@@ -229,27 +252,30 @@ def _(tokens, idx, weight, bias=None):
 
 @torch.library.custom_op("dccnext::cluster_conv_backward", mutates_args=())
 def _cluster_conv_backward_op(grad: torch.Tensor, tokens: torch.Tensor, idx: torch.Tensor,
-                              weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_tokens, grad_weight = cluster_conv_reference_backward(grad, tokens, idx, weight)
+                              weight: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_tokens, grad_weight = _plain_call(BACKENDS[backend].backward, grad, tokens, idx, weight)
     full = torch.zeros_like(weight)
     full[:idx.shape[-1]] = grad_weight  # slots past K' (small maps) get no gradient
     return grad_tokens, full
 
 
 @_cluster_conv_backward_op.register_fake
-def _(grad, tokens, idx, weight):
+def _(grad, tokens, idx, weight, backend):
     return torch.empty_like(tokens), torch.empty_like(weight)
 
 
 def _op_setup_context(ctx, inputs, output):
+    """Saves the input, the int indices and the kernel (never the (B*N, K', E) gather), and the backend the
+    forward ran with, so that the backward matches it whatever settings are active when it runs."""
     tokens, idx, weight, bias = inputs
     ctx.save_for_backward(tokens, idx, weight)
     ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.backend = select_backend(tokens)
 
 
 def _op_backward(ctx, grad):
     tokens, idx, weight = ctx.saved_tensors
-    grad_tokens, grad_weight = _cluster_conv_backward_op(grad, tokens, idx, weight)
+    grad_tokens, grad_weight = _cluster_conv_backward_op(grad.contiguous(), tokens, idx, weight, ctx.backend)
     grad_bias = None if ctx.bias_dtype is None else bias_grad(grad, ctx.bias_dtype)
     return grad_tokens, None, grad_weight, grad_bias
 

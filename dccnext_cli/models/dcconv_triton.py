@@ -20,8 +20,8 @@ import triton.language as tl
 
 from .dcconv_reference import flat_indices
 
-__all__ = ["cluster_conv_triton", "cluster_conv_forward", "cluster_conv_backward", "TritonClusterConv", "BLOCK_ROWS",
-           "BLOCK_CHANNELS"]
+__all__ = ["cluster_conv_triton", "cluster_conv_triton_backward", "cluster_conv_forward", "cluster_conv_backward",
+           "BLOCK_ROWS", "BLOCK_CHANNELS"]
 
 BLOCK_ROWS = 32
 BLOCK_CHANNELS = 64
@@ -150,29 +150,23 @@ def cluster_conv_backward(grad: torch.Tensor, flat: torch.Tensor, slots: torch.T
     return grad_input, grad_weight, grad_bias
 
 
-class TritonClusterConv(torch.autograd.Function):
-    """The Triton kernels under autograd; saves the input rows, the int slots and the weight, as the CPU path."""
-
-    @staticmethod
-    def forward(ctx, flat, slots, weight, bias, deterministic: bool = False):
-        ctx.save_for_backward(flat, slots, weight)
-        ctx.bias_dtype, ctx.deterministic = None if bias is None else bias.dtype, deterministic
-        return cluster_conv_forward(flat, slots, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        flat, slots, weight = ctx.saved_tensors
-        grad_input, grad_weight, grad_bias = cluster_conv_backward(grad, flat, slots, weight, ctx.deterministic)
-        full_grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        full_grad_weight[:slots.shape[0]] = grad_weight  # slots k >= K' (small maps) get no gradient
-        return (grad_input, None, full_grad_weight.to(weight.dtype),
-                None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype), None)
+def _rows_and_slots(tokens: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, E) tokens as contiguous rows (B*N, E); (B, N, K') indices as slots (K', B*N), one row per slot."""
+    flat = tokens.reshape(-1, tokens.shape[-1]).contiguous()
+    return flat, flat_indices(idx, tokens.shape[1]).t().contiguous()
 
 
-def cluster_conv_triton(tokens: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        deterministic: bool = False) -> torch.Tensor:
-    """The cluster convolution of (B, N, E) tokens and (B, N, K') indices with these kernels, under autograd."""
-    batch, num_tokens, channels = tokens.shape
-    flat = tokens.reshape(batch * num_tokens, channels).contiguous()
-    slots = flat_indices(idx, num_tokens).t().contiguous()  # (K', B*N): one contiguous row per slot
-    return TritonClusterConv.apply(flat, slots, weight, bias, deterministic).view(batch, num_tokens, channels)
+def cluster_conv_triton(tokens: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor | None) -> torch.Tensor:
+    """The cluster convolution of (B, N, E) tokens and (B, N, K') indices by these kernels (no autograd: DCConv's
+    custom op calls it, and `cluster_conv_triton_backward` for its gradients)."""
+    flat, slots = _rows_and_slots(tokens, idx)
+    return cluster_conv_forward(flat, slots, weight, bias).view(tokens.shape)
+
+
+def cluster_conv_triton_backward(grad: torch.Tensor, tokens: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
+                                 deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_tokens, grad_weight[:K']) in the inputs' dtypes, as `cluster_conv_reference_backward` returns them."""
+    flat, slots = _rows_and_slots(tokens, idx)
+    grad_input, grad_weight, _ = cluster_conv_backward(grad.reshape(flat.shape), flat, slots, weight, deterministic)
+    return grad_input.view(tokens.shape), grad_weight.to(weight.dtype)

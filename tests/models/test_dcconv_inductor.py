@@ -91,7 +91,7 @@ def aten_ops(layer: torch.nn.Module, x: torch.Tensor) -> collections.Counter:
     return collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
 
 
-def test_a_layer_issues_the_same_few_ops_at_any_batch():
+def test_a_layer_issues_the_same_few_ops_at_any_batch(fresh_compiles):
     layer = DCConv(320, cluster_size=12, subvector_interval=8).eval()
     small = aten_ops(layer, torch.randn(2, 14, 14, 320))
     large = aten_ops(layer, torch.randn(16, 14, 14, 320))

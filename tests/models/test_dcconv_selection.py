@@ -118,7 +118,7 @@ def test_the_layer_compiled_by_inductor_under_bf16_autocast():
 @pytest.mark.parametrize("watched", [False, True], ids=["eager", "dispatch-mode"])
 def test_every_eager_backend_gives_the_references_numbers(watched):
     """Ties everywhere (integer tokens): indices and outputs identical, gradients equal up to summation order.
-    Under a dispatch mode (a FLOP counter) the custom ops run, computing with the selected backend."""
+    Under a dispatch mode (a FLOP counter) the same custom ops run and the counter sees them."""
     g = torch.Generator().manual_seed(4)
     x = torch.randint(-2, 3, (3, 9, 11, 48), generator=g).float()
     layer = DCConv(48, cluster_size=12, subvector_interval=2)
@@ -159,7 +159,7 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def test_b2_issues_the_same_ops_at_batch_1_and_8_within_1_5x_convformer_s18(two_threads):
+def test_b2_issues_the_same_ops_at_batch_1_and_8_within_1_5x_convformer_s18(two_threads, fresh_compiles):
     """The bar of docs/speed.md, at 224 px: the per-layer DCConv kernels do not loop over the batch or the slots."""
     if CPU_DEFAULT != "inductor":
         pytest.skip("no C++ compiler: the reference runs, with more ops per layer")

@@ -3,8 +3,8 @@
 FakeTensorMode runs every operator's shape and device logic without data, and raises on any read of a value
 on the host (`.item()`, `nonzero`, a data-dependent branch): so a forward that completes here has no device
 mismatch and no host synchronisation on a GPU. The backward needs a real CUDA context (the autograd engine
-asks for one), so the training step is checked up to its loss. Under any dispatch mode DCConv runs as its two
-custom ops, so what is checked of them here is their fake (shape) functions; their CUDA kernels' own freedom
+asks for one), so the training step is checked up to its loss. In eager mode DCConv runs as its two custom
+ops, so what is checked of them here is their fake (shape) functions; their CUDA kernels' own freedom
 from host reads is checked on a GPU (benchmarks/gpu_check.py, section sync).
 """
 
