@@ -119,8 +119,7 @@ class DenseEngine:
         return {"iterations": self.total_steps}
 
     def micro_batches(self, state: TrainState):
-        return self.plan.batches(self.items, self.task.collate, self.recipe.workers, state.epoch,
-                                      state.batch)
+        return self.plan.batches(self.items, self.task.collate, self.recipe.workers, state.epoch, state.batch)
 
     def inputs(self, batch, state: TrainState) -> tuple:
         return (*batch, self.run.accelerator.device)

@@ -23,7 +23,7 @@ from ..common.crash_points import crash_point
 from ..errors import DataError
 from .accelerator import configure_engine, engine_name, micro_step, on_main_process
 from .run_folder import RunFolder, Teller, TrainResult
-from .run_state import Trainables, TrainState, prune_checkpoints
+from .run_state import Trainables, TrainState, prune_train_states
 from .state_checks import RunLimits
 
 __all__ = ["TaskEngine", "train"]
@@ -98,7 +98,7 @@ def _train(run: RunFolder, engine: TaskEngine, reporter) -> TrainResult:
     if run.saved != (state.step, state.epoch):  # the last train state, unless it is the one just saved or resumed
         run.save(state)
     if run.main:  # a save interrupted before its pruning is finished here
-        prune_checkpoints(run.out, run.recipe.keep_last, state.step)
+        prune_train_states(run.out, run.recipe.keep_last, state.step)
     summary = {"world_size": accelerator.num_processes, "steps": state.step, "samples": state.samples,
                **engine.finish(state), "wall_s": round(time.time() - start_time, 1)}
     run.finish(summary)

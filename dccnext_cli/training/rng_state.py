@@ -74,7 +74,7 @@ def restore_rng(state: Any, source: str, generator: torch.Generator | None = Non
         _restore(state, generator)
     except (KeyError, ValueError, TypeError, OverflowError, RuntimeError) as e:
         raise CheckpointError(f"{source} holds a damaged random-generator state ({e}); resume from another "
-                              "checkpoint (--resume RUN/checkpoints/step-N)") from None
+                              "train state (--resume RUN/checkpoints/step-N)") from None
 
 
 def reseed_rng(step: int, rank: int, generator: torch.Generator | None = None) -> None:
