@@ -143,11 +143,10 @@ class ClassificationEngine:
             raise refuse(path / "train_state.json", "best_top1", top1, "is not a percentage")
         if not (type(epoch) is int and 0 <= epoch <= state.epoch):
             raise refuse(path / "train_state.json", "best_epoch", epoch, f"is not an epoch up to {state.epoch}")
-        warm_start = self.warm_start
-        if warm_start is not None and self.reporter is not None:
-            self.reporter.message(warm_start.table())
+        if self.warm_start is not None and self.reporter is not None:
+            self.reporter.message(self.warm_start.table())
         return {"data": self.uri, "num_classes": self.num_classes, "pretrained": self.loaded,
-                "warm_start": warm_start.to_dict() if warm_start else None}
+                "warm_start": self.warm_start.to_dict() if self.warm_start else None}
 
     def micro_batches(self, state: TrainState):
         return self.batches.epoch(state.epoch, skip_batches=state.batch)

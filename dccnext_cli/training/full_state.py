@@ -95,26 +95,16 @@ def gather_optimizer_state(accelerator, model: torch.nn.Module, optimizer) -> di
 
 def load_full_state(accelerator, model: torch.nn.Module, optimizer, model_state: dict[str, torch.Tensor] | None,
                     optimizer_state: dict[str, Any] | None, with_optimizer: bool = True) -> None:
-    """Every process calls this; the states are read on the main process only (None elsewhere) and broadcast.
-    `with_optimizer=False` leaves the optimiser as it is (a train state that holds none)."""
+    """Every process calls this; the states are read on the main process only (None elsewhere), broadcast, and
+    used up (torch's loaders rename their keys in place). `with_optimizer=False` leaves the optimiser as it is
+    (a train state that holds none)."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    many = accelerator.num_processes > 1
-    options = _options(broadcast_from_rank0=many, strict=True)
-    mine = accelerator.is_main_process or not many
-    set_model_state_dict(model, dict(model_state) if mine else {}, options=options)
+    options = _options(broadcast_from_rank0=accelerator.num_processes > 1, strict=True)
+    set_model_state_dict(model, model_state or {}, options=options)
     if with_optimizer:
         inner = getattr(optimizer, "optimizer", optimizer)
-        set_optimizer_state_dict(model, inner, _copy(optimizer_state) if mine else {}, options=options)
-
-
-def _copy(tree: Any) -> Any:
-    """A structural copy (the loaders rename keys in place; the tensors themselves are not copied)."""
-    if isinstance(tree, dict):
-        return {key: _copy(value) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [_copy(value) for value in tree]
-    return tree
+        set_optimizer_state_dict(model, inner, optimizer_state or {}, options=options)
 
 
 def every_rank_weights_digest(accelerator, model: torch.nn.Module) -> str:

@@ -116,9 +116,8 @@ def _epochs(run: RunFolder, engine: TaskEngine, state: TrainState, steps: _StepS
         for batch in engine.micro_batches(state):
             if state.batch >= engine.micro_per_epoch:
                 break
-            inputs = engine.inputs(batch, state)
             steps.add(micro_step(run.accelerator, engine.model, engine.optimizer, run.recipe.grad_clip, engine.loss,
-                                 *inputs))
+                                 *engine.inputs(batch, state)))
             state.batch += 1
             state.samples += run.micro * run.accelerator.num_processes  # drawn from the data, decodable or not
             if run.accelerator.sync_gradients:
@@ -174,8 +173,7 @@ class _StepStats:
             return
         accelerator = self.run.accelerator
         rows = accelerator.reduce(torch.stack(self.pending).to(accelerator.device), reduction="mean").tolist()
-        first = state.step - len(rows) + 1
-        for step, row in enumerate(rows, first):
+        for step, row in enumerate(rows, state.step - len(rows) + 1):
             if not all(math.isfinite(v) for v in row):
                 raise DataError(f"the loss became {row[0]} at step {step}; lower the lr (--lr) or check the data")
         self.pending, values = [], dict(zip(names, rows[-1], strict=True))

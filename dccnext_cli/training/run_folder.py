@@ -201,18 +201,14 @@ class RunFolder:
         """The result of a run already finished from this train state (nothing to do), else None. Main only."""
         if self.train_state is None or not self.main:
             return None
+        state = states.read_train_state(self.train_state)
         try:
             summary = json.loads((self.out / "summary.json").read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None
-        state = states.read_train_state(self.train_state)
-        if not isinstance(summary, dict) or summary.get("steps") != state.step \
-                or not (self.out / "model.safetensors").is_file():
-            return None
-        try:
-            return TrainResult.from_summary(self.out, summary, [], self.train_state)
-        except (KeyError, TypeError, ValueError):
-            return None
+            if summary["steps"] == state.step and (self.out / "model.safetensors").is_file():
+                return TrainResult.from_summary(self.out, summary, [], self.train_state)
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+            pass
+        return None
 
     def start(self, recipe_record: dict[str, Any]) -> None:
         """Main process: create and lock the folder; a new run (not a resumed one) removes the previous run's
@@ -259,13 +255,12 @@ class RunFolder:
         state.world_size, state.micro_batch = world, micro
         state.batch, state.micro_steps = state.batch // saved_accum * accum, state.step * accum
 
-    def save(self, state: TrainState) -> Path:
+    def save(self, state: TrainState) -> None:
         """A train state at `state.step` (every process calls this; the main process writes)."""
         state.micro_steps = self.accelerator.step
-        saved = states.save_run_state(self.accelerator, self.out, state, self.parts, self.recipe.keep_last)
+        states.save_run_state(self.accelerator, self.out, state, self.parts, self.recipe.keep_last)
         self.saving.saved()
         self.saved = (state.step, state.epoch)
-        return saved
 
     def finish(self, summary: dict[str, Any]) -> None:
         """summary.json, written last: the mark of a finished run."""

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..models.weights import check_finite
 from .full_state import is_fsdp1
 
 __all__ = ["RunLimits", "check_counters", "check_state_tensors", "refuse", "MAX_PROCESSES"]
@@ -86,7 +85,9 @@ def _check_weights(path: Path, weights: dict[str, torch.Tensor], expected: dict[
         if tensor.dtype != want.dtype:
             raise CheckpointError(f"{path}: tensor {name} is {str(tensor.dtype).removeprefix('torch.')}, the model "
                                   f"holds {str(want.dtype).removeprefix('torch.')}; the train state is damaged")
-    check_finite(weights, path)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or Inf (a diverged run?); resume an earlier "
+                                  "train state")
 
 
 def _check_parameter_state(path: Path, name: str, entry: Any, param: torch.Tensor) -> None:
