@@ -3,7 +3,7 @@
 Bundled recipes live in `recipes/` (installed with the package): `imagenet/b0` ... `imagenet/b4` (the paper's
 300-epoch recipe; only the variant and its drop-path rate differ) and `quickstart` (the embedded Fashion-MNIST in
 minutes on a laptop). Every key can be overridden with `--set key=value`; the resolved recipe is saved with
-each run (`recipe.yaml`) and in its checkpoints.
+each run (`recipe.yaml`) and in its weights files.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class TrainRecipe:
     grad_checkpointing: bool = False
     checkpoint_every: int = 0  # optimiser steps between train states; 0: at the end of each epoch
     checkpoint_minutes: float = 10.0  # and a train state at least this often (0: by steps only)
-    keep_last: int = 2  # training-state checkpoints kept (the best weights are kept besides)
+    keep_last: int = 2  # train states kept (the best weights are kept besides)
     eval_every: int = 1  # epochs between evaluations; 0: only at the end
     log_every: int = 20  # optimiser steps between log lines
 

@@ -24,13 +24,13 @@ import torch
 from ..common.crash_points import crash_point
 from ..data.images import eval_transform
 from ..data.loading import build_loader, device_finish, train_transform
-from ..data.sources import ImageSplit, open_split, parse_data
+from ..data.sources import open_split, parse_data
 from ..errors import ConfigError, DataError
 from ..models.dccnext import DCCNeXt
 from ..models.pretrained import load_backbone_weights
 from ..models.weights import CheckpointMeta, save_weights
 from ..training.accelerator import engine_name, shards_parameters
-from ..training.full_state import StateView, every_rank_weights_digest, gather_model_state
+from ..training.full_state import every_rank_weights_digest, gather_model_state
 from ..training.loop import train as train_loop
 from ..training.run_folder import RunFolder, TrainResult
 from ..training.run_state import TrainState
@@ -43,34 +43,6 @@ from .recipe import TrainRecipe
 __all__ = ["TrainResult", "train", "ClassificationEngine"]
 
 
-def _open_eval_split(source, recipe: TrainRecipe) -> ImageSplit | None:
-    if not recipe.eval_split:
-        return None
-    try:
-        return open_split(source, recipe.eval_split, streaming=recipe.streaming,
-                          image_column=recipe.image_column, label_column=recipe.label_column)
-    except DataError as e:
-        raise DataError(f"{e} (evaluation split; --set eval_split=NAME picks another, "
-                        "--set eval_split=null trains without one)") from None
-
-
-def _criterion(recipe: TrainRecipe):
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-    if recipe.uses_mixup:
-        return SoftTargetCrossEntropy()
-    if recipe.smoothing > 0:
-        return LabelSmoothingCrossEntropy(recipe.smoothing)
-    return torch.nn.CrossEntropyLoss()
-
-
-def _check_labels(labels: torch.Tensor, uri: str, num_classes: int) -> None:
-    if len(labels) == 0:
-        raise DataError(f"a whole batch of {uri} failed to decode; check the data")
-    if int(labels.max()) >= num_classes:
-        raise DataError(f"label {int(labels.max())} in {uri} is outside 0..{num_classes - 1}; set --set num_classes=N")
-
-
 # --------------------------------------------------------------------- the task engine of training/loop.py
 class ClassificationEngine:
     """A classifier's data, model, loss and evaluation for `train_loop` (see training/loop.py)."""
@@ -78,8 +50,8 @@ class ClassificationEngine:
     resume_args = ""
 
     def __init__(self, run: RunFolder, callbacks: Sequence[TrainCallback], reporter):
-        self.run, self.recipe, self.callbacks, self.reporter = run, run.recipe, callbacks, reporter
-        self.epochs = run.recipe.epochs
+        self.run, self.recipe, self.callbacks, self.epochs = run, run.recipe, callbacks, run.recipe.epochs
+        self.reporter = reporter if run.main else None  # what the user reads comes from the main process
 
     def prepare(self, run: RunFolder) -> dict[str, Any]:
         self._data(run)
@@ -94,10 +66,15 @@ class ClassificationEngine:
         if recipe.uses_mixup and run.micro % 2:
             raise ConfigError(f"Mixup/CutMix needs an even batch per process, got {run.micro}; change batch_size")
         source = parse_data(recipe.data)
-        self.uri, self.train_split = source.uri, open_split(
-            source, recipe.train_split, streaming=recipe.streaming, image_column=recipe.image_column,
-            label_column=recipe.label_column)
-        eval_split = _open_eval_split(source, recipe)
+        columns = {"streaming": recipe.streaming, "image_column": recipe.image_column,
+                   "label_column": recipe.label_column}
+        self.uri, self.train_split, eval_split = source.uri, open_split(source, recipe.train_split, **columns), None
+        if recipe.eval_split:
+            try:
+                eval_split = open_split(source, recipe.eval_split, **columns)
+            except DataError as e:
+                raise DataError(f"{e} (evaluation split; --set eval_split=NAME picks another, "
+                                "--set eval_split=null trains without one)") from None
         self.num_classes = self.train_split.num_classes or recipe.num_classes  # data that names its classes wins
         if self.num_classes is None:
             raise ConfigError(f"{source.uri} does not name its classes; set --set num_classes=N")
@@ -131,6 +108,7 @@ class ClassificationEngine:
         """The model (warm-started from --weights), its optimiser, lr schedule, Mixup and loss, prepared."""
         from accelerate.utils import set_seed
         from timm.data import Mixup
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
         from timm.optim import create_optimizer_v2
         from timm.scheduler import CosineLRScheduler
 
@@ -155,7 +133,8 @@ class ClassificationEngine:
         self.mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
                            switch_prob=recipe.mixup_switch_prob, label_smoothing=recipe.smoothing,
                            num_classes=self.num_classes) if recipe.uses_mixup else None
-        self.criterion = _criterion(recipe)
+        self.criterion = SoftTargetCrossEntropy() if recipe.uses_mixup else LabelSmoothingCrossEntropy(
+            recipe.smoothing) if recipe.smoothing > 0 else torch.nn.CrossEntropyLoss()
 
     def started(self, state: TrainState) -> dict[str, Any]:
         """This task's entries of a resumed train state checked (the best top-1 so far, and its epoch)."""
@@ -164,11 +143,10 @@ class ClassificationEngine:
             raise refuse(path / "train_state.json", "best_top1", top1, "is not a percentage")
         if not (type(epoch) is int and 0 <= epoch <= state.epoch):
             raise refuse(path / "train_state.json", "best_epoch", epoch, f"is not an epoch up to {state.epoch}")
-        warm_start = self.warm_start
-        if warm_start is not None and self.run.main and self.reporter is not None:
-            self.reporter.message(warm_start.table())
+        if self.warm_start is not None and self.reporter is not None:
+            self.reporter.message(self.warm_start.table())
         return {"data": self.uri, "num_classes": self.num_classes, "pretrained": self.loaded,
-                "warm_start": warm_start.to_dict() if warm_start else None}
+                "warm_start": self.warm_start.to_dict() if self.warm_start else None}
 
     def micro_batches(self, state: TrainState):
         return self.batches.epoch(state.epoch, skip_batches=state.batch)
@@ -178,7 +156,11 @@ class ClassificationEngine:
         state.skipped_images += skipped
         if mixup is not None and len(labels) % 2:
             images, labels = images[:-1], labels[:-1]
-        _check_labels(labels, self.uri, self.num_classes)
+        if len(labels) == 0:
+            raise DataError(f"a whole batch of {self.uri} failed to decode; check the data")
+        if int(labels.max()) >= self.num_classes:
+            raise DataError(f"label {int(labels.max())} in {self.uri} is outside 0..{self.num_classes - 1}; set "
+                            "--set num_classes=N")
         for callback in self.callbacks:
             callback.on_batch(images, labels)
         images, labels = self.batches.to_device(images, device), labels.to(device)
@@ -195,12 +177,11 @@ class ClassificationEngine:
         before the last also writes the weights (the last one's are written by `finish`, after its train state)."""
         run, recipe, epoch = self.run, self.recipe, state.epoch - 1
         last = state.epoch == recipe.epochs
-        if self.eval_batches is not None and (last or (recipe.eval_every and state.epoch % recipe.eval_every
-                                                            == 0)):
+        if self.eval_batches is not None and (last or recipe.eval_every and state.epoch % recipe.eval_every == 0):
             metrics = self._evaluate()
             state.metrics = metrics.to_dict()
             run.log.write("eval", epoch=epoch, step=state.step, **state.metrics)
-            if self.reporter is not None and run.main:
+            if self.reporter is not None:
                 self.reporter.message(f"epoch {state.epoch}/{recipe.epochs}: top-1 {metrics.top1:.2f}%  "
                                       f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
             if state.task.get("best_top1") is None or metrics.top1 > state.task["best_top1"]:
@@ -221,7 +202,7 @@ class ClassificationEngine:
         share = None if self.recipe.eval_samples is None else strided_share(self.recipe.eval_samples, rank, world)
         known = [n for n in (share, strided_share(sampler.n, rank, world) if sampler else None) if n is not None]
         advance, done = (lambda n: None), (lambda: None)
-        if reporter is not None and run.main and hasattr(reporter, "phase"):
+        if reporter is not None and hasattr(reporter, "phase"):
             advance, done = reporter.phase("evaluating", min(known) if known else None)
         # under FSDP and DeepSpeed through the engine (the unwrapped module may hold shards only); under DDP
         # through the plain module, whose forward is no collective, so processes may score different numbers
@@ -248,7 +229,7 @@ class ClassificationEngine:
         meta = CheckpointMeta(self.recipe.variant, self.config, self.train_split.class_names, state.epoch,
                               input_size=tuple(self.recipe.input_size), recipe=self.recipe.to_dict(),
                               metrics={"top1": metrics["top1"], "top5": metrics["top5"]} if metrics else None)
-        save_weights(self.run.out / name, StateView(weights), meta)
+        save_weights(self.run.out / name, weights, meta)
 
     def finish(self, state: TrainState) -> dict[str, Any]:
         """The final weights and the summary's entries, derived from the saved state only, so a run resumed
@@ -265,10 +246,8 @@ class ClassificationEngine:
             self.run.log.write("warning", message=f"{skipped} images could not be decoded and were skipped")
         self._save_weights("model.safetensors", state)
         crash_point("final:weights")
-        return {"epochs": self.recipe.epochs, "metrics": state.metrics,
-                "best_top1": state.task.get("best_top1"), "best_epoch": state.task.get("best_epoch"),
-                "skipped_images": skipped,
-                "ranks": ranks}
+        return {"epochs": self.recipe.epochs, "metrics": state.metrics, "best_top1": state.task.get("best_top1"),
+                "best_epoch": state.task.get("best_epoch"), "skipped_images": skipped, "ranks": ranks}
 
 
 def train(recipe: TrainRecipe, output: str | Path | None = None, *, resume: bool | str | Path = False,

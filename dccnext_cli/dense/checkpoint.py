@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..common.files import atomic_write
 from ..errors import CheckpointError
 from ..models.weights import CheckpointMeta, load_weights, save_weights
 from .recipe import DenseRecipe
@@ -37,13 +36,7 @@ def save_dense_checkpoint(path: str | Path, model: nn.Module, recipe: DenseRecip
                           dense_build={"min_size": recipe.min_size, "max_size": recipe.max_size,
                                        "out_norm": recipe.out_norm},
                           input_size=task.input_size(recipe))
-    if state is None:
-        return save_weights(path, model, meta)
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta.to_metadata()),
-                        needed=sum(t.nbytes for t in tensors.values()))
+    return save_weights(path, model if state is None else state, meta)
 
 
 def load_dense_model(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:

@@ -64,7 +64,7 @@ class DenseRecipe:
     checkpoint_minutes: float = 10.0  # and a train state at least this often (0: by iterations only)
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # recompute the backbone's activations in the backward pass: less memory
-    keep_last: int = 2  # training-state checkpoints kept under RUN/checkpoints/
+    keep_last: int = 2  # train states kept under RUN/checkpoints/
 
     def __post_init__(self) -> None:
         for name in ("betas", "step_epochs", "crop_size", "scale", "ratio_range"):

@@ -51,15 +51,6 @@ def lr_factor(it: int, total: int, recipe: DenseRecipe, iters_per_epoch: int) ->
     return factor
 
 
-def _optimizer(model: nn.Module, recipe: DenseRecipe) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
-
-
 # --------------------------------------------------------------------- the end
 def _same_buffers(accelerator, model: nn.Module) -> None:
     """The main process's buffers on every process (BatchNorm running statistics drift apart where they are
@@ -107,7 +98,10 @@ class DenseEngine:
         if recipe.grad_checkpointing:
             backbone_network(model).set_grad_checkpointing(True)
         set_seed(recipe.seed, device_specific=True)  # each process its own drop path
-        optimizer = _optimizer(model, recipe)
+        trained, decay = [p for p in model.parameters() if p.requires_grad], recipe.weight_decay
+        optimizer = torch.optim.AdamW([{"params": [p for p in trained if p.ndim > 1], "weight_decay": decay},
+                                       {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0}],
+                                      lr=recipe.lr, betas=recipe.betas)  # no weight decay on 1-D parameters
         if recipe.compile:
             model = torch.compile(model)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
@@ -119,8 +113,7 @@ class DenseEngine:
         return {"iterations": self.total_steps}
 
     def micro_batches(self, state: TrainState):
-        return self.plan.batches(self.items, self.task.collate, self.recipe.workers, state.epoch,
-                                      state.batch)
+        return self.plan.batches(self.items, self.task.collate, self.recipe.workers, state.epoch, state.batch)
 
     def inputs(self, batch, state: TrainState) -> tuple:
         return (*batch, self.run.accelerator.device)

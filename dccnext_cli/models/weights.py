@@ -194,11 +194,13 @@ def _parse_input_size(size: Any, text: str, path: Path) -> tuple[int, int]:
     return height, width
 
 
-def save_weights(path: str | os.PathLike, model: torch.nn.Module, meta: CheckpointMeta) -> Path:
-    """Write the model's state dict with dccnext metadata, atomically."""
+def save_weights(path: str | os.PathLike, model: torch.nn.Module | dict[str, torch.Tensor],
+                 meta: CheckpointMeta) -> Path:
+    """Write the model's state dict (or a state dict: one gathered from shards) with dccnext metadata, atomically."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = model if isinstance(model, dict) else model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     needed = sum(t.nbytes for t in state.values())
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta.to_metadata()), needed=needed)
 

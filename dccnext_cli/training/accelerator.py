@@ -21,26 +21,10 @@ from ..common.threads import fit_threads
 from ..errors import ConfigError, DCCNeXtError
 from .shards import from_main
 
-__all__ = ["mixed_precision", "make_accelerator", "micro_batch", "requested_engine", "engine_name",
-           "shards_parameters", "fill_deepspeed_config", "configure_engine", "on_main_process", "micro_step"]
+__all__ = ["make_accelerator", "micro_batch", "engine_name", "shards_parameters", "fill_deepspeed_config",
+           "configure_engine", "on_main_process", "micro_step"]
 
 _ENGINE_ENV = {"fsdp": "ACCELERATE_USE_FSDP", "deepspeed": "ACCELERATE_USE_DEEPSPEED"}
-
-
-def mixed_precision(amp: str) -> str:
-    """Accelerate's mixed-precision name for a recipe's `amp`: `auto` is bf16 on a GPU that has it, else off."""
-    if amp != "auto":
-        return amp
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def requested_engine(environ: dict[str, str] | None = None) -> str | None:
-    """The sharding engine `accelerate launch` was asked for ("fsdp", "deepspeed"), or None (DDP / one process)."""
-    environ = os.environ if environ is None else environ
-    for name, variable in _ENGINE_ENV.items():
-        if environ.get(variable, "false").lower() == "true":
-            return name
-    return None
 
 
 def make_accelerator(amp: str, grad_accum: int):
@@ -48,12 +32,15 @@ def make_accelerator(amp: str, grad_accum: int):
     engine on a machine where Accelerate cannot run it."""
     from accelerate import Accelerator
 
-    cuda, wanted = torch.cuda.is_available(), requested_engine()
+    cuda = torch.cuda.is_available()
+    wanted = next((name for name, variable in _ENGINE_ENV.items()  # what `accelerate launch` was asked for
+                   if os.environ.get(variable, "false").lower() == "true"), None)
     if wanted is not None and not cuda:
         raise ConfigError(f"this launch asks for {wanted.upper()}, which Accelerate runs on CUDA GPUs only (on CPUs "
                           "it would train with plain DDP instead); on CPUs launch with configs/accelerate/ddp.yaml")
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed_precision(amp),
-                              gradient_accumulation_steps=grad_accum)
+    if amp == "auto":  # bf16 on a GPU that has it, else off
+        amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=amp, gradient_accumulation_steps=grad_accum)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:
         raise ConfigError(f"{launched} processes were launched but Accelerate formed a group of "
@@ -83,7 +70,7 @@ def fill_deepspeed_config(config: dict[str, Any], *, micro: int, grad_accum: int
 
     Accelerate fills the micro-batch from a prepared DataLoader, and this loop prepares none (its loaders shard
     themselves), so without this `prepare(model, optimizer)` fails. ZeRO-3 must also gather whole weights for the
-    checkpoints, or `get_state_dict` refuses.
+    train states, or `get_state_dict` refuses.
     """
     values = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": grad_accum,
               "train_batch_size": micro * grad_accum * world, "gradient_clipping": float(grad_clip or 0.0)}

@@ -1,4 +1,4 @@
-"""Whole model and optimiser states from any engine, and back: what makes a checkpoint engine-independent.
+"""Whole model and optimiser states from any engine, and back: what makes a train state engine-independent.
 
 Under FSDP no process holds the whole model (DTensor shards), under ZeRO-3 the parameters are empty partitions,
 and under DDP each process holds a copy. Saving therefore gathers on every process (the calls are collectives:
@@ -9,7 +9,7 @@ processes need no copy of the run folder (node-local disks) and the process coun
 The optimiser state uses torch's distributed state-dict API (`torch.distributed.checkpoint.state_dict`) with a
 full state dict keyed by parameter names, the same for one process, DDP and FSDP, so a run saved under FSDP on 8
 GPUs resumes under DDP on 2 CPUs. DeepSpeed keeps its optimiser inside its engine (ZeRO partitions and objects
-that only pickle can store); its checkpoints hold the weights and the loop's position, not the optimiser.
+that only pickle can store); its train states hold the weights and the loop's position, not the optimiser.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from .accelerator import engine_name
 
 __all__ = ["is_sharded", "is_fsdp1", "gather_model_state", "gather_optimizer_state", "load_full_state",
-           "every_rank_weights_digest", "StateView"]
+           "every_rank_weights_digest"]
 
 _COMPILED = "_orig_mod."
 
@@ -95,26 +95,16 @@ def gather_optimizer_state(accelerator, model: torch.nn.Module, optimizer) -> di
 
 def load_full_state(accelerator, model: torch.nn.Module, optimizer, model_state: dict[str, torch.Tensor] | None,
                     optimizer_state: dict[str, Any] | None, with_optimizer: bool = True) -> None:
-    """Every process calls this; the states are read on the main process only (None elsewhere) and broadcast.
-    `with_optimizer=False` leaves the optimiser as it is (a checkpoint that holds none)."""
+    """Every process calls this; the states are read on the main process only (None elsewhere), broadcast, and
+    used up (torch's loaders rename their keys in place). `with_optimizer=False` leaves the optimiser as it is
+    (a train state that holds none)."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    many = accelerator.num_processes > 1
-    options = _options(broadcast_from_rank0=many, strict=True)
-    mine = accelerator.is_main_process or not many
-    set_model_state_dict(model, dict(model_state) if mine else {}, options=options)
+    options = _options(broadcast_from_rank0=accelerator.num_processes > 1, strict=True)
+    set_model_state_dict(model, model_state or {}, options=options)
     if with_optimizer:
         inner = getattr(optimizer, "optimizer", optimizer)
-        set_optimizer_state_dict(model, inner, _copy(optimizer_state) if mine else {}, options=options)
-
-
-def _copy(tree: Any) -> Any:
-    """A structural copy (the loaders rename keys in place; the tensors themselves are not copied)."""
-    if isinstance(tree, dict):
-        return {key: _copy(value) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [_copy(value) for value in tree]
-    return tree
+        set_optimizer_state_dict(model, inner, optimizer_state or {}, options=options)
 
 
 def every_rank_weights_digest(accelerator, model: torch.nn.Module) -> str:
@@ -132,12 +122,3 @@ def every_rank_weights_digest(accelerator, model: torch.nn.Module) -> str:
         h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 too
     return h.hexdigest()[:16]
 
-
-class StateView:
-    """A gathered state dict where a function wants a module (it only calls `state_dict()`)."""
-
-    def __init__(self, state: dict[str, torch.Tensor]):
-        self._state = state
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state

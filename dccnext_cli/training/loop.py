@@ -23,7 +23,7 @@ from ..common.crash_points import crash_point
 from ..errors import DataError
 from .accelerator import configure_engine, engine_name, micro_step, on_main_process
 from .run_folder import RunFolder, Teller, TrainResult
-from .run_state import Trainables, TrainState, prune_checkpoints
+from .run_state import Trainables, TrainState, prune_train_states
 from .state_checks import RunLimits
 
 __all__ = ["TaskEngine", "train"]
@@ -98,7 +98,7 @@ def _train(run: RunFolder, engine: TaskEngine, reporter) -> TrainResult:
     if run.saved != (state.step, state.epoch):  # the last train state, unless it is the one just saved or resumed
         run.save(state)
     if run.main:  # a save interrupted before its pruning is finished here
-        prune_checkpoints(run.out, run.recipe.keep_last, state.step)
+        prune_train_states(run.out, run.recipe.keep_last, state.step)
     summary = {"world_size": accelerator.num_processes, "steps": state.step, "samples": state.samples,
                **engine.finish(state), "wall_s": round(time.time() - start_time, 1)}
     run.finish(summary)
@@ -116,9 +116,8 @@ def _epochs(run: RunFolder, engine: TaskEngine, state: TrainState, steps: _StepS
         for batch in engine.micro_batches(state):
             if state.batch >= engine.micro_per_epoch:
                 break
-            inputs = engine.inputs(batch, state)
             steps.add(micro_step(run.accelerator, engine.model, engine.optimizer, run.recipe.grad_clip, engine.loss,
-                                 *inputs))
+                                 *engine.inputs(batch, state)))
             state.batch += 1
             state.samples += run.micro * run.accelerator.num_processes  # drawn from the data, decodable or not
             if run.accelerator.sync_gradients:
@@ -174,8 +173,7 @@ class _StepStats:
             return
         accelerator = self.run.accelerator
         rows = accelerator.reduce(torch.stack(self.pending).to(accelerator.device), reduction="mean").tolist()
-        first = state.step - len(rows) + 1
-        for step, row in enumerate(rows, first):
+        for step, row in enumerate(rows, state.step - len(rows) + 1):
             if not all(math.isfinite(v) for v in row):
                 raise DataError(f"the loss became {row[0]} at step {step}; lower the lr (--lr) or check the data")
         self.pending, values = [], dict(zip(names, rows[-1], strict=True))

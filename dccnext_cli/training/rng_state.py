@@ -45,36 +45,32 @@ def _byte_tensor(value: Any, length: int | None, what: str) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.uint8)
 
 
-def _restore(state: dict[str, Any], generator: torch.Generator | None) -> None:
-    version, internal, gauss = state["python"]
-    if not (isinstance(internal, list) and len(internal) == 625 and all(isinstance(v, int) for v in internal)):
-        raise ValueError("python state is not 625 integers")
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    if kind != "MT19937" or not isinstance(keys, list) or len(keys) != 624:
-        raise ValueError("numpy state is not an MT19937 state")
-    torch_state = _byte_tensor(state["torch"], len(torch.get_rng_state()), "torch state")
-    cuda = state["cuda"]
-    if torch.cuda.is_available() and len(cuda) != torch.cuda.device_count():
-        raise ValueError(f"{len(cuda)} CUDA generator states for {torch.cuda.device_count()} devices")
-    loader = state.get("loader")
-    if generator is not None and loader is not None:
-        generator.set_state(_byte_tensor(loader, len(generator.get_state()), "loader state"))
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(torch_state)
-    if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_byte_tensor(s, None, "CUDA state") for s in cuda])
-
-
 def restore_rng(state: Any, source: str, generator: torch.Generator | None = None) -> None:
     """Put every generator back as `capture_rng` found it; a damaged state is a CheckpointError naming `source`."""
     try:
         if not isinstance(state, dict):
             raise ValueError("not a mapping")
-        _restore(state, generator)
+        version, internal, gauss = state["python"]
+        if not (isinstance(internal, list) and len(internal) == 625 and all(isinstance(v, int) for v in internal)):
+            raise ValueError("python state is not 625 integers")
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        if kind != "MT19937" or not isinstance(keys, list) or len(keys) != 624:
+            raise ValueError("numpy state is not an MT19937 state")
+        torch_state = _byte_tensor(state["torch"], len(torch.get_rng_state()), "torch state")
+        cuda = state["cuda"]
+        if torch.cuda.is_available() and len(cuda) != torch.cuda.device_count():
+            raise ValueError(f"{len(cuda)} CUDA generator states for {torch.cuda.device_count()} devices")
+        loader = state.get("loader")
+        if generator is not None and loader is not None:
+            generator.set_state(_byte_tensor(loader, len(generator.get_state()), "loader state"))
+        random.setstate((version, tuple(internal), gauss))
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+        torch.set_rng_state(torch_state)
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([_byte_tensor(s, None, "CUDA state") for s in cuda])
     except (KeyError, ValueError, TypeError, OverflowError, RuntimeError) as e:
         raise CheckpointError(f"{source} holds a damaged random-generator state ({e}); resume from another "
-                              "checkpoint (--resume RUN/checkpoints/step-N)") from None
+                              "train state (--resume RUN/checkpoints/step-N)") from None
 
 
 def reseed_rng(step: int, rank: int, generator: torch.Generator | None = None) -> None:

@@ -166,63 +166,49 @@ class RunFolder:
     @classmethod
     def launch(cls, recipe: Any, output: Path, *, resume: bool | str | Path, overwrite: bool,
                explicit: dict[str, Any] | None) -> RunFolder:
-        """The Accelerator, then the run folder (see `open`) and the images per process per micro-batch of the
-        recipe it runs (a batch that does not split is refused)."""
+        """The Accelerator; the main process checks and locks the folder and finds the train state and the recipe
+        it continues (every process gets the result); the images per process per micro-batch of that recipe (a
+        batch that does not split is refused)."""
         accelerator = make_accelerator(recipe.amp, recipe.grad_accum)
-        run = cls.open(accelerator, recipe, output, resume=resume, overwrite=overwrite, explicit=explicit)
-        accelerator.gradient_accumulation_steps = run.recipe.grad_accum  # a resumed run's own, or the one asked
-        try:
-            run.micro = micro_batch(run.recipe.batch_size, accelerator.num_processes, run.recipe.grad_accum)
-        except DCCNeXtError:
-            run.close()
-            raise
-        return run
-
-    @classmethod
-    def open(cls, accelerator, recipe: Any, output: Path, *, resume: bool | str | Path, overwrite: bool,
-             explicit: dict[str, Any] | None) -> RunFolder:
-        """The main process checks and locks the folder and finds the train state; every process gets the result."""
-        notes: list[str] = []
+        main, notes = accelerator.is_main_process, []
 
         def decide() -> tuple[Path | None, Any]:
             check_output(output, bool(resume), overwrite)
             if output.is_dir():
                 lock_folder(output)  # before anything is written; a second writer stops here
                 if resume:
-                    states.recover_checkpoints(output, notes)
+                    states.recover_train_states(output, notes)
             if not resume:
                 return None, recipe
-            train_state = states.find_checkpoint(Path(resume) if isinstance(resume, (str, Path)) else output,
-                                                 notes)
+            train_state = states.find_train_state(Path(resume) if isinstance(resume, (str, Path)) else output,
+                                                  notes)
             if train_state is None and isinstance(resume, (str, Path)):
                 raise CheckpointError(f"--resume {resume}: no train state there")
             return train_state, recipe_of_run(output, recipe, explicit)
 
         try:
             train_state, chosen = on_main_process(accelerator, decide)
+            run = cls(output, accelerator, chosen, train_state, bool(resume), overwrite, notes if main else [])
+            accelerator.gradient_accumulation_steps = chosen.grad_accum  # a resumed run's own, or the one asked
+            run.micro = micro_batch(chosen.batch_size, accelerator.num_processes, chosen.grad_accum)
         except DCCNeXtError:
-            if accelerator.is_main_process:
+            if main:
                 unlock_folder(output)
             raise
-        return cls(output, accelerator, chosen, train_state, bool(resume), overwrite,
-                   notes if accelerator.is_main_process else [])
+        return run
 
     def completed(self) -> TrainResult | None:
         """The result of a run already finished from this train state (nothing to do), else None. Main only."""
         if self.train_state is None or not self.main:
             return None
+        state = states.read_train_state(self.train_state)
         try:
             summary = json.loads((self.out / "summary.json").read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None
-        state = states.read_train_state(self.train_state)
-        if not isinstance(summary, dict) or summary.get("steps") != state.step \
-                or not (self.out / "model.safetensors").is_file():
-            return None
-        try:
-            return TrainResult.from_summary(self.out, summary, [], self.train_state)
-        except (KeyError, TypeError, ValueError):
-            return None
+            if summary["steps"] == state.step and (self.out / "model.safetensors").is_file():
+                return TrainResult.from_summary(self.out, summary, [], self.train_state)
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+            pass
+        return None
 
     def start(self, recipe_record: dict[str, Any]) -> None:
         """Main process: create and lock the folder; a new run (not a resumed one) removes the previous run's
@@ -269,13 +255,12 @@ class RunFolder:
         state.world_size, state.micro_batch = world, micro
         state.batch, state.micro_steps = state.batch // saved_accum * accum, state.step * accum
 
-    def save(self, state: TrainState) -> Path:
+    def save(self, state: TrainState) -> None:
         """A train state at `state.step` (every process calls this; the main process writes)."""
         state.micro_steps = self.accelerator.step
-        saved = states.save_run_state(self.accelerator, self.out, state, self.parts, self.recipe.keep_last)
+        states.save_run_state(self.accelerator, self.out, state, self.parts, self.recipe.keep_last)
         self.saving.saved()
         self.saved = (state.step, state.epoch)
-        return saved
 
     def finish(self, summary: dict[str, Any]) -> None:
         """summary.json, written last: the mark of a finished run."""
@@ -288,7 +273,7 @@ class RunFolder:
     def interrupted(self, step: int, task_args: str = "") -> TrainingInterrupted:
         """What Ctrl-C ends with: the step, the train state kept, the command that continues (`task_args`: what
         it needs besides the run folder, e.g. a dense task's --task and --data)."""
-        kept = states.list_checkpoints(self.out)
+        kept = states.list_train_states(self.out)
         kept = f"kept {kept[-1].relative_to(self.out)}" if kept else "no train state yet: it starts again"
         return TrainingInterrupted(f"interrupted at step {step}: {kept}; continue with: dccnext train "
                                    f"{task_args + ' ' if task_args else ''}-o {self.out} --resume")
@@ -302,18 +287,16 @@ class Teller:
     """What the user reads (main process, through the progress reporter); warnings also go to the log."""
 
     def __init__(self, main: bool, reporter):
-        self.reporter = reporter if main else None
-        self.told = 0
+        self.reporter, self.told = reporter if main else None, 0
 
-    def __call__(self, text: str) -> None:
+    def __call__(self, text: str, warning: bool = False) -> None:
         if self.reporter is not None:
-            self.reporter.message(text)
+            (self.reporter.warning if warning else self.reporter.message)(text)
 
     def notes(self, notes: list[str]) -> None:
         """The notes not told yet (what resuming skipped, completed or changed)."""
         for note in notes[self.told:]:
-            if self.reporter is not None:
-                self.reporter.warning(note)
+            self(note, warning=True)
         self.told = len(notes)
 
     def start(self, folder: RunFolder, state: TrainState) -> None:

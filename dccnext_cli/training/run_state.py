@@ -1,6 +1,6 @@
-"""Training-state checkpoints as transactions: plain files (no pickle), a manifest written last, last N kept.
+"""Train states as transactions: plain files (no pickle), a manifest written last, the last N kept.
 
-A checkpoint is `RUN/checkpoints/step-00001234/`:
+A train state is `RUN/checkpoints/step-00001234/`:
 
     model.safetensors       the model's tensors, whole (gathered from FSDP / ZeRO-3 shards)
     optimizer.safetensors   the optimiser's full state keyed by parameter name (see full_state.py) and the fp16
@@ -10,14 +10,14 @@ A checkpoint is `RUN/checkpoints/step-00001234/`:
     manifest.json           written last: every file's size and sha256, the step
 
 Nothing here unpickles: a run folder may have been edited by anyone, and `--resume` must never execute code from
-it. A folder is a checkpoint only when its manifest is valid and every file matches it; anything else is skipped
-(resume falls back to the previous checkpoint and says so). A checkpoint is built under a hidden temporary name
+it. A folder is a train state only when its manifest is valid and every file matches it; anything else is skipped
+(resume falls back to the previous train state and says so). A train state is built under a hidden temporary name
 and committed with one rename; one being replaced (the same step saved twice) is moved aside first and deleted
-only once its replacement is in place, so a kill at any moment leaves a complete checkpoint where resume finds it.
+only once its replacement is in place, so a kill at any moment leaves a complete train state where resume finds it.
 
-The main process writes the whole checkpoint (the other processes' random states are gathered to it) and reads
+The main process writes the whole train state (the other processes' random states are gathered to it) and reads
 it back on resume (broadcasting to the others), so a run folder on the main node's local disk is enough, and a
-checkpoint resumes on another number of processes (see `load_run_state`).
+train state resumes on another number of processes (see `load_run_state`).
 """
 
 from __future__ import annotations
@@ -37,16 +37,16 @@ from ..common.crash_points import crash_point
 from ..common.files import fsync, write_file
 from ..common.tensor_tree import load_tree, save_tree
 from ..errors import CheckpointError, ConfigError, DCCNeXtError
-from .accelerator import engine_name
+from .accelerator import engine_name, on_main_process
 from .full_state import gather_model_state, gather_optimizer_state, load_full_state
 from .rng_state import capture_rng, reseed_rng, restore_rng
-from .shards import all_gather_objects, from_main
+from .shards import all_gather_objects
 from .state_checks import check_state_tensors
 
-__all__ = ["TrainState", "Trainables", "save_run_state", "load_run_state", "find_checkpoint", "list_checkpoints",
-           "recover_checkpoints", "prune_checkpoints", "checkpoint_problem", "read_train_state", "CHECKPOINT_DIR"]
+__all__ = ["TrainState", "Trainables", "save_run_state", "load_run_state", "find_train_state", "list_train_states",
+           "recover_train_states", "prune_train_states", "train_state_problem", "read_train_state"]
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = "checkpoints"  # where a run keeps its train states
 PREFIX = "step-"
 MANIFEST = "manifest.json"
 FORMAT = "dccnext-train-state/1"
@@ -55,7 +55,7 @@ _TMP, _REPLACED, _OLD = ".tmp", ".replaced", ".old"
 
 @dataclass
 class TrainState:
-    """Where the loop is; saved as train_state.json in every checkpoint."""
+    """Where the loop is; saved as train_state.json in every train state."""
 
     epoch: int = 0  # the epoch in progress
     batch: int = 0  # micro-batches of that epoch already consumed by each process
@@ -74,7 +74,7 @@ class TrainState:
 
 @dataclass
 class Trainables:
-    """What a checkpoint holds besides the loop's position (the objects are updated in place on load)."""
+    """What a train state holds besides the loop's position (the objects are updated in place on load)."""
 
     model: torch.nn.Module  # the plain model (no DDP / compile wrapper)
     optimizer: Any
@@ -88,8 +88,8 @@ def _folder_step(path: Path) -> int | None:
     return int(digits) if path.name.startswith(PREFIX) and digits.isdigit() else None
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The committed checkpoint folders, oldest first (not yet verified)."""
+def list_train_states(run_dir: Path) -> list[Path]:
+    """The committed train state folders, oldest first (not yet verified)."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
@@ -104,17 +104,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _required(world_size: int) -> set[str]:
-    return {"model.safetensors", "optimizer.safetensors", "train_state.json",
-            *(f"rng-{rank}.json" for rank in range(world_size))}
-
-
-def checkpoint_problem(folder: Path, step: int | None = None) -> str | None:
-    """Why `folder` is not a complete checkpoint (None when it is): manifest, sizes, digests, step."""
+def train_state_problem(folder: Path, step: int | None = None) -> str | None:
+    """Why `folder` is not a complete train state of `step` (by default the one its name says; None when it is
+    complete): manifest, sizes, digests, step."""
+    step = _folder_step(folder) if step is None else step
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except FileNotFoundError:
-        return "no manifest (an unfinished or foreign checkpoint)"
+        return "no manifest (an unfinished or foreign train state)"
     except (OSError, ValueError, UnicodeDecodeError):
         return "an unreadable manifest"
     if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT and isinstance(manifest.get("files"), dict)
@@ -123,9 +120,10 @@ def checkpoint_problem(folder: Path, step: int | None = None) -> str | None:
     if step is not None and manifest.get("step") != step:
         return f"a manifest for step {manifest.get('step')!r}"
     files = manifest["files"]
-    missing = _required(manifest["world_size"]) - set(files)
-    if missing:
-        return f"a manifest without {sorted(missing)[0]}"
+    required = {"model.safetensors", "optimizer.safetensors", "train_state.json",
+                *(f"rng-{rank}.json" for rank in range(manifest["world_size"]))}
+    if required - set(files):
+        return f"a manifest without {sorted(required - set(files))[0]}"
     for name, entry in files.items():
         path = folder / str(name)
         if "/" in str(name) or not isinstance(entry, dict) or not path.is_file():
@@ -135,39 +133,39 @@ def checkpoint_problem(folder: Path, step: int | None = None) -> str | None:
     return None
 
 
-def find_checkpoint(path: Path, notes: list[str]) -> Path | None:
-    """The newest valid checkpoint of a run folder (or `path` itself when it names one); each invalid one
-    skipped is added to `notes`. Refuses when checkpoints exist but none is valid."""
+def find_train_state(path: Path, notes: list[str]) -> Path | None:
+    """The newest valid train state of a run folder (or `path` itself when it names one); each invalid one
+    skipped is added to `notes`. Refuses when train states exist but none is valid."""
     path = Path(path)
     if _folder_step(path) is not None and path.parent.name == CHECKPOINT_DIR:
-        problem = checkpoint_problem(path, _folder_step(path))
+        problem = train_state_problem(path)
         if problem:
-            raise CheckpointError(f"{path} is not a usable checkpoint: {problem}")
+            raise CheckpointError(f"{path} is not a usable train state: {problem}")
         return path
-    found = list_checkpoints(path)
+    found = list_train_states(path)
     for candidate in reversed(found):
-        problem = checkpoint_problem(candidate, _folder_step(candidate))
+        problem = train_state_problem(candidate)
         if problem is None:
             return candidate
-        notes.append(f"skipping checkpoint {candidate.name}: {problem}")
+        notes.append(f"skipping train state {candidate.name}: {problem}")
     if found:
-        raise CheckpointError(f"no usable checkpoint in {path / CHECKPOINT_DIR} ({notes[-1].split(': ', 1)[1]}); "
+        raise CheckpointError(f"no usable train state in {path / CHECKPOINT_DIR} ({notes[-1].split(': ', 1)[1]}); "
                               "start again with --overwrite")
     return None
 
 
-def recover_checkpoints(run_dir: Path, notes: list[str]) -> None:
+def recover_train_states(run_dir: Path, notes: list[str]) -> None:
     """Finish what a kill interrupted (main process, under the run lock): a complete temporary or replaced
-    checkpoint whose step is missing is put in place; every other temporary is removed."""
+    train state whose step is missing is put in place; every other temporary is removed."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     if folder.is_dir():
         for suffix in (_TMP, _REPLACED):
             for hidden in sorted(folder.glob(f".{PREFIX}*{suffix}")):
                 final = folder / hidden.name[1:-len(suffix)]
-                if _folder_step(final) is not None and not final.exists() and not checkpoint_problem(
+                if _folder_step(final) is not None and not final.exists() and not train_state_problem(
                         hidden, _folder_step(final)):
                     hidden.rename(final)
-                    notes.append(f"completed checkpoint {final.name}, interrupted while being committed")
+                    notes.append(f"completed train state {final.name}, interrupted while being committed")
         for stale in [*folder.glob(f".{PREFIX}*{_TMP}"), *folder.glob(f".{PREFIX}*{_REPLACED}"),
                       *folder.glob(f".{PREFIX}*{_OLD}")]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -176,22 +174,62 @@ def recover_checkpoints(run_dir: Path, notes: list[str]) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _write(tmp: Path, name: str, moment: str, write) -> None:
-    write_file(tmp / name, write)  # fsynced; a full disk is one line, the partial file removed
-    crash_point(f"{moment}:{name}")
+def prune_train_states(run_dir: Path, keep_last: int, step: int) -> None:
+    """Keep the newest `keep_last` train states up to `step` (main process; a newer one, left by a run that was
+    resumed from an older train state, is never counted in)."""
+    kept = [p for p in list_train_states(run_dir) if _folder_step(p) <= step]
+    for old in kept[:-keep_last]:  # hide first, then delete: never seen half-deleted
+        hidden = old.with_name(f".{old.name}{_OLD}")
+        old.rename(hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
 
 
-def _write_manifest(tmp: Path, state: TrainState, world: int) -> None:
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
-    manifest = {"format": FORMAT, "step": state.step, "world_size": world, "files": files}
-    _write(tmp, MANIFEST, _moment(state), lambda p: p.write_text(json.dumps(manifest, indent=1)))
-    fsync(tmp)
+def save_run_state(accelerator, run_dir: Path, state: TrainState, parts: Trainables, keep_last: int) -> Path:
+    """Every process calls this (gathering sharded weights is a collective); the main process alone writes:
+    every process's random state, the weights, the optimiser, the position, the manifest last; then it commits
+    the folder with one rename and prunes old train states. The other processes never touch the run folder, so
+    it may live on the main process's node-local disk."""
+    prepared = parts.prepared if parts.prepared is not None else parts.model
+    model_state = gather_model_state(accelerator, prepared)
+    optimizer_state = gather_optimizer_state(accelerator, prepared, parts.optimizer)
+    rngs = all_gather_objects(accelerator, capture_rng(parts.generator))  # every process's, for the main one
+    final = Path(run_dir) / CHECKPOINT_DIR / f"{PREFIX}{state.step:08d}"
+    moment = f"checkpoint-{state.step}-{state.epoch}"  # crash points (a step is saved twice: mid-epoch, at its end)
+    if accelerator.is_main_process:
+        tree = {"optimizer": optimizer_state, "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+                "engine": engine_name(accelerator)}
+        _write_train_state(final, moment, state, model_state, tree, rngs)
+        prune_train_states(run_dir, keep_last, state.step)
+        crash_point(f"{moment}:pruned")
+    accelerator.wait_for_everyone()
+    return final
 
 
-def _moment(state: TrainState) -> str:
-    """The crash-point prefix of one save (the same step can be saved twice: mid-epoch, then at its end)."""
-    return f"checkpoint-{state.step}-{state.epoch}"
+def _write_train_state(final: Path, moment: str, state: TrainState, model_state: dict[str, torch.Tensor],
+                       tree: dict[str, Any], rngs: list[dict[str, Any]]) -> None:
+    """Every file under a hidden name, the manifest (every file's size and digest) last, then one rename."""
+    tmp = final.with_name(f".{final.name}{_TMP}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    def write(name: str, put) -> None:
+        write_file(tmp / name, put)  # fsynced; a full disk is one line, the partial file removed
+        crash_point(f"{moment}:{name}")
+
+    try:
+        for rank, rng in enumerate(rngs):
+            write(f"rng-{rank}.json", lambda p, rng=rng: p.write_text(json.dumps(rng)))
+        write("model.safetensors", lambda p: save_file(model_state, str(p)))
+        write("optimizer.safetensors", lambda p: save_tree(p, tree))
+        write("train_state.json", lambda p: p.write_text(state.to_json()))
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        manifest = {"format": FORMAT, "step": state.step, "world_size": len(rngs), "files": files}
+        write(MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        fsync(tmp)
+    except DCCNeXtError:  # a full disk: no half-written train state stays; the previous ones are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _commit(tmp, final, moment)
 
 
 def _commit(tmp: Path, final: Path, moment: str) -> None:
@@ -206,163 +244,79 @@ def _commit(tmp: Path, final: Path, moment: str) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def prune_checkpoints(run_dir: Path, keep_last: int, step: int) -> None:
-    """Keep the newest `keep_last` checkpoints up to `step` (main process; a newer one, left by a run that was
-    resumed from an older checkpoint, is never counted in)."""
-    kept = [p for p in list_checkpoints(run_dir) if _folder_step(p) <= step]
-    for old in kept[:-keep_last]:  # hide first, then delete: never seen half-deleted
-        hidden = old.with_name(f".{old.name}{_OLD}")
-        old.rename(hidden)
-        shutil.rmtree(hidden, ignore_errors=True)
-
-
-def save_run_state(accelerator, run_dir: Path, state: TrainState, parts: Trainables, keep_last: int) -> Path:
-    """Every process calls this (gathering sharded weights is a collective); the main process alone writes:
-    every process's random state, the weights, the optimiser, the position, the manifest last; then it commits
-    the folder with one rename and prunes old checkpoints. The other processes never touch the run folder, so
-    it may live on the main process's node-local disk."""
-    prepared = parts.prepared if parts.prepared is not None else parts.model
-    model_state = gather_model_state(accelerator, prepared)
-    optimizer_state = gather_optimizer_state(accelerator, prepared, parts.optimizer)
-    rngs = all_gather_objects(accelerator, capture_rng(parts.generator))  # every process's, for the main one
-    final = Path(run_dir) / CHECKPOINT_DIR / f"{PREFIX}{state.step:08d}"
-    if accelerator.is_main_process:
-        tree = {"optimizer": optimizer_state, "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
-                "engine": engine_name(accelerator)}
-        _write_checkpoint(final, state, model_state, tree, rngs)
-        prune_checkpoints(run_dir, keep_last, state.step)
-        crash_point(f"{_moment(state)}:pruned")
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _write_checkpoint(final: Path, state: TrainState, model_state: dict[str, torch.Tensor], tree: dict[str, Any],
-                      rngs: list[dict[str, Any]]) -> None:
-    """Every file under a hidden name, the manifest last, then one rename."""
-    tmp, moment = final.with_name(f".{final.name}{_TMP}"), _moment(state)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        for rank, rng in enumerate(rngs):
-            _write(tmp, f"rng-{rank}.json", moment, lambda p, rng=rng: p.write_text(json.dumps(rng)))
-        _write(tmp, "model.safetensors", moment, lambda p: save_file(model_state, str(p)))
-        _write(tmp, "optimizer.safetensors", moment, lambda p: save_tree(p, tree))
-        _write(tmp, "train_state.json", moment, lambda p: p.write_text(state.to_json()))
-        _write_manifest(tmp, state, len(rngs))
-    except DCCNeXtError:  # a full disk: no half-written checkpoint stays; the previous ones are untouched
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _commit(tmp, final, moment)
-
-
-def read_train_state(checkpoint: Path) -> TrainState:
+def read_train_state(folder: Path) -> TrainState:
     """A train state's position, every field checked for its type: a damaged file is refused, not half-used."""
-    path = Path(checkpoint) / "train_state.json"
+    path = Path(folder) / "train_state.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {path} ({e.__class__.__name__})") from None
     except ValueError:
-        raise CheckpointError(f"{path} is not valid JSON; the checkpoint is damaged") from None
+        raise CheckpointError(f"{path} is not valid JSON; the train state is damaged") from None
     if isinstance(data, dict) and "task" not in data:  # written before the task owned its entries
         legacy = {key: data.pop(key, None) for key in ("best_top1", "best_epoch")}
         data["task"] = {key: value for key, value in legacy.items() if value is not None}
     if not isinstance(data, dict) or not set(data) <= {f.name for f in fields(TrainState)}:
-        raise CheckpointError(f"{path} does not hold a training state; the checkpoint is damaged")
+        raise CheckpointError(f"{path} does not hold a train state's position; the train state is damaged")
     for key, value in data.items():
         ok = {"task": isinstance(value, dict), "metrics": value is None or isinstance(value, dict)}.get(
             key, isinstance(value, int) and not isinstance(value, bool) and value >= 0)
         if not ok:
-            raise CheckpointError(f"{path}: {key}={value!r} is out of range; the checkpoint is damaged")
+            raise CheckpointError(f"{path}: {key}={value!r} is out of range; the train state is damaged")
     return TrainState(**data)
 
 
-@dataclass
-class _Read:
-    """What the main process read of a checkpoint, for the others (who may have no copy of it)."""
-
-    state: TrainState
-    rngs: list[Any]
-    model: dict[str, torch.Tensor] | None = None  # main process only (broadcast as tensors, not as an object)
-    tree: dict[str, Any] | None = None  # optimiser and scaler; main process only
-
-
-def _read_checkpoint(checkpoint: Path, model: torch.nn.Module) -> _Read:
-    """Main process: every file of a checkpoint, checked against the model before anything is loaded."""
-    state = read_train_state(checkpoint)
-    model_file = checkpoint / "model.safetensors"
+def _read_files(folder: Path, model: torch.nn.Module) -> tuple[TrainState, list[Any], dict[str, torch.Tensor], dict]:
+    """Main process: every file of a train state, checked against the model before anything is loaded."""
+    state = read_train_state(folder)
+    model_file = folder / "model.safetensors"
     try:
         weights = load_file(str(model_file))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot resume from {model_file}: {str(e).splitlines()[0]}") from None
     rngs = []
     for rank in range(state.world_size):
-        rng_file = checkpoint / f"rng-{rank}.json"
+        rng_file = folder / f"rng-{rank}.json"
         try:
             rngs.append(json.loads(rng_file.read_text()))
         except (OSError, ValueError, UnicodeDecodeError):
-            raise CheckpointError(f"cannot read {rng_file}; the checkpoint is damaged") from None
-    tree = load_tree(checkpoint / "optimizer.safetensors")
+            raise CheckpointError(f"cannot read {rng_file}; the train state is damaged") from None
+    tree = load_tree(folder / "optimizer.safetensors")
     if not isinstance(tree, dict) or "optimizer" not in tree:
-        raise CheckpointError(f"{checkpoint / 'optimizer.safetensors'} holds no optimiser entry; it is damaged")
-    check_state_tensors(checkpoint, model, weights, tree)
-    return _Read(state, rngs, weights, tree)
+        raise CheckpointError(f"{folder / 'optimizer.safetensors'} holds no optimiser entry; it is damaged")
+    check_state_tensors(folder, model, weights, tree)
+    return state, rngs, weights, tree
 
 
-def _share(accelerator, read: _Read | None, problem: str | None) -> _Read:
-    """The main process's reading (or its error) for every process; only small objects travel this way."""
-    if accelerator.num_processes == 1:
-        if problem:
-            raise CheckpointError(problem)
-        return read
-    tree = read.tree if read is not None else None
-    light = (problem, None if read is None else (read.state, read.rngs, tree.get("scaler"), tree.get("engine"),
-                                                  tree.get("optimizer") is not None))
-    problem, payload = from_main(accelerator, light)
-    if problem:
-        raise CheckpointError(problem)
-    if read is None:  # the optimiser's tensors come by broadcast when they are loaded; here only whether any
-        state, rngs, scaler, engine, has_optimizer = payload
-        read = _Read(state, rngs, None, {"optimizer": {} if has_optimizer else None, "scaler": scaler,
-                                         "engine": engine})
-    return read
-
-
-def load_run_state(accelerator, checkpoint: Path, parts: Trainables, notes: list[str] | None = None) -> TrainState:
+def load_run_state(accelerator, folder: Path, parts: Trainables, notes: list[str] | None = None) -> TrainState:
     """Every process: the loop's position, the model, the optimiser and this process's random state. The main
-    process reads the checkpoint and broadcasts it, so the others need no copy, and the process count may differ
-    from the one that wrote it (a process without a saved random state gets a fresh one, seeded by its rank)."""
+    process reads the train state and hands it out (the small objects by broadcast, the tensors when they are
+    loaded), so the others need no copy, and the process count may differ from the one that wrote it (a process
+    without a saved random state gets a fresh one, seeded by its rank)."""
     if engine_name(accelerator) == "deepspeed":
         raise ConfigError("resuming under DeepSpeed is not supported (its optimiser state cannot be stored "
                           "without pickle); resume the run with configs/accelerate/fsdp.yaml or ddp.yaml")
-    read, problem = None, None
-    if accelerator.is_main_process:
-        try:
-            read = _read_checkpoint(Path(checkpoint), parts.model)
-        except CheckpointError as e:
-            problem = str(e)
-    read = _share(accelerator, read, problem)
-    _load_weights_and_optimizer(accelerator, Path(checkpoint), parts, read, notes)
-    rank = accelerator.process_index
-    if rank < len(read.rngs):
-        restore_rng(read.rngs[rank], str(Path(checkpoint) / f"rng-{rank}.json"), parts.generator)
-    else:
-        reseed_rng(read.state.step, rank, parts.generator)
-    return read.state
+    folder, tensors = Path(folder), {}  # the weights and the optimiser state, on the main process only
 
+    def read() -> tuple:
+        state, rngs, tensors["model"], tree = _read_files(folder, parts.model)
+        tensors["optimizer"] = tree["optimizer"]
+        return state, rngs, tree.get("scaler"), tree.get("engine", "DeepSpeed"), tree["optimizer"] is not None
 
-def _load_weights_and_optimizer(accelerator, checkpoint: Path, parts: Trainables, read: _Read,
-                                notes: list[str] | None) -> None:
-    prepared = parts.prepared if parts.prepared is not None else parts.model
-    tree = read.tree or {}
-    fresh = tree.get("optimizer") is None
-    if fresh and notes is not None and accelerator.is_main_process:
-        notes.append(f"{checkpoint} holds no optimiser state (written under {tree.get('engine', 'DeepSpeed')}): "
-                     "the optimiser's moments start again")
+    state, rngs, scaler, engine, has_optimizer = on_main_process(accelerator, read)
+    if not has_optimizer and notes is not None and accelerator.is_main_process:
+        notes.append(f"{folder} holds no optimiser state (written under {engine}): the optimiser's moments start "
+                     "again")
     try:
-        load_full_state(accelerator, prepared, parts.optimizer, read.model, tree.get("optimizer"),
-                        with_optimizer=not fresh)
-        if parts.scaler is not None and tree.get("scaler") is not None:
-            parts.scaler.load_state_dict(tree["scaler"])
+        load_full_state(accelerator, parts.prepared if parts.prepared is not None else parts.model, parts.optimizer,
+                        tensors.get("model"), tensors.get("optimizer"), with_optimizer=has_optimizer)
+        if parts.scaler is not None and scaler is not None:
+            parts.scaler.load_state_dict(scaler)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        raise CheckpointError(f"cannot resume the optimiser from {checkpoint}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot resume the optimiser from {folder}: {str(e).splitlines()[0]}") from None
+    rank = accelerator.process_index
+    if rank < len(rngs):
+        restore_rng(rngs[rank], str(folder / f"rng-{rank}.json"), parts.generator)
+    else:
+        reseed_rng(state.step, rank, parts.generator)
+    return state

@@ -1,6 +1,6 @@
 """A training state checked against the recipe and the model before the first step of a resumed run.
 
-A checkpoint's manifest proves its files are the ones written, not that what they say is true: a hand-edited
+A train state's manifest proves its files are the ones written, not that what they say is true: a hand-edited
 `train_state.json` with `epoch: 1000000000` would resume, train nothing and report a finished run; an
 optimiser tensor of another shape would load and fail at the first step deep inside the optimiser. Every
 counter is held to the bounds the recipe and the data give, every tensor to the shape and dtype the model and
@@ -39,8 +39,8 @@ class RunLimits:
 
 def refuse(path: Path, field: str, value: Any, why: str) -> CheckpointError:
     """A train state's field that does not fit the run, as one line naming the file and the field."""
-    return CheckpointError(f"{path}: {field}={value!r} {why}; the checkpoint does not belong to this run (or was "
-                           "edited): resume an earlier checkpoint or start again with --overwrite")
+    return CheckpointError(f"{path}: {field}={value!r} {why}; the train state does not belong to this run (or was "
+                           "edited): resume an earlier train state or start again with --overwrite")
 
 
 def check_counters(state: Any, path: Path, limits: RunLimits) -> None:
@@ -84,20 +84,20 @@ def _check_weights(path: Path, weights: dict[str, torch.Tensor], expected: dict[
         want = expected[_plain_name(name)]
         if tensor.dtype != want.dtype:
             raise CheckpointError(f"{path}: tensor {name} is {str(tensor.dtype).removeprefix('torch.')}, the model "
-                                  f"holds {str(want.dtype).removeprefix('torch.')}; the checkpoint is damaged")
+                                  f"holds {str(want.dtype).removeprefix('torch.')}; the train state is damaged")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{path}: tensor {name} holds NaN or Inf (a diverged run?); resume an earlier "
-                                  "checkpoint")
+                                  "train state")
 
 
 def _check_parameter_state(path: Path, name: str, entry: Any, param: torch.Tensor) -> None:
     if not isinstance(entry, dict):
-        raise CheckpointError(f"{path}: state of {name} is not a mapping; the checkpoint is damaged")
+        raise CheckpointError(f"{path}: state of {name} is not a mapping; the train state is damaged")
     for key, value in entry.items():
         field = f"state.{name}.{key}"
         if not isinstance(value, torch.Tensor):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise CheckpointError(f"{path}: {field} is {value!r}, not a number; the checkpoint is damaged")
+                raise CheckpointError(f"{path}: {field} is {value!r}, not a number; the train state is damaged")
             continue
         if value.dim() == 0:
             ok = value.is_floating_point() and bool(torch.isfinite(value)) or not value.is_floating_point()
@@ -108,9 +108,9 @@ def _check_parameter_state(path: Path, name: str, entry: Any, param: torch.Tenso
         if not ok:
             raise CheckpointError(f"{path}: {field} is a {str(value.dtype).removeprefix('torch.')} tensor of shape "
                                   f"{list(value.shape)}, the optimiser expects {list(param.shape)} (the parameter's "
-                                  "shape) in floating point; the checkpoint is damaged")
+                                  "shape) in floating point; the train state is damaged")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"{path}: {field} holds NaN or Inf; resume an earlier checkpoint")
+            raise CheckpointError(f"{path}: {field} holds NaN or Inf; resume an earlier train state")
 
 
 def _check_optimizer(path: Path, optimizer: Any, params: dict[str, torch.Tensor]) -> None:
@@ -133,17 +133,17 @@ def _check_optimizer(path: Path, optimizer: Any, params: dict[str, torch.Tensor]
         _check_parameter_state(path, str(name), entry, param)
 
 
-def check_state_tensors(checkpoint: Path, model: torch.nn.Module, weights: dict[str, torch.Tensor] | None,
+def check_state_tensors(folder: Path, model: torch.nn.Module, weights: dict[str, torch.Tensor] | None,
                         tree: dict[str, Any] | None) -> None:
     """Main process, before anything is loaded: the weights' names, shapes, dtypes (and finiteness) as the model
     holds them, the optimiser state's tensors shaped as its parameters."""
     if is_fsdp1(model):
         return  # asking the model is a collective the main process cannot make alone; the strict load checks
-    checkpoint = Path(checkpoint)
+    folder = Path(folder)
     expected = {_plain_name(n): t for n, t in model.state_dict().items()}
     if weights is not None:
-        _check_weights(checkpoint / "model.safetensors", weights, expected)
+        _check_weights(folder / "model.safetensors", weights, expected)
     optimizer = (tree or {}).get("optimizer")
     if optimizer is not None:
         params = {_plain_name(n): p for n, p in model.named_parameters()}
-        _check_optimizer(checkpoint / "optimizer.safetensors", optimizer, params)
+        _check_optimizer(folder / "optimizer.safetensors", optimizer, params)

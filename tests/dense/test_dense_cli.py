@@ -43,5 +43,5 @@ def test_dense_batch_that_does_not_split_and_a_run_folder_in_use(run_cli, ade_ro
         in r.text, r.text
     assert sorted(p.name for p in keep.iterdir()) == ["log.jsonl", "notes.txt"]
     r = run_cli(*args, "--resume", keep / "checkpoints" / "step-00000002")
-    assert r.exit_code == 2 and "step-00000002 is not a usable checkpoint: no manifest" in r.text, r.text
+    assert r.exit_code == 2 and "step-00000002 is not a usable train state: no manifest" in r.text, r.text
     assert "Traceback" not in r.output

@@ -25,7 +25,7 @@ from dccnext_cli.dense.data import ADE20KSegmentation, CocoInstances, SegAugment
 from dccnext_cli.dense.models import sync_batchnorm
 from dccnext_cli.dense.tasks import get_dense_task
 from dccnext_cli.errors import ConfigError, DataError
-from dccnext_cli.training.run_state import list_checkpoints
+from dccnext_cli.training.run_state import list_train_states
 from dccnext_cli.training.shards import strided_share
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,8 +174,8 @@ def test_two_processes_train_semantic_fpn_and_evaluate_as_one_process(ade_root, 
     assert json.loads(done.stdout)["world_size"] == 2  # one report, from the main process
     start = _log(out)[0]
     assert (start["world_size"], start["micro_batch"], start["iterations"]) == (2, 1, 1)
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000001"]
-    assert sorted(p.name for p in list_checkpoints(out)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
+    assert [p.name for p in list_train_states(out)] == ["step-00000001"]
+    assert sorted(p.name for p in list_train_states(out)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
     distributed = json.loads((out / "metrics.json").read_text())
     single = evaluate_dense(out / "model.safetensors", f"ade20k:{ade_root}", scale=(128, 64), progress=False)
     assert single == distributed
@@ -205,7 +205,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(ade_root, tmp_p
     proc = subprocess.run([sys.executable, "-m", "dccnext_cli", *args], env=_env(DCCNEXT_CRASH_AT="step-3"),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    assert [p.name for p in list_checkpoints(killed)] == ["step-00000002"] and not (killed / "summary.json").exists()
+    assert [p.name for p in list_train_states(killed)] == ["step-00000002"] and not (killed / "summary.json").exists()
     with pytest.raises(ConfigError, match="was started with lr=0.0001, not 0.001"):
         train_dense(load_dense_recipe("semantic-fpn", [*sets, "lr=1e-3"]), f"ade20k:{ade_root}", killed,
                     progress=False, resume=True)
@@ -242,8 +242,8 @@ def test_two_processes_sigkill_then_resume_ends_with_the_uninterrupted_weights(a
     assert _launch_two([*common, "-o", str(full)], _env()).returncode == 0
     crashed = _launch_two([*common, "-o", str(killed)], _env(DCCNEXT_CRASH_AT="step-3"))
     assert crashed.returncode != 0 and not (killed / "summary.json").exists()
-    assert [p.name for p in list_checkpoints(killed)] == ["step-00000002"]
-    assert sorted(p.name for p in list_checkpoints(killed)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
+    assert [p.name for p in list_train_states(killed)] == ["step-00000002"]
+    assert sorted(p.name for p in list_train_states(killed)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
     resumed = _launch_two([*common, "-o", str(killed), "--resume"], _env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _same_weights(full / "model.safetensors", killed / "model.safetensors")
@@ -280,8 +280,8 @@ def test_two_nodes_without_a_shared_disk_then_resume_on_one_process(ade_root, tm
     assert all(p.returncode != 0 for p in procs), outputs[0][1][-3000:]
     assert list(nodes[1].iterdir()) == []  # the other node never touched a disk
     run = nodes[0] / "run"
-    assert [p.name for p in list_checkpoints(run)] == ["step-00000002"], outputs[0][1][-3000:]
-    assert sorted(p.name for p in list_checkpoints(run)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
+    assert [p.name for p in list_train_states(run)] == ["step-00000002"], outputs[0][1][-3000:]
+    assert sorted(p.name for p in list_train_states(run)[0].glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
     resumed = subprocess.run([sys.executable, "-m", "dccnext_cli", "train", *args, "--resume"], cwd=nodes[0],
                              env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from dccnext_cli.training.run_state import checkpoint_problem, list_checkpoints
+from dccnext_cli.training.run_state import list_train_states, train_state_problem
 
 # 16 images, batches of 4: 4 steps an epoch, a checkpoint every 2 steps, so step 4 ends epoch 0 and step 8 is
 # saved twice (mid-epoch, then at the end of the last epoch); keep_last=1 prunes at every save. A kill after a
@@ -49,7 +49,7 @@ def _same_result(full, run) -> None:
         _same_safetensors(full / name, run / name)
     a, b = (json.loads((folder / "summary.json").read_text()) for folder in (full, run))
     assert {k: a[k] for k in DETERMINISTIC} == {k: b[k] for k in DETERMINISTIC}
-    (ref_ckpt,), (new_ckpt,) = list_checkpoints(full), list_checkpoints(run)
+    (ref_ckpt,), (new_ckpt,) = list_train_states(full), list_train_states(run)
     assert ref_ckpt.name == new_ckpt.name == "step-00000008"
     for name in ("model.safetensors", "optimizer.safetensors"):
         _same_safetensors(ref_ckpt / name, new_ckpt / name)
@@ -71,8 +71,8 @@ def test_kill_at_every_moment_then_resume_is_bitwise_the_uninterrupted_run(dccne
         args = train_args(small_images, killed) + (["--resume"] if i else [])
         done = dccnext(*args, env={"DCCNEXT_CRASH_AT": moment})
         assert done.returncode == -signal.SIGKILL, f"never reached {moment}: {done.stderr[-2000:]}"
-        for checkpoint in list_checkpoints(killed):  # what --resume can find is always complete
-            assert checkpoint_problem(checkpoint) is None, (moment, checkpoint)
+        for checkpoint in list_train_states(killed):  # what --resume can find is always complete
+            assert train_state_problem(checkpoint) is None, (moment, checkpoint)
         if moment == BRANCH_AFTER:
             shutil.copytree(killed, branch)
     last = dccnext(*train_args(small_images, killed), "--resume")

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from dccnext_cli.training.run_state import checkpoint_problem, list_checkpoints
+from dccnext_cli.training.run_state import list_train_states, train_state_problem
 from tests.reliability.disks import can_mount, files_under, last_line_error, tmpfs
 
 # Where a tmpfs can be mounted (CI runs as root) the injected variant repeats it: it runs with -m slow there.
@@ -71,7 +71,7 @@ def test_resume_on_a_full_disk_keeps_the_last_checkpoint(dccnext, small_images, 
     line = last_line_error(done.stderr)
     assert "the disk is full" in line and "step-00000004" in line, line
     assert after == before  # the last complete state untouched, nothing half-written beside it
-    (checkpoint,) = list_checkpoints(run)
-    assert checkpoint.name == "step-00000002" and checkpoint_problem(checkpoint) is None
+    (checkpoint,) = list_train_states(run)
+    assert checkpoint.name == "step-00000002" and train_state_problem(checkpoint) is None
     again = dccnext(*train_args(small_images, run), "--resume")  # space again: the run goes on from it
     assert again.returncode == 0, again.stderr[-3000:]

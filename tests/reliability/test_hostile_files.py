@@ -27,7 +27,7 @@ from dccnext_cli.data.sources import DataSource, ImageSplit
 from dccnext_cli.models.config import variant_config
 from dccnext_cli.models.dccnext import DCCNeXt
 from dccnext_cli.models.weights import CheckpointMeta, save_weights
-from dccnext_cli.training.run_state import list_checkpoints
+from dccnext_cli.training.run_state import list_train_states
 from tests.reliability.disks import last_line_error
 
 
@@ -74,7 +74,7 @@ def test_planted_step_tmp_symlink_is_removed_not_followed(dccnext, small_images,
     done = dccnext(*train_args(small_images, run), "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"] and (outside / "keep.txt").read_text() == "mine"
-    assert [p.name for p in list_checkpoints(run)] == ["step-00000008"]
+    assert [p.name for p in list_train_states(run)] == ["step-00000008"]
 
 
 @pytest.mark.parametrize("field, value", [("epoch", 1_000_000_000), ("batch", 1_000_000), ("step", 10**9),
@@ -82,7 +82,7 @@ def test_planted_step_tmp_symlink_is_removed_not_followed(dccnext, small_images,
 def test_train_state_counter_out_of_range(dccnext, small_images, train_args, killed_run, tmp_path, field, value):
     """The loop's counters, and the task's own entries (classification: the best top-1 and its epoch)."""
     run = _copy(killed_run, tmp_path)
-    (checkpoint,) = list_checkpoints(run)
+    (checkpoint,) = list_train_states(run)
     state = json.loads((checkpoint / "train_state.json").read_text())
     field = field.removeprefix("task.")
     lie = {"task": {**state["task"], field: value}} if field.startswith("best_") else {field: value}
@@ -97,7 +97,7 @@ def test_train_state_counter_out_of_range(dccnext, small_images, train_args, kil
 
 def test_optimizer_tensor_of_the_wrong_shape(dccnext, small_images, train_args, killed_run, tmp_path):
     run = _copy(killed_run, tmp_path)
-    (checkpoint,) = list_checkpoints(run)
+    (checkpoint,) = list_train_states(run)
     tree = load_tree(checkpoint / "optimizer.safetensors")
     name = next(iter(tree["optimizer"]["state"]))
     tree["optimizer"]["state"][name]["exp_avg"] = torch.zeros(2)
@@ -126,7 +126,7 @@ def test_warning_is_rendered_not_shown_as_markup(dccnext, small_images, train_ar
     done = dccnext(*train_args(small_images, run), "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     text = " ".join(done.stderr.split())
-    assert "warning: skipping checkpoint step-00000099" in text and "[yellow]" not in done.stderr
+    assert "warning: skipping train state step-00000099" in text and "[yellow]" not in done.stderr
 
 
 # --------------------------------------------------------------------- weights files

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dccnext_cli.training.run_state import list_checkpoints
+from dccnext_cli.training.run_state import list_train_states
 
 OLD_NAMES = ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin", "scaler.pt",
              "pytorch_model.bin", "model.bin", "sampler.bin", "dl_state_dict.bin", "state.pt", "rng.pkl"]
@@ -60,7 +60,7 @@ def finished_run(dccnext, small_images, train_args, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "run"
     done = dccnext(*train_args(small_images, out, epochs=1, keep_last=2))
     assert done.returncode == 0, done.stderr
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000002", "step-00000004"]
+    assert [p.name for p in list_train_states(out)] == ["step-00000002", "step-00000004"]
     return out
 
 
@@ -79,9 +79,9 @@ def test_resume_never_executes_a_planted_pickle(dccnext, small_images, train_arg
     run, marker = tmp_path / "run", tmp_path / "code-ran"
     shutil.copytree(finished_run, run)
     (run / "summary.json").unlink()  # the resume must load the checkpoint, not stop at "complete"
-    newest = list_checkpoints(run)[-1]
+    newest = list_train_states(run)[-1]
     if target == "extra":  # every name the old format used, in every checkpoint, the run folder and a new step
-        for folder in [*list_checkpoints(run), run, run / "checkpoints" / "step-00000099"]:
+        for folder in [*list_train_states(run), run, run / "checkpoints" / "step-00000099"]:
             for name in OLD_NAMES:
                 _plant(folder / name, marker)
         _forge_manifest(newest)
@@ -95,10 +95,10 @@ def test_resume_never_executes_a_planted_pickle(dccnext, small_images, train_arg
     assert "Traceback" not in done.stderr
     if target == "extra":  # ignored: the new step has no manifest, the real checkpoints resume as they are
         assert done.returncode == 0, done.stderr
-        assert "skipping checkpoint step-00000099: no manifest" in done.stderr
+        assert "skipping train state step-00000099: no manifest" in done.stderr
     elif target == "manifest.json":  # not a checkpoint: resume falls back to the previous one, saying so
         assert done.returncode == 0, done.stderr
-        assert f"skipping checkpoint {newest.name}" in done.stderr
+        assert f"skipping train state {newest.name}" in done.stderr
     else:
         assert done.returncode == 2, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and newest.name in done.stderr, done.stderr

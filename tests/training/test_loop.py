@@ -10,7 +10,7 @@ import torch
 
 from dccnext_cli.errors import CheckpointError
 from dccnext_cli.training.loop import train
-from dccnext_cli.training.run_state import TrainState, list_checkpoints, read_train_state
+from dccnext_cli.training.run_state import TrainState, list_train_states, read_train_state
 from dccnext_cli.training.shards import strided_share
 
 OLD_STATE = {"epoch": 2, "batch": 0, "step": 8, "world_size": 1, "micro_batch": 4, "best_top1": 61.5,
@@ -30,7 +30,7 @@ def test_a_train_state_written_before_the_task_owned_its_entries_still_loads(tmp
 
 def test_a_train_state_whose_task_entries_are_not_a_mapping_is_refused(tmp_path):
     (tmp_path / "train_state.json").write_text(json.dumps({"step": 1, "task": [1, 2]}))
-    with pytest.raises(CheckpointError, match=r"task=\[1, 2\] is out of range; the checkpoint is damaged"):
+    with pytest.raises(CheckpointError, match=r"task=\[1, 2\] is out of range; the train state is damaged"):
         read_train_state(tmp_path)
 
 
@@ -117,5 +117,5 @@ def test_the_loop_runs_a_task_engine_to_the_end_of_its_schedule(tmp_path, epochs
     assert summary["steps"] == steps and summary["epochs"] == len(ended)
     events = [json.loads(line)["event"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert events.count("train") == steps and events[-1] == "end"
-    (last,) = list_checkpoints(tmp_path / "run")
+    (last,) = list_train_states(tmp_path / "run")
     assert read_train_state(last).step == steps  # the last train state, written once at the end

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from train_processes import dccnext, start
 
-from dccnext_cli.training.run_state import list_checkpoints, read_train_state
+from dccnext_cli.training.run_state import list_train_states, read_train_state
 
 STEPS_PER_EPOCH = 8  # 32 training images in batches of 4
 
@@ -70,7 +70,7 @@ def test_ctrl_c_mid_epoch_saves_that_step_and_the_resume_is_bitwise(images, unin
     out = tmp_path / "run"
     code, stderr = _interrupt_after_first_step(_args(images, out, "checkpoint_minutes=0"), tmp_path / "err")
     assert code == 130, stderr[-3000:]
-    (kept,) = list_checkpoints(out)  # no save by steps or by time: this one is Ctrl-C's
+    (kept,) = list_train_states(out)  # no save by steps or by time: this one is Ctrl-C's
     state = read_train_state(kept)
     assert (state.epoch, 0 < state.batch < STEPS_PER_EPOCH) == (0, True), state  # in the middle of epoch 0
     assert f"interrupted at step {state.step}: kept checkpoints/{kept.name}; continue with: dccnext train " \
@@ -124,7 +124,7 @@ def test_killed_between_step_saves_resumes_from_the_time_based_save_bitwise(imag
     sets = ("checkpoint_every=4", "checkpoint_minutes=0.00001", "keep_last=2")
     killed = dccnext(*_args(images, out, *sets), extra_env={"DCCNEXT_CRASH_AT": "step-3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000002", "step-00000003"]
+    assert [p.name for p in list_train_states(out)] == ["step-00000002", "step-00000003"]
     resumed = dccnext(*_args(images, out, *sets), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step 3" in " ".join(resumed.stderr.split())
@@ -161,7 +161,7 @@ def test_ctrl_c_of_a_dense_run_prints_its_whole_resume_command_and_resumes_bitwi
     code, stderr = _interrupt_after_first_step(["train", "--task", "semantic-fpn", "--data", data, *options, "-o",
                                                 out], tmp_path / "err")
     assert code == 130, stderr[-3000:]
-    (kept,) = list_checkpoints(out)
+    (kept,) = list_train_states(out)
     step = read_train_state(kept).step
     command = f"dccnext train --task semantic-fpn --data {data} -o {out} --resume"
     assert f"interrupted at step {step}: kept checkpoints/{kept.name}; continue with: {command}" in stderr
