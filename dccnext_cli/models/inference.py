@@ -94,16 +94,17 @@ class PointwiseConv(nn.Linear):
     """nn.Linear over the channels of a (B, H, W, C) map, as a 1x1 convolution of its NCHW view where that helps:
     oneDNN's convolution called by name in eager CPU inference (`F.conv2d` would hand a 1x1 convolution with one
     thread and a small batch to a slow fallback); `F.conv2d` while exporting (ONNX files keep their Conv nodes) and
-    under torch.compile on the CPU (Inductor hands a convolution to oneDNN, a linear to MKL's GEMM, which ran
-    B2's compiled batch-32 inference 1.3x slower on the project's AMD EPYC); otherwise (autograd, other devices)
-    the plain Linear."""
+    under torch.compile in float32 on the CPU (Inductor hands a convolution to oneDNN, a linear to MKL's GEMM:
+    B2's compiled inference took 1,701 against 953 ms at batch 32 and 61 against 46 ms at batch 1 on the
+    project's AMD EPYC; in bfloat16 the linear was the faster one); otherwise (autograd, other devices and
+    dtypes) the plain Linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             return super().forward(x)
-        if exporting() or (torch.compiler.is_compiling() and x.device.type == "cpu"):
+        if exporting() or (torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32):
             return F.conv2d(x.permute(0, 3, 1, 2), self.weight[:, :, None, None], self.bias).permute(0, 2, 3, 1)
-        if not _onednn_direct(x):
+        if torch.compiler.is_compiling() or not _onednn_direct(x):
             return super().forward(x)
         x = x.permute(0, 3, 1, 2)
         x = torch.mkldnn_convolution(x, self.weight[:, :, None, None], self.bias, (0, 0), (1, 1), (1, 1), 1)

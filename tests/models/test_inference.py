@@ -113,6 +113,22 @@ def test_pointwise_convolution_equals_nn_linear(shape):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("dtype, op", [(torch.float32, "conv2d"), (torch.bfloat16, "linear")])
+def test_under_torch_compile_a_float32_pointwise_layer_is_a_convolution(dtype, op):
+    """What Inductor is handed on the CPU: a 1x1 convolution in float32 (oneDNN), the linear in bfloat16."""
+    layer = PointwiseConv(24, 40, bias=True).to(dtype)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append({str(node.target) for node in gm.graph.nodes if node.op == "call_function"})
+        return gm.forward
+
+    with torch.inference_mode():
+        out = torch.compile(layer, backend=capture, fullgraph=True)(torch.randn(2, 5, 7, 24, dtype=dtype))
+    assert out.shape == (2, 5, 7, 40) and len(graphs) == 1
+    assert any(op in target for target in graphs[0]), graphs[0]
+
+
 def test_pointwise_convolutions_keep_the_models_numbers():
     plain, fast = _pair()  # on by default
     assert sum(isinstance(m, PointwiseConv) for m in fast.modules()) == 4 * sum(plain.config.depths)
