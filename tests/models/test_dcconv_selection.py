@@ -191,3 +191,36 @@ def test_the_reference_issues_no_host_reads_and_the_same_ops_at_any_batch():
     assert large == small, f"op counts differ: {sorted((small - large) + (large - small))}"
     assert {"aten::bmm", "aten::topk", "aten::index_select"} <= set(small), "profiled the layer"
     assert not host_reads & set(large), sorted(host_reads & set(large))
+
+
+def _private_torch_reads(source: str) -> list[str]:
+    """Dotted names `torch.<...>` in `source` with a part that starts with "_" (a private module or attribute)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            parts, inner = [node.attr], node.value
+            while isinstance(inner, ast.Attribute):
+                parts.append(inner.attr)
+                inner = inner.value
+            if isinstance(inner, ast.Name) and inner.id == "torch" and any(p.startswith("_") for p in parts):
+                found.append(".".join(["torch", *reversed(parts)]))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch") and (
+                any(part.startswith("_") for part in node.module.split("."))
+                or any(alias.name.startswith("_") for alias in node.names)):
+            found.append(node.module)
+    return found
+
+
+def test_no_model_file_reads_private_torch_state():
+    """The model is as plain as timm's: what torch keeps private can change in any release, unnoticed."""
+    from pathlib import Path
+
+    import dccnext_cli.models as models_package
+
+    seen = _private_torch_reads("x = torch._C._len_torch_dispatch_stack()\nfrom torch._dynamo import reset")
+    assert set(seen) == {"torch._C._len_torch_dispatch_stack", "torch._C", "torch._dynamo"}, seen
+    offenders = {path.name: reads for path in sorted(Path(models_package.__file__).parent.glob("*.py"))
+                 if (reads := _private_torch_reads(path.read_text()))}
+    assert not offenders, offenders
