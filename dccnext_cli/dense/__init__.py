@@ -7,7 +7,7 @@ Names load on first use (`common.lazy`): the task registry itself imports no tor
 from ..common.lazy import lazy_exports
 
 EXPORTS = {
-    ".checkpoint": ("load_dense_model", "save_dense_checkpoint"),
+    ".checkpoint": ("DenseMeta", "load_dense_model", "save_dense_checkpoint"),
     ".data": ("ADE20KSegmentation", "CocoInstances"),
     ".evaluate": ("evaluate_dense",),
     ".flops": ("count_task",),

@@ -20,7 +20,7 @@ from ..common.progress import StepProgress
 from ..common.threads import fit_threads
 from ..models.precision import DEFAULT_PRECISION, precision_dtype
 from ..training.shards import all_gather_objects, from_main
-from .checkpoint import load_dense_model
+from .checkpoint import DenseMeta, load_dense_model
 from .data import SegAugment
 from .tasks import DenseTask, get_dense_task
 
@@ -79,9 +79,10 @@ def score_dense(
     passes under bfloat16 autocast (torchvision's box operations stay float32).
     """
     if isinstance(model, (str, Path)):
-        model, meta = load_dense_model(model)
+        path = model
+        model, meta = load_dense_model(path)
         task = task or meta.task
-        num_classes = num_classes or meta.dense_num_classes
+        num_classes = num_classes or DenseMeta.of(meta, path).num_classes
     if task is None:
         raise ValueError("evaluate_dense needs the task of an in-memory model")
     task = get_dense_task(task)

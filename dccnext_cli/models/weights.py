@@ -3,8 +3,10 @@
 A `.safetensors` file of a state dict whose string metadata holds `format` = `dccnext/1`, `variant`,
 `num_classes`, `model_config` (JSON of `DCCNeXtConfig`), `class_names` (JSON list, when known), `epoch`,
 `dccnext_version`, and what a run knows about the weights: `task`, `input_size` ([H, W] trained at),
-`recipe` (JSON), `eval` (JSON metrics), and for dense models `dense_num_classes`, `iteration` and
-`dense_build`. `CheckpointMeta` reads all of them into typed fields. Files are written atomically.
+`recipe` (JSON), `eval` (JSON metrics). `CheckpointMeta` reads these into typed fields. Any other key is kept as
+written in `extra`: a task's own entries (the dense tasks' classes, steps, builder options) are the task's to write
+and to parse, with `parse_entry` / `parse_count`, so this format stays the same for every task. Files are written
+atomically.
 Building a model from a file is the model's own job: `DCCNeXt.from_checkpoint`.
 """
 
@@ -37,16 +39,18 @@ __all__ = [
     "load_weights",
     "unwrap_state_dict",
     "check_finite",
+    "parse_entry",
+    "parse_count",
+    "broken_entry",
 ]
 
 FORMAT = "dccnext/1"
 CLASSIFICATION = "classification"  # the task a file records when it says none (every classifier)
-# Metadata keys and the typed field each one fills; JSON-valued ones are parsed, the rest are str/int.
-_JSON_KEYS = {"class_names": "class_names", "input_size": "input_size", "recipe": "recipe", "eval": "metrics",
-              "dense_build": "dense_build"}
-_INT_KEYS = {"epoch": "epoch", "dense_num_classes": "dense_num_classes", "iteration": "iteration"}
+# JSON-valued metadata keys and the typed field each one fills; `epoch` is an int, the rest are str.
+_JSON_KEYS = {"class_names": "class_names", "input_size": "input_size", "recipe": "recipe", "eval": "metrics"}
 MAX_RESOLUTION = 8192  # an input_size a file may record (the commands' own ceiling, see cli/options.py)
-_KNOWN = {"format", "variant", "num_classes", "model_config", "dccnext_version", "task", *_JSON_KEYS, *_INT_KEYS}
+MAX_COUNT = 10**9  # the largest epoch, step or class count a file may record
+_KNOWN = {"format", "variant", "num_classes", "model_config", "dccnext_version", "task", "epoch", *_JSON_KEYS}
 
 
 @dataclass
@@ -62,10 +66,7 @@ class CheckpointMeta:
     input_size: tuple[int, int] | None = None  # (height, width) the weights were trained at
     recipe: dict[str, Any] | None = None  # the training recipe, as saved with the run
     metrics: dict[str, Any] | None = None  # evaluation at save time (top1, top5)
-    dense_num_classes: int | None = None  # dense models: the detector's / segmenter's classes
-    iteration: int | None = None  # dense models: optimiser steps taken
-    dense_build: dict[str, Any] | None = None  # dense models: builder options (min_size, max_size, out_norm)
-    extra: dict[str, str] = field(default_factory=dict)  # keys this version does not know, kept as written
+    extra: dict[str, str] = field(default_factory=dict)  # a task's own keys, and keys this version does not know
 
     @property
     def num_classes(self) -> int:
@@ -90,9 +91,8 @@ class CheckpointMeta:
             value = getattr(self, name)
             if value is not None:
                 meta[key] = json.dumps(list(value) if isinstance(value, tuple) else value)
-        for key, name in _INT_KEYS.items():
-            if getattr(self, name) is not None:
-                meta[key] = str(getattr(self, name))
+        if self.epoch is not None:
+            meta["epoch"] = str(self.epoch)
         return meta
 
     @classmethod
@@ -102,9 +102,10 @@ class CheckpointMeta:
                 f"{path} is not a dccnext checkpoint (metadata format={meta.get('format')!r}, "
                 f"expected {FORMAT!r}); pass a file written by `dccnext train` or `dccnext export`"
             )
-        config = _parse(path, meta, "model_config", DCCNeXtConfig.from_json)
-        fields = {name: _parse(path, meta, key, json.loads) for key, name in _JSON_KEYS.items() if key in meta}
-        fields.update({name: _parse(path, meta, key, int) for key, name in _INT_KEYS.items() if key in meta})
+        config = parse_entry(path, meta, "model_config", DCCNeXtConfig.from_json)
+        fields = {name: parse_entry(path, meta, key, json.loads) for key, name in _JSON_KEYS.items() if key in meta}
+        if "epoch" in meta:
+            fields["epoch"] = parse_count(path, meta, "epoch")
         if "input_size" in fields:
             fields["input_size"] = _parse_input_size(fields["input_size"], meta["input_size"], path)
         _check_fields(fields, config, path)
@@ -115,7 +116,8 @@ class CheckpointMeta:
                    task=meta.get("task", CLASSIFICATION), extra=extra, **fields)
 
 
-def _broken(path: Path, key: str, why: str) -> CheckpointError:
+def broken_entry(path: str | os.PathLike, key: str, why: str) -> CheckpointError:
+    """The one-line error for a metadata entry that does not hold what its key promises."""
     return CheckpointError(f"{path} has a broken {key} metadata entry ({why}); re-export the weights")
 
 
@@ -123,46 +125,40 @@ def _check_variant(variant: str, config: DCCNeXtConfig, path: Path) -> None:
     """A file labelled with a published variant must have that variant's widths and depths."""
     known = VARIANTS.get(variant.removeprefix("dccnext_"))
     if known is not None and (known.dims, known.depths) != (config.dims, config.depths):
-        raise _broken(path, "variant", f"labelled {variant} but its model_config has dims {list(config.dims)}, "
-                                       f"depths {list(config.depths)}")
+        raise broken_entry(path, "variant", f"labelled {variant} but its model_config has dims "
+                                            f"{list(config.dims)}, depths {list(config.depths)}")
 
 
 def _check_fields(fields: dict[str, Any], config: DCCNeXtConfig, path: Path) -> None:
-    """Types, lengths and bounds of the JSON and integer entries, before anything is built from them."""
+    """Types, lengths and bounds of the JSON entries, before anything is built from them."""
     names = fields.get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
                               or len(names) != config.num_classes):
-        raise _broken(path, "class_names", f"expected a list of {config.num_classes} names")
-    for key in ("recipe", "metrics", "dense_build"):
+        raise broken_entry(path, "class_names", f"expected a list of {config.num_classes} names")
+    for key in ("recipe", "metrics"):
         if fields.get(key) is not None and not isinstance(fields[key], dict):
-            raise _broken(path, {"metrics": "eval"}.get(key, key), "expected a JSON object")
-    for key in ("epoch", "iteration", "dense_num_classes"):
-        if fields.get(key) is not None and not 0 <= fields[key] <= 10**9:
-            raise _broken(path, key, f"{fields[key]} is out of range")
+            raise broken_entry(path, {"metrics": "eval"}.get(key, key), "expected a JSON object")
     size = fields.get("input_size")
     if size is not None and not all(1 <= v <= MAX_RESOLUTION for v in size):
-        raise _broken(path, "input_size", f"{list(size)} is outside 1..{MAX_RESOLUTION}")
+        raise broken_entry(path, "input_size", f"{list(size)} is outside 1..{MAX_RESOLUTION}")
     recipe = fields.get("recipe") or {}
     for key, lo in (("mean", None), ("std", 0.0)):
         values = recipe.get(key)
         if values is not None and not (isinstance(values, list) and len(values) == 3 and all(
                 _is_number(v) and (lo is None or v > lo) for v in values)):
-            raise _broken(path, "recipe", f"{key} must be 3 finite numbers{', all positive' if lo is not None else ''}")
+            positive = ", all positive" if lo is not None else ""
+            raise broken_entry(path, "recipe", f"{key} must be 3 finite numbers{positive}")
     crop = recipe.get("crop_pct", 1.0)
     if not (_is_number(crop) and 0 < crop <= 1):
-        raise _broken(path, "recipe", f"crop_pct {crop!r} is not in (0, 1]")
+        raise broken_entry(path, "recipe", f"crop_pct {crop!r} is not in (0, 1]")
     interpolation = recipe.get("interpolation", "bicubic")
     if interpolation not in INTERPOLATIONS:  # what `--set interpolation=...` refuses, in the same words
-        raise _broken(path, "recipe", f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                                      f"got {interpolation!r}")
+        raise broken_entry(path, "recipe", f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                                           f"got {interpolation!r}")
     size = recipe.get("input_size")
     if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
             isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_RESOLUTION for v in size)):
-        raise _broken(path, "recipe", f"input_size {size!r} is not [H, W] in 1..{MAX_RESOLUTION}")
-    build = fields.get("dense_build") or {}
-    wrong = [k for k, v in build.items() if not (isinstance(v, (int, float, bool)) or v is None)]
-    if wrong:
-        raise _broken(path, "dense_build", f"{wrong[0]} is not a number or true/false")
+        raise broken_entry(path, "recipe", f"input_size {size!r} is not [H, W] in 1..{MAX_RESOLUTION}")
 
 
 def _is_number(value: Any) -> bool:
@@ -170,14 +166,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _parse(path: Path, meta: dict[str, str], key: str, parse: Any) -> Any:
-    """`parse(meta[key])`, or one line naming the file and the broken entry."""
+def parse_entry(path: str | os.PathLike, meta: dict[str, str], key: str, parse: Any) -> Any:
+    """`parse(meta[key])`, or one line naming the file and the broken entry (a task parses its own keys so)."""
     if key not in meta:
         raise CheckpointError(f"{path} has no {key} metadata entry; re-export the weights")
     try:
         return parse(meta[key])
     except (ValueError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"{path} has a broken {key} metadata entry ({e}); re-export the weights") from None
+        raise broken_entry(path, key, str(e)) from None
+
+
+def parse_count(path: str | os.PathLike, meta: dict[str, str], key: str) -> int:
+    """An integer entry in 0..MAX_COUNT (an epoch, a step, a number of classes), or one line naming it."""
+    value = parse_entry(path, meta, key, int)
+    if not 0 <= value <= MAX_COUNT:
+        raise broken_entry(path, key, f"{value} is out of range")
+    return value
 
 
 def _parse_input_size(size: Any, text: str, path: Path) -> tuple[int, int]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dccnext_cli.dense import build_backbone, build_dense_model, load_dense_recipe, train_dense
+from dccnext_cli.dense.checkpoint import DenseMeta
 from dccnext_cli.dense.data import CocoInstances, detection_collate
 from dccnext_cli.errors import CheckpointError, ConfigError
 from dccnext_cli.models.config import variant_config
@@ -92,7 +93,8 @@ def test_detector_forward_and_one_training_step(task, coco_json, tmp_path):
     result = train_dense(recipe, f"coco:{coco_json}", tmp_path / "run", progress=False)
     assert result.steps == 1 and torch.isfinite(torch.tensor(result.losses)).all()
     meta = read_meta(result.weights)  # COCO names its classes: they are in the file, and it reads back
-    assert (meta.class_names, meta.dense_num_classes, meta.task) == (["square", "triangle"], 2, task)
+    dense = DenseMeta.of(meta, result.weights)
+    assert (meta.class_names, dense.num_classes, dense.iteration, meta.task) == (["square", "triangle"], 2, 1, task)
     # that run's model is a fresh one; here take a step on ours to check gradients reach the backbone
     model.train()
     losses = model(images, targets)
