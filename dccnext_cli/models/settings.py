@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..common.recipe_files import check_rules
 from ..errors import ConfigError
 
 __all__ = ["OperatorSettings", "operator_settings", "set_operator_settings", "use_operator_settings"]
@@ -50,13 +51,11 @@ class OperatorSettings:
     device_distance_elements: int = 1 << 26
 
     def __post_init__(self) -> None:
-        for name in ("distance_chunk_elements", "device_distance_elements"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"operator setting {name} must be >= 1, got {getattr(self, name)}")
-        for name, choices in _choices().items():
-            if getattr(self, name) not in choices:
-                listed = " or ".join([", ".join(map(repr, choices[:-1])), repr(choices[-1])])
-                raise ConfigError(f"{name} must be {listed}, got {getattr(self, name)!r}")
+        sizes = [(f"operator setting {name}", getattr(self, name), getattr(self, name) >= 1, "must be >= 1")
+                 for name in ("distance_chunk_elements", "device_distance_elements")]
+        choices = [(name, getattr(self, name), getattr(self, name) in allowed, f"must be {_one_of(allowed)}")
+                   for name, allowed in _choices().items()]
+        check_rules(sizes + choices)
 
     def replace(self, **changes: Any) -> OperatorSettings:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -64,6 +63,10 @@ class OperatorSettings:
             known = ", ".join(f.name for f in dataclasses.fields(self))
             raise ConfigError(f"unknown operator setting(s) {', '.join(sorted(unknown))}; known: {known}")
         return dataclasses.replace(self, **changes)
+
+
+def _one_of(allowed: tuple[str, ...]) -> str:
+    return " or ".join([", ".join(map(repr, allowed[:-1])), repr(allowed[-1])])
 
 
 @functools.cache
