@@ -10,8 +10,8 @@ the tests hold to the reference, and one function (`select_backend`) that picks 
 
 - `reference` (`dcconv_reference`): the oracle; any device without a faster backend, the meta device, and
   inside `torch.compile` (Inductor fuses it into the user's graph);
-- `inductor` (`dcconv_inductor`): on the CPU, the reference compiled by Inductor (once per channel width), a
-  fixed handful of ops per layer whatever the batch;
+- `inductor` (`dcconv_inductor`): on the CPU, the reference compiled by Inductor (under inference mode once
+  per channel width), a fixed handful of ops per layer whatever the batch;
 - `triton`, `triton-deterministic` (`dcconv_triton`): on CUDA, the reference's indices and the convolution in
   Triton kernels;
 - `export` (`dcconv_export`): exporting, tracing, scripting: plain ops for the `export_target` ("torch", "onnx").

@@ -12,9 +12,10 @@ as library calls, so a layer issues a fixed handful of aten ops whatever the bat
 - `cluster_conv_reference_backward`: its gradients (a scatter-add and a gathered product summed over rows), so
   that autograd keeps the input, the int indices and the kernel, never the (B*N, K', E) gather.
 
-The functions are compiled on first use, once per channel width (`_compile`), and cached by Inductor on disk
-(for this torch and thread count), so a later process loads them in about a second. Where no C++ compiler is
-found the backend is not offered and the reference runs instead (`available`, with a one-line note).
+The functions are compiled on first use (`_compile`: one graph for every shape, and under inference mode one
+per channel width) and cached by Inductor on disk (for this torch and thread count), so a later process loads
+them in about a second. Where no C++ compiler is found the backend is not offered and the reference runs instead
+(`available`, with a one-line note).
 """
 
 from __future__ import annotations
@@ -65,11 +66,19 @@ def available() -> bool:
 
 
 def _compile(fn):
-    """`fn` compiled once per channel width (the last size of its first argument), each copy with torch.compile's
-    default shapes: specialised at first use, then dynamic in just the sizes that change (the batch, the tokens,
-    K'). Dynamic in the rows and the width together, Inductor's loops ran 2-3x slower (B2's stage-3 layer at
-    batch 32: the convolution 8.3 against 2.8 ms). Dynamo keeps its graphs per code object, hence a copy of the
-    code per width; past Dynamo's recompile limit a copy runs its function eagerly."""
+    """Two compiled forms of `fn`, by mode:
+
+    - autograd and `no_grad` (training, its backward, evaluation during training): one graph dynamic in every size,
+      so the same kernels run whatever the process ran before, and a resumed run repeats the uninterrupted one
+      bitwise;
+    - `torch.inference_mode()`: one copy per channel width (the last size of the first argument) with torch.compile's
+      default shapes, specialised at first use, then dynamic in just the sizes that change (batch, tokens, K').
+      Dynamic in the rows and the width together, Inductor's loops ran 2-3x slower (B2's stage-3 layer at batch 32:
+      the convolution 8.3 against 2.8 ms); which kernel runs then depends on the shapes met before, which can
+      move the last bits of a result. Dynamo keeps its graphs per code object, hence a copy of the code per width.
+
+    Past Dynamo's recompile limit a form runs its function eagerly."""
+    anywhere = torch.compile(fn, dynamic=True)
 
     @functools.cache
     def for_width(width: int):
@@ -80,7 +89,9 @@ def _compile(fn):
 
     @functools.wraps(fn)
     def compiled(first: torch.Tensor, *args):
-        return for_width(first.shape[-1])(first, *args)
+        if torch.is_inference_mode_enabled():
+            return for_width(first.shape[-1])(first, *args)
+        return anywhere(first, *args)
 
     return compiled
 
