@@ -65,17 +65,23 @@ def available() -> bool:
     return found
 
 
+PER_WIDTH_ELEMENTS = 1_000_000  # from B2's stage-3 tokens at batch 8 and 224 px (8 x 196 x 640 = 1,003,520)
+
+
 def _compile(fn):
     """Two compiled forms of `fn`, by mode:
 
     - autograd and `no_grad` (training, its backward, evaluation during training): one graph dynamic in every size,
       so the same kernels run whatever the process ran before, and a resumed run repeats the uninterrupted one
       bitwise;
-    - `torch.inference_mode()`: one copy per channel width (the last size of the first argument) with torch.compile's
-      default shapes, specialised at first use, then dynamic in just the sizes that change (batch, tokens, K').
-      Dynamic in the rows and the width together, Inductor's loops ran 2-3x slower (B2's stage-3 layer at batch 32:
-      the convolution 8.3 against 2.8 ms); which kernel runs then depends on the shapes met before, which can
-      move the last bits of a result. Dynamo keeps its graphs per code object, hence a copy of the code per width.
+    - `torch.inference_mode()` on inputs of at least `PER_WIDTH_ELEMENTS`: one copy per channel width (the last
+      size of the first argument) with torch.compile's default shapes, specialised at first use, then dynamic in
+      just the sizes that change (batch, tokens, K'). Dynamic in the rows and the width together, Inductor's loops
+      ran 2-3x slower (B2's stage-3 layer at batch 32: the convolution 8.3 against 2.8 ms); which kernel runs then
+      depends on the shapes met before, which can move the last bits of a result. Dynamo keeps its graphs per code
+      object, hence a copy of the code per width. Smaller inputs (B2 at batch 1: a layer 0.30 against 0.41 ms
+      in a loop, less in the model) do not pay for the extra compiles (the test suite compiled about 100 s more
+      with an empty cache).
 
     Past Dynamo's recompile limit a form runs its function eagerly."""
     anywhere = torch.compile(fn, dynamic=True)
@@ -89,7 +95,7 @@ def _compile(fn):
 
     @functools.wraps(fn)
     def compiled(first: torch.Tensor, *args):
-        if torch.is_inference_mode_enabled():
+        if torch.is_inference_mode_enabled() and first.numel() >= PER_WIDTH_ELEMENTS:
             return for_width(first.shape[-1])(first, *args)
         return anywhere(first, *args)
 
