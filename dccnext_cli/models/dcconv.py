@@ -210,11 +210,11 @@ def cluster_conv(
 ) -> torch.Tensor:
     """`cluster_conv_reference`'s result by the backend `select_backend` picks, forward and backward."""
     if _as_custom_ops():
-        return _cluster_conv_op(tokens, idx, weight, bias)
+        return _cluster_conv_op(tokens, idx, weight, bias, select_backend(tokens))
     return BACKENDS[select_backend(tokens)].conv(tokens, idx, weight, bias)
 
 
-# --- the layer as custom ops in eager mode; they compute with the backend selected at the forward ---
+# --- the layer as custom ops in eager mode; the convolution's op is given the backend `cluster_conv` selected ---
 
 def _plain_call(fn: Callable, *args):
     """A backend called on plain tensors: no autograd, no autocast and no grad flags (a compiled backend guards on
@@ -240,13 +240,13 @@ def _(x: torch.Tensor, cluster_size: int, subvector_interval: int, chunk: int) -
 
 
 @torch.library.custom_op("dccnext::cluster_conv", mutates_args=())
-def _cluster_conv_op(tokens: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
-    return _plain_call(BACKENDS[select_backend(tokens)].conv, tokens, idx, weight, bias)
+def _cluster_conv_op(tokens: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     backend: str) -> torch.Tensor:
+    return _plain_call(BACKENDS[backend].conv, tokens, idx, weight, bias)
 
 
 @_cluster_conv_op.register_fake
-def _(tokens, idx, weight, bias=None):
+def _(tokens, idx, weight, bias, backend):
     return torch.empty_like(tokens)
 
 
@@ -267,17 +267,17 @@ def _(grad, tokens, idx, weight, backend):
 def _op_setup_context(ctx, inputs, output):
     """Saves the input, the int indices and the kernel (never the (B*N, K', E) gather), and the backend the
     forward ran with, so that the backward matches it whatever settings are active when it runs."""
-    tokens, idx, weight, bias = inputs
+    tokens, idx, weight, bias, backend = inputs
     ctx.save_for_backward(tokens, idx, weight)
     ctx.bias_dtype = None if bias is None else bias.dtype
-    ctx.backend = select_backend(tokens)
+    ctx.backend = backend
 
 
 def _op_backward(ctx, grad):
     tokens, idx, weight = ctx.saved_tensors
     grad_tokens, grad_weight = _cluster_conv_backward_op(grad.contiguous(), tokens, idx, weight, ctx.backend)
     grad_bias = None if ctx.bias_dtype is None else bias_grad(grad, ctx.bias_dtype)
-    return grad_tokens, None, grad_weight, grad_bias
+    return grad_tokens, None, grad_weight, grad_bias, None
 
 
 _cluster_conv_op.register_autograd(_op_backward, setup_context=_op_setup_context)
