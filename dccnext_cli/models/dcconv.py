@@ -10,8 +10,9 @@ the tests hold to the reference, and one function (`select_backend`) that picks 
 
 - `reference` (`dcconv_reference`): the oracle; any device without a faster backend, the meta device, and
   inside `torch.compile` (Inductor fuses it into the user's graph);
-- `inductor` (`dcconv_inductor`): on the CPU, the reference compiled by Inductor (under inference mode once
-  per channel width), a fixed handful of ops per layer whatever the batch;
+- `cpu` (`dcconv_cpu`): on the CPU, the default there: the indices and the convolution as small C++ loops compiled
+  on first use (a few calls per layer whatever the batch), the convolution's gradients by Inductor;
+- `inductor` (`dcconv_inductor`): the reference compiled by Inductor, one graph for every shape (any device);
 - `triton`, `triton-deterministic` (`dcconv_triton`): on CUDA, the reference's indices and the convolution in
   Triton kernels;
 - `export` (`dcconv_export`): exporting, tracing, scripting: plain ops for the `export_target` ("torch", "onnx").
@@ -104,6 +105,18 @@ def _inductor_backward(grad, tokens, idx, weight):
     return cluster_conv_inductor_backward(grad, tokens, idx, weight)
 
 
+def _cpu_indices(x: torch.Tensor, k: int, d: int, chunk: int) -> torch.Tensor:
+    from .dcconv_cpu import cluster_indices_cpu
+
+    return cluster_indices_cpu(x, k, d, chunk)
+
+
+def _cpu_conv(tokens, idx, weight, bias):
+    from .dcconv_cpu import cluster_conv_cpu
+
+    return cluster_conv_cpu(tokens, idx, weight, bias)
+
+
 def _triton_conv(tokens, idx, weight, bias):
     from .dcconv_triton import cluster_conv_triton  # on first use: Triton fixes its interpret mode at import
 
@@ -128,6 +141,7 @@ def _export_conv(tokens, idx, weight, bias):
 
 BACKENDS: dict[str, Backend] = {
     "reference": Backend(cluster_indices_reference, cluster_conv_reference, cluster_conv_reference_backward),
+    "cpu": Backend(_cpu_indices, _cpu_conv, _inductor_backward),
     "inductor": Backend(_inductor_indices, _inductor_conv, _inductor_backward),
     "triton": Backend(cluster_indices_reference, _triton_conv, _triton_backward(deterministic=False)),
     "triton-deterministic": Backend(cluster_indices_reference, _triton_conv, _triton_backward(deterministic=True)),
@@ -138,19 +152,28 @@ BACKENDS: dict[str, Backend] = {
 
 def select_backend(tensor: torch.Tensor) -> str:
     """The backend for `tensor` now: the export form while exporting; the reference on the meta device and inside
-    torch.compile (Inductor fuses it into the user's graph); else `operator_settings().backend`, whose "auto" is
-    Inductor on the CPU (where a C++ compiler is found), Triton on CUDA (where it is installed), else the reference.
+    torch.compile (Inductor fuses it into the user's graph); else `operator_settings().backend`, whose "auto" is the
+    native kernels on the CPU, Triton on CUDA (where it is installed), else the reference. The two compiled
+    backends need a C++ compiler: without one (said once) the reference runs.
     """
     if exporting():
         return "export"
     if tensor.device.type == "meta" or torch.compiler.is_compiling():
         return "reference"
     choice = operator_settings().backend
-    if choice == "inductor" or (choice == "auto" and tensor.device.type == "cpu"):
+    if choice == "cpu" or (choice == "auto" and tensor.device.type == "cpu"):
+        return "cpu" if tensor.device.type == "cpu" and _cpu_available() else "reference"
+    if choice == "inductor":
         return "inductor" if _inductor_available() else "reference"
     if choice != "auto":
         return choice
     return "triton" if tensor.is_cuda and _triton_installed() else "reference"
+
+
+def _cpu_available() -> bool:
+    from .dcconv_cpu import available
+
+    return available() and _inductor_available()  # its backward is Inductor's
 
 
 def _inductor_available() -> bool:

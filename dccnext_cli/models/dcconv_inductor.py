@@ -1,4 +1,4 @@
-"""DCConv's fused CPU backend: the reference formulation compiled by Inductor, once per channel width.
+"""DCConv's Inductor backend: the reference formulation compiled by Inductor, on any device.
 
 Eager PyTorch runs the reference as a few dozen small ops per layer (centring, the augmented rows, the
 selection keys, the gather, the product, the sum), each one a parallel region that waits for every thread.
@@ -12,10 +12,10 @@ as library calls, so a layer issues a fixed handful of aten ops whatever the bat
 - `cluster_conv_reference_backward`: its gradients (a scatter-add and a gathered product summed over rows), so
   that autograd keeps the input, the int indices and the kernel, never the (B*N, K', E) gather.
 
-The functions are compiled on first use (`_compile`: one graph for every shape, and under inference mode one
-per channel width) and cached by Inductor on disk (for this torch and thread count), so a later process loads
-them in about a second. Where no C++ compiler is found the backend is not offered and the reference runs instead
-(`available`, with a one-line note).
+The functions are compiled on first use (one graph for every shape) and cached by Inductor on disk (for this torch
+and thread count), so a later process loads them in about a second. The CPU's default backend (`dcconv_cpu`) runs
+its own kernels forward and this backward. Where no C++ compiler is found the backend is not offered and the
+reference runs instead (`available`, with a one-line note).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import functools
 import logging
 import os
 import shutil
-import types
 
 import torch
 
@@ -65,48 +64,13 @@ def available() -> bool:
     return found
 
 
-PER_WIDTH_ELEMENTS = 1_000_000  # from B2's stage-3 tokens at batch 8 and 224 px (8 x 196 x 640 = 1,003,520)
-
-
-def _compile(fn):
-    """Two compiled forms of `fn`, by mode:
-
-    - autograd and `no_grad` (training, its backward, evaluation during training): one graph dynamic in every size,
-      so the same kernels run whatever the process ran before, and a resumed run repeats the uninterrupted one
-      bitwise;
-    - `torch.inference_mode()` on inputs of at least `PER_WIDTH_ELEMENTS`: one copy per channel width (the last
-      size of the first argument) with torch.compile's default shapes, specialised at first use, then dynamic in
-      just the sizes that change (batch, tokens, K'). Dynamic in the rows and the width together, Inductor's loops
-      ran 2-3x slower (B2's stage-3 layer at batch 32: the convolution 8.3 against 2.8 ms); which kernel runs then
-      depends on the shapes met before, which can move the last bits of a result. Dynamo keeps its graphs per code
-      object, hence a copy of the code per width. Smaller inputs (B2 at batch 1: a layer 0.30 against 0.41 ms
-      in a loop, less in the model) do not pay for the extra compiles (the test suite compiled about 100 s more
-      with an empty cache).
-
-    Past Dynamo's recompile limit a form runs its function eagerly."""
-    anywhere = torch.compile(fn, dynamic=True)
-
-    @functools.cache
-    def for_width(width: int):
-        code = fn.__code__.replace(co_name=f"{fn.__name__}_{width}")
-        copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-        copy.__kwdefaults__ = fn.__kwdefaults__
-        return torch.compile(copy)
-
-    @functools.wraps(fn)
-    def compiled(first: torch.Tensor, *args):
-        if torch.is_inference_mode_enabled() and first.numel() >= PER_WIDTH_ELEMENTS:
-            return for_width(first.shape[-1])(first, *args)
-        return anywhere(first, *args)
-
-    return compiled
-
-
-compiled_prepare = _compile(subvector_rows)
-compiled_select = _compile(select_chunk)
-compiled_select_all = _compile(select_all)
-compiled_conv = _compile(cluster_conv_reference)
-compiled_backward = _compile(cluster_conv_reference_backward)
+# One graph for every shape (dynamic in every size): the same kernels run whatever the process ran before, so a
+# resumed training repeats the uninterrupted one bitwise. Past Dynamo's recompile limit a function runs eagerly.
+compiled_prepare = torch.compile(subvector_rows, dynamic=True)
+compiled_select = torch.compile(select_chunk, dynamic=True)
+compiled_select_all = torch.compile(select_all, dynamic=True)
+compiled_conv = torch.compile(cluster_conv_reference, dynamic=True)
+compiled_backward = torch.compile(cluster_conv_reference_backward, dynamic=True)
 
 
 def cluster_conv_inductor(tokens: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,

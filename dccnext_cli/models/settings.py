@@ -32,12 +32,13 @@ __all__ = ["OperatorSettings", "operator_settings", "set_operator_settings", "us
 class OperatorSettings:
     """How DCConv computes (models/dcconv.py's backend table); measured on the project's 2-core AMD EPYC."""
 
-    # Which formulation runs in eager mode: "reference" (plain aten ops, the oracle), "inductor" (the reference
-    # compiled once by Inductor: a fixed handful of ops per layer; needs a C++ compiler, else the reference),
-    # "triton" (CUDA kernels, atomic scatter-add backward), "triton-deterministic" (backward through the reverse
-    # index) or "auto": Inductor on the CPU, Triton on CUDA where it is installed, else the reference. Exporting,
-    # the meta device and torch.compile pick their own form whatever this says.
-    backend: Literal["auto", "reference", "inductor", "triton", "triton-deterministic"] = "auto"
+    # Which formulation runs in eager mode: "reference" (plain aten ops, the oracle), "cpu" (small C++ loops
+    # compiled on first use, CPU tensors only), "inductor" (the reference compiled by Inductor; both need a C++
+    # compiler, else the reference runs), "triton" (CUDA kernels, atomic scatter-add backward),
+    # "triton-deterministic" (backward through the reverse index) or "auto": "cpu" on the CPU, Triton on CUDA where
+    # it is installed, else the reference. Exporting, the meta device and torch.compile pick their own form
+    # whatever this says.
+    backend: Literal["auto", "reference", "cpu", "inductor", "triton", "triton-deterministic"] = "auto"
     # The form exported graphs take: "torch" (torch.export, TorchScript: a stable sort, the convolution one slot
     # at a time) or "onnx" (a topk, one gather of all slots, the GELU in the op order onnxruntime fuses; the ONNX
     # export sets it).

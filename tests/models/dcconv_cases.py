@@ -136,3 +136,20 @@ def assert_within_bf16_rounding(out: torch.Tensor, ref: torch.Tensor) -> None:
     err = (out.detach().double() - ref).abs()
     half_ulp = torch.exp2(torch.floor(torch.log2(ref.abs())) - 8)
     assert torch.all(err <= half_ulp * 1.01 + 1e-6), f"max error {float((err / half_ulp).max()):.2f} half-ulps"
+
+
+def hostile_distances(seed: int) -> torch.Tensor:
+    """(2, 24, 24) float32 distances with every case where int32 bit order and float order part or ties hide:
+    small integers (many exact ties) in image 0, distinct values in image 1, then -0.0 beside +0.0, small
+    negatives (expansion round-off), +-inf, NaNs with both signs and another payload; the diagonal -inf."""
+    g = torch.Generator().manual_seed(seed)
+    dist = torch.randint(0, 6, (2, 24, 24), generator=g).float()
+    dist[1] = torch.rand(24, 24, generator=g) + 1.0  # distinct values: a special value is the row's only trap
+    specials = torch.tensor([-0.0, 0.0, -1e-7, -3.0, float("inf"), float("-inf"), float("nan"), -float("nan")])
+    odd_nan = torch.tensor([0x7FC00001], dtype=torch.int32).view(torch.float32)
+    pool = torch.cat([specials, odd_nan])
+    where = torch.rand(dist.shape, generator=g) < 0.04
+    where[1, :6] = False  # rows with no special value and no tie
+    dist[where] = pool[torch.randint(0, len(pool), (int(where.sum()),), generator=g)]
+    dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    return dist

@@ -10,6 +10,7 @@ import torch
 from dcconv_cases import (
     assert_spike_sums_in_float32,
     direct_float64_indices,
+    hostile_distances,
     integer_tokens,
     naive_dcconv,
     naive_indices,
@@ -130,27 +131,10 @@ def test_chunks_of_a_few_rows_keep_exact_ties():
     assert torch.equal(whole, naive_indices(x, 12, 2))
 
 
-def _hostile_distances(seed: int) -> torch.Tensor:
-    """(2, 24, 24) float32 distances with every case where int32 bit order and float order part or ties hide:
-    small integers (many exact ties) in image 0, distinct values in image 1, then -0.0 beside +0.0, small
-    negatives (expansion round-off), +-inf, NaNs with both signs and another payload; the diagonal -inf."""
-    g = torch.Generator().manual_seed(seed)
-    dist = torch.randint(0, 6, (2, 24, 24), generator=g).float()
-    dist[1] = torch.rand(24, 24, generator=g) + 1.0  # distinct values: a special value is the row's only trap
-    specials = torch.tensor([-0.0, 0.0, -1e-7, -3.0, float("inf"), float("-inf"), float("nan"), -float("nan")])
-    odd_nan = torch.tensor([0x7FC00001], dtype=torch.int32).view(torch.float32)
-    pool = torch.cat([specials, odd_nan])
-    where = torch.rand(dist.shape, generator=g) < 0.04
-    where[1, :6] = False  # rows with no special value and no tie
-    dist[where] = pool[torch.randint(0, len(pool), (int(where.sum()),), generator=g)]
-    dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-    return dist
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("k", [1, 5, 23, 24])
 def test_keyed_selection_equals_the_stable_sort_on_hostile_distances(seed, k):
-    dist = _hostile_distances(seed)
+    dist = hostile_distances(seed)
     assert torch.equal(nearest_keyed(dist, k), nearest_sorted(dist, k))
 
 

@@ -14,7 +14,7 @@ from dcconv_cases import assert_spike_sums_in_float32, assert_within_bf16_roundi
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from dccnext_cli.models import dcconv_inductor
+from dccnext_cli.models import dcconv_cpu, dcconv_inductor
 from dccnext_cli.models.dccnext import create_dccnext
 from dccnext_cli.models.dcconv import (
     BACKENDS,
@@ -26,11 +26,11 @@ from dccnext_cli.models.dcconv import (
 )
 from dccnext_cli.models.settings import OperatorSettings, use_operator_settings
 
-CPU_DEFAULT = "inductor" if dcconv_inductor.available() else "reference"
+CPU_DEFAULT = "cpu" if dcconv_cpu.available() and dcconv_inductor.available() else "reference"
 
 
 def test_the_table_holds_each_formulation_once_and_at_most_six_settings():
-    assert set(BACKENDS) == {"reference", "inductor", "triton", "triton-deterministic", "export"}
+    assert set(BACKENDS) == {"reference", "cpu", "inductor", "triton", "triton-deterministic", "export"}
     assert len(dataclasses.fields(OperatorSettings)) <= 6
 
 
@@ -161,7 +161,7 @@ def two_threads():
 
 def test_b2_issues_the_same_ops_at_batch_1_and_8_within_1_5x_convformer_s18(two_threads, fresh_compiles):
     """The bar of docs/speed.md, at 224 px: the per-layer DCConv kernels do not loop over the batch or the slots."""
-    if CPU_DEFAULT != "inductor":
+    if CPU_DEFAULT != "cpu":
         pytest.skip("no C++ compiler: the reference runs, with more ops per layer")
     b2 = create_dccnext("b2").eval()
     convformer = timm.create_model("convformer_s18").eval()

@@ -1,7 +1,8 @@
-"""The fused CPU backend (the reference compiled by Inductor) against the reference: indices, outputs, gradients,
-ties, bfloat16 sums, and a fixed number of aten ops per layer whatever the batch.
+"""The two compiled CPU backends against the reference: `cpu` (the native kernels, the default there) and `inductor`
+(the reference compiled by Inductor): indices, outputs, gradients, ties, bfloat16 sums, and a fixed number of aten
+ops per layer whatever the batch. What only the native kernels do is in test_dcconv_cpu.py.
 
-The first run compiles (tens of seconds on 2 cores); Inductor's on-disk cache serves later runs.
+The first run compiles (tens of seconds on 2 cores for Inductor); the on-disk caches serve later runs.
 """
 
 from __future__ import annotations
@@ -14,22 +15,25 @@ import torch
 from dcconv_cases import assert_spike_sums_in_float32, grads_of, integer_tokens, naive_indices, offset_tokens
 from torch.profiler import ProfilerActivity, profile
 
-from dccnext_cli.models import dcconv_inductor
+from dccnext_cli.models import dcconv_cpu, dcconv_inductor
 from dccnext_cli.models.dcconv import DCConv, cluster_conv, cluster_indices, select_backend
 from dccnext_cli.models.dcconv_reference import cluster_conv_reference, cluster_indices_reference
 from dccnext_cli.models.settings import use_operator_settings
 
-pytestmark = pytest.mark.skipif(not dcconv_inductor.available(), reason="no C++ compiler for Inductor")
+pytestmark = pytest.mark.skipif(not (dcconv_inductor.available() and dcconv_cpu.available()),
+                                reason="no C++ compiler")
 
 
-@pytest.fixture(autouse=True)
-def _inductor():
-    with use_operator_settings(backend="inductor"):
-        yield
+@pytest.fixture(autouse=True, params=["cpu", "inductor"])
+def backend(request):
+    with use_operator_settings(backend=request.param):
+        yield request.param
 
 
-def test_it_is_what_the_cpu_runs():
-    assert select_backend(torch.empty(1)) == "inductor"
+def test_it_is_what_runs(backend):
+    assert select_backend(torch.empty(1)) == backend
+    with use_operator_settings(backend="auto"):
+        assert select_backend(torch.empty(1)) == "cpu", "the CPU's default"
 
 
 @pytest.mark.parametrize("shape, k, d", [((2, 5, 6, 24), 12, 8), ((1, 3, 3, 16), 18, 1), ((3, 7, 5, 32), 5, 4)])
@@ -96,23 +100,26 @@ def test_a_layer_issues_the_same_few_ops_at_any_batch(fresh_compiles):
     small = aten_ops(layer, torch.randn(2, 14, 14, 320))
     large = aten_ops(layer, torch.randn(16, 14, 14, 320))
     assert large == small, f"op counts differ: {sorted((small - large) + (large - small))}"
-    assert {"aten::bmm", "aten::topk"} <= set(small), "profiled the layer"
-    assert small.total() <= 12, small  # the reference issues about 40
+    assert "aten::bmm" in small, "profiled the layer"
+    assert small.total() <= 14, small  # mostly views and allocations; the reference issues about 40
     with use_operator_settings(backend="reference"):
         assert aten_ops(layer, torch.randn(2, 14, 14, 320)).total() > 3 * small.total()
 
 
-def test_without_a_compiler_the_reference_runs_with_a_note(monkeypatch, caplog):
+def test_without_a_compiler_the_reference_runs_with_a_note(monkeypatch, caplog, backend):
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     dcconv_inductor.available.cache_clear()
+    dcconv_cpu._library.cache_clear()
     try:
         with caplog.at_level(logging.WARNING):
             assert select_backend(torch.empty(1)) == "reference"
-        assert [r.message for r in caplog.records if "no C++ compiler" in r.message]
+        notes = [r.message for r in caplog.records if "no C++ compiler" in r.message]
+        assert len(notes) == 1 and "/nonexistent/c++" in notes[0], notes
     finally:
         monkeypatch.undo()
         dcconv_inductor.available.cache_clear()
-    assert select_backend(torch.empty(1)) == "inductor"
+        dcconv_cpu._library.cache_clear()
+    assert select_backend(torch.empty(1)) == backend
 
 
 def test_backward_keeps_no_gathered_tensor():
