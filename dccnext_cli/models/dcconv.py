@@ -35,6 +35,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module, trunc_normal_
 from torch.utils.flop_counter import register_flop_formula
 
+from . import dcconv_cpu
 from .dcconv_export import (
     cluster_conv_export,
     cluster_conv_plain,
@@ -105,18 +106,6 @@ def _inductor_backward(grad, tokens, idx, weight):
     return cluster_conv_inductor_backward(grad, tokens, idx, weight)
 
 
-def _cpu_indices(x: torch.Tensor, k: int, d: int, chunk: int) -> torch.Tensor:
-    from .dcconv_cpu import cluster_indices_cpu
-
-    return cluster_indices_cpu(x, k, d, chunk)
-
-
-def _cpu_conv(tokens, idx, weight, bias):
-    from .dcconv_cpu import cluster_conv_cpu
-
-    return cluster_conv_cpu(tokens, idx, weight, bias)
-
-
 def _triton_conv(tokens, idx, weight, bias):
     from .dcconv_triton import cluster_conv_triton  # on first use: Triton fixes its interpret mode at import
 
@@ -141,7 +130,7 @@ def _export_conv(tokens, idx, weight, bias):
 
 BACKENDS: dict[str, Backend] = {
     "reference": Backend(cluster_indices_reference, cluster_conv_reference, cluster_conv_reference_backward),
-    "cpu": Backend(_cpu_indices, _cpu_conv, _inductor_backward),
+    "cpu": Backend(dcconv_cpu.cluster_indices_cpu, dcconv_cpu.cluster_conv_cpu, _inductor_backward),
     "inductor": Backend(_inductor_indices, _inductor_conv, _inductor_backward),
     "triton": Backend(cluster_indices_reference, _triton_conv, _triton_backward(deterministic=False)),
     "triton-deterministic": Backend(cluster_indices_reference, _triton_conv, _triton_backward(deterministic=True)),
@@ -162,18 +151,13 @@ def select_backend(tensor: torch.Tensor) -> str:
         return "reference"
     choice = operator_settings().backend
     if choice == "cpu" or (choice == "auto" and tensor.device.type == "cpu"):
-        return "cpu" if tensor.device.type == "cpu" and _cpu_available() else "reference"
+        # built means a C++ compiler was found, the one Inductor's backward (this backend's) needs too
+        return "cpu" if tensor.device.type == "cpu" and dcconv_cpu.available() else "reference"
     if choice == "inductor":
         return "inductor" if _inductor_available() else "reference"
     if choice != "auto":
         return choice
     return "triton" if tensor.is_cuda and _triton_installed() else "reference"
-
-
-def _cpu_available() -> bool:
-    from .dcconv_cpu import available
-
-    return available() and _inductor_available()  # its backward is Inductor's
 
 
 def _inductor_available() -> bool:

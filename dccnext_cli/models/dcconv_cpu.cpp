@@ -17,6 +17,12 @@ inline int32_t order_key(float v) {
     return v != v ? 0x7FFFFFFF : bits;
 }
 
+inline int64_t min_of(const int64_t* values, int64_t count) {
+    int64_t smallest = INT64_MAX;
+    for (int64_t i = 0; i < count; ++i) smallest = values[i] < smallest ? values[i] : smallest;
+    return smallest;
+}
+
 inline float as_float(float v) { return v; }
 
 inline float as_float(uint16_t bf16) {  // bfloat16 bits: the high half of a float32
@@ -48,36 +54,45 @@ extern "C" {
 // Centred float32 sub-vectors (channels 0, d, 2d, ... of tokens (batch, n, channels)) as augmented rows:
 // queries (batch, n, s + 2) = [c, |c|^2, 1], keys (batch, n, s + 2) = [-2c, 1, |c|^2]. The centre of each image
 // and channel is its mean over the tokens rounded to a power-of-two grid at or below the spread (in double).
+// Three loops over rows, (image, channel) pairs and rows again: the tokens are read once (the sub-vectors land in
+// the queries' first s columns), so a layer's input that is out of cache is fetched by every thread at once.
 void dcc_subvector_rows(const float* tokens, int64_t batch, int64_t n, int64_t channels, int64_t d, int64_t s,
                         float* queries, float* keys, int threads) {
     const int64_t width = s + 2;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && batch > 1)
-    for (int64_t b = 0; b < batch; ++b) {
-        const float* image = tokens + b * n * channels;
-        std::vector<double> mean(s, 0.0), var(s, 0.0);
-        std::vector<float> shift(s);
-        for (int64_t t = 0; t < n; ++t)
-            for (int64_t j = 0; j < s; ++j) mean[j] += image[t * channels + j * d];
-        for (int64_t j = 0; j < s; ++j) mean[j] /= static_cast<double>(n);
-        for (int64_t t = 0; t < n; ++t)
-            for (int64_t j = 0; j < s; ++j) {
-                const double dev = image[t * channels + j * d] - mean[j];
-                var[j] += dev * dev;
+    const int64_t rows_total = batch * n;
+    std::vector<float> shift(batch * s);
+#pragma omp parallel num_threads(threads) if (threads > 1 && rows_total * s >= 4096)
+    {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows_total; ++r) {
+            const float* row = tokens + r * channels;
+            float* q = queries + r * width;
+            for (int64_t j = 0; j < s; ++j) q[j] = row[j * d];
+        }
+#pragma omp for schedule(static)
+        for (int64_t pair = 0; pair < batch * s; ++pair) {
+            const float* column = queries + (pair / s) * n * width + pair % s;
+            double mean = 0.0, var = 0.0;
+            for (int64_t t = 0; t < n; ++t) mean += column[t * width];
+            mean /= static_cast<double>(n);
+            for (int64_t t = 0; t < n; ++t) {
+                const double dev = column[t * width] - mean;
+                var += dev * dev;
             }
-        for (int64_t j = 0; j < s; ++j) {
-            double spread = std::sqrt(var[j] / static_cast<double>(n));
+            double spread = std::sqrt(var / static_cast<double>(n));
             spread = spread < 0x1p-100 ? 0x1p-100 : spread;  // NaN stays NaN, as torch's clamp_min
             const double step = std::exp2(std::floor(std::log2(spread)));
-            const double centre = std::nearbyint(mean[j] / step) * step;  // half to even, as torch.round
-            shift[j] = std::isfinite(centre) ? static_cast<float>(centre) : 0.0f;
+            const double centre = std::nearbyint(mean / step) * step;  // half to even, as torch.round
+            shift[pair] = std::isfinite(centre) ? static_cast<float>(centre) : 0.0f;
         }
-        for (int64_t t = 0; t < n; ++t) {
-            const float* row = image + t * channels;
-            float* q = queries + (b * n + t) * width;
-            float* k = keys + (b * n + t) * width;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows_total; ++r) {
+            const float* centre = shift.data() + (r / n) * s;
+            float* q = queries + r * width;
+            float* k = keys + r * width;
             float sq = 0.0f;
             for (int64_t j = 0; j < s; ++j) {
-                const float c = row[j * d] - shift[j];
+                const float c = q[j] - centre[j];
                 q[j] = c;
                 k[j] = c * -2.0f;
                 sq += c * c;
@@ -92,36 +107,33 @@ void dcc_subvector_rows(const float* tokens, int64_t batch, int64_t n, int64_t c
 
 // The k nearest columns of each row of dist (rows_total = images x rows, n columns), ascending, ties to the
 // lower column; the row's own token (row % rows + start) first as if its distance were -inf. Out: int64.
+// Each column becomes one unique int64 key, (order key << 32) + column; the keys sit in blocks of 16 with each
+// block's minimum kept aside, so taking the next nearest is one minimum over the block minima and one over the
+// block it came from: branch-free loops the compiler vectorises (a sorted insertion list spent most of its
+// time in mispredicted branches, and ATen's topk on the same keys took several times longer).
 void dcc_nearest(const float* dist, int64_t rows_total, int64_t rows, int64_t n, int64_t start, int64_t k,
                  int64_t* out, int threads) {
-    const int32_t centre_key = order_key(-INFINITY);
+    constexpr int64_t lanes = 16;
+    constexpr int64_t taken = INT64_MAX;
+    const int64_t blocks = (n + lanes - 1) / lanes;
+    const int64_t centre_key = static_cast<int64_t>(order_key(-INFINITY)) * (int64_t{1} << 32);
 #pragma omp parallel num_threads(threads) if (threads > 1 && rows_total * n >= 32768)
     {
-        std::vector<int32_t> best(k);
-        std::vector<int64_t> ids(k);
+        std::vector<int64_t> keys(blocks * lanes, taken), minima(blocks);
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows_total; ++r) {
             const float* row = dist + r * n;
+            for (int64_t j = 0; j < n; ++j) keys[j] = static_cast<int64_t>(order_key(row[j])) * (int64_t{1} << 32) + j;
             const int64_t centre = r % rows + start;
-            int64_t filled = 0;
-            int32_t worst = 0;
-            for (int64_t j = 0; j < n; ++j) {
-                const int32_t key = j == centre ? centre_key : order_key(row[j]);
-                if (filled == k) {
-                    if (key >= worst) continue;  // ties keep the lower column, already in
-                } else {
-                    ++filled;
-                }
-                int64_t p = filled - 1;
-                for (; p > 0 && best[p - 1] > key; --p) {
-                    best[p] = best[p - 1];
-                    ids[p] = ids[p - 1];
-                }
-                best[p] = key;
-                ids[p] = j;
-                worst = best[filled - 1];
+            keys[centre] = centre_key + centre;
+            for (int64_t b = 0; b < blocks; ++b) minima[b] = min_of(keys.data() + b * lanes, lanes);
+            for (int64_t slot = 0; slot < k; ++slot) {
+                const int64_t column = min_of(minima.data(), blocks) & 0xFFFFFFFF;
+                out[r * k + slot] = column;
+                keys[column] = taken;
+                const int64_t b = column / lanes;
+                minima[b] = min_of(keys.data() + b * lanes, lanes);
             }
-            std::memcpy(out + r * k, ids.data(), k * sizeof(int64_t));
         }
     }
 }
