@@ -171,18 +171,15 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _as_custom_ops() -> bool:
-    """Eager mode: compilers and exporters trace the backends' own ops instead."""
-    return not (torch.compiler.is_compiling() or exporting())
+def _as_custom_ops(backend: str) -> bool:
+    """Eager mode (given the backend `select_backend` picked): compilers and exporters trace the backends' own ops
+    instead."""
+    return backend != "export" and not torch.compiler.is_compiling()
 
 
 def _chunk_elements(tensor: torch.Tensor) -> int:
     settings = operator_settings()
     return settings.distance_chunk_elements if tensor.device.type == "cpu" else settings.device_distance_elements
-
-
-def _indices(x: torch.Tensor, cluster_size: int, subvector_interval: int, chunk_elements: int) -> torch.Tensor:
-    return BACKENDS[select_backend(x)].indices(x, cluster_size, subvector_interval, chunk_elements)
 
 
 def cluster_indices(
@@ -204,9 +201,10 @@ def cluster_indices(
     if subvector_interval < 1:
         raise ValueError(f"subvector_interval must be >= 1, got {subvector_interval}")
     chunk = chunk_elements or _chunk_elements(x)
-    if _as_custom_ops():
-        return _cluster_indices_op(x, cluster_size, subvector_interval, chunk)
-    return _indices(x, cluster_size, subvector_interval, chunk)
+    backend = select_backend(x)
+    if _as_custom_ops(backend):
+        return _cluster_indices_op(x, cluster_size, subvector_interval, chunk, backend)
+    return BACKENDS[backend].indices(x, cluster_size, subvector_interval, chunk)
 
 
 def cluster_conv(
@@ -216,12 +214,13 @@ def cluster_conv(
         bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`cluster_conv_reference`'s result by the backend `select_backend` picks, forward and backward."""
-    if _as_custom_ops():
-        return _cluster_conv_op(tokens, idx, weight, bias, select_backend(tokens))
-    return BACKENDS[select_backend(tokens)].conv(tokens, idx, weight, bias)
+    backend = select_backend(tokens)
+    if _as_custom_ops(backend):
+        return _cluster_conv_op(tokens, idx, weight, bias, backend)
+    return BACKENDS[backend].conv(tokens, idx, weight, bias)
 
 
-# --- the layer as custom ops in eager mode; the convolution's op is given the backend `cluster_conv` selected ---
+# --- the layer as custom ops in eager mode, each given the backend `select_backend` picked for it ---
 
 def _plain_call(fn: Callable, *args):
     """A backend called on plain tensors: no autograd, no autocast and no grad flags (a compiled backend guards on
@@ -235,12 +234,13 @@ def _plain_call(fn: Callable, *args):
 
 
 @torch.library.custom_op("dccnext::cluster_indices", mutates_args=())
-def _cluster_indices_op(x: torch.Tensor, cluster_size: int, subvector_interval: int, chunk: int) -> torch.Tensor:
-    return _plain_call(_indices, x, cluster_size, subvector_interval, chunk)
+def _cluster_indices_op(x: torch.Tensor, cluster_size: int, subvector_interval: int, chunk: int,
+                        backend: str) -> torch.Tensor:
+    return _plain_call(BACKENDS[backend].indices, x, cluster_size, subvector_interval, chunk)
 
 
 @_cluster_indices_op.register_fake
-def _(x: torch.Tensor, cluster_size: int, subvector_interval: int, chunk: int) -> torch.Tensor:
+def _(x: torch.Tensor, cluster_size: int, subvector_interval: int, chunk: int, backend: str) -> torch.Tensor:
     num_tokens = x.shape[1] * x.shape[2] if x.ndim == 4 else x.shape[1]
     k = effective_cluster_size(cluster_size, num_tokens)
     return x.new_empty((x.shape[0], num_tokens, k), dtype=torch.int64)
