@@ -53,7 +53,7 @@ def layer_rows(batches: list[int]) -> list[str]:
     layer = DCConv(640, cluster_size=12, subvector_interval=8).eval()  # B2's stage 3: E = 2C = 640, 14x14 at 224
     lines = ["| DCConv backend (stage 3 layer) | " + " | ".join(f"batch {b}" for b in batches) + " |",
              "|---|" + "---:|" * len(batches)]
-    for backend in ("reference", "inductor"):
+    for backend in ("reference", "cpu", "inductor"):
         with use_operator_settings(backend=backend):
             row = [aten_ops(layer, torch.randn(b, 14, 14, 640)) for b in batches]
         lines.append(f"| {backend} | " + " | ".join(f"{n:,}" for n in row) + " |")
