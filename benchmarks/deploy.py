@@ -61,6 +61,9 @@ def onnx_session(model: nn.Module, folder: Path, name: str, profile: bool = Fals
     write_onnx_graph(_NamedInput(model).eval(), torch.randn(2, 3, *SIZE), path)
     options = ort.SessionOptions()  # graph optimisations: the default, ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
+    # no spinning after a run: interleaved with torch's cases, onnxruntime's spinning threads took the cores from
+    # the next case (eager B2 at batch 1: 77-83 ms in the table, 42 ms without it)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = str(folder / f"{name}-profile")

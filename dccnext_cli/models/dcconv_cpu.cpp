@@ -54,45 +54,38 @@ extern "C" {
 // Centred float32 sub-vectors (channels 0, d, 2d, ... of tokens (batch, n, channels)) as augmented rows:
 // queries (batch, n, s + 2) = [c, |c|^2, 1], keys (batch, n, s + 2) = [-2c, 1, |c|^2]. The centre of each image
 // and channel is its mean over the tokens rounded to a power-of-two grid at or below the spread (in double).
-// Three loops over rows, (image, channel) pairs and rows again: the tokens are read once (the sub-vectors land in
-// the queries' first s columns), so a layer's input that is out of cache is fetched by every thread at once.
+// One parallel loop over images: one barrier a call (each barrier waits for every thread, which a busy machine
+// may have descheduled).
 void dcc_subvector_rows(const float* tokens, int64_t batch, int64_t n, int64_t channels, int64_t d, int64_t s,
                         float* queries, float* keys, int threads) {
     const int64_t width = s + 2;
-    const int64_t rows_total = batch * n;
-    std::vector<float> shift(batch * s);
-#pragma omp parallel num_threads(threads) if (threads > 1 && rows_total * s >= 4096)
-    {
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows_total; ++r) {
-            const float* row = tokens + r * channels;
-            float* q = queries + r * width;
-            for (int64_t j = 0; j < s; ++j) q[j] = row[j * d];
-        }
-#pragma omp for schedule(static)
-        for (int64_t pair = 0; pair < batch * s; ++pair) {
-            const float* column = queries + (pair / s) * n * width + pair % s;
-            double mean = 0.0, var = 0.0;
-            for (int64_t t = 0; t < n; ++t) mean += column[t * width];
-            mean /= static_cast<double>(n);
-            for (int64_t t = 0; t < n; ++t) {
-                const double dev = column[t * width] - mean;
-                var += dev * dev;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && batch > 1)
+    for (int64_t b = 0; b < batch; ++b) {
+        const float* image = tokens + b * n * channels;
+        std::vector<double> mean(s, 0.0), var(s, 0.0);
+        std::vector<float> shift(s);
+        for (int64_t t = 0; t < n; ++t)
+            for (int64_t j = 0; j < s; ++j) mean[j] += image[t * channels + j * d];
+        for (int64_t j = 0; j < s; ++j) mean[j] /= static_cast<double>(n);
+        for (int64_t t = 0; t < n; ++t)
+            for (int64_t j = 0; j < s; ++j) {
+                const double dev = image[t * channels + j * d] - mean[j];
+                var[j] += dev * dev;
             }
-            double spread = std::sqrt(var / static_cast<double>(n));
+        for (int64_t j = 0; j < s; ++j) {
+            double spread = std::sqrt(var[j] / static_cast<double>(n));
             spread = spread < 0x1p-100 ? 0x1p-100 : spread;  // NaN stays NaN, as torch's clamp_min
             const double step = std::exp2(std::floor(std::log2(spread)));
-            const double centre = std::nearbyint(mean / step) * step;  // half to even, as torch.round
-            shift[pair] = std::isfinite(centre) ? static_cast<float>(centre) : 0.0f;
+            const double centre = std::nearbyint(mean[j] / step) * step;  // half to even, as torch.round
+            shift[j] = std::isfinite(centre) ? static_cast<float>(centre) : 0.0f;
         }
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows_total; ++r) {
-            const float* centre = shift.data() + (r / n) * s;
-            float* q = queries + r * width;
-            float* k = keys + r * width;
+        for (int64_t t = 0; t < n; ++t) {
+            const float* row = image + t * channels;
+            float* q = queries + (b * n + t) * width;
+            float* k = keys + (b * n + t) * width;
             float sq = 0.0f;
             for (int64_t j = 0; j < s; ++j) {
-                const float c = q[j] - centre[j];
+                const float c = row[j * d] - shift[j];
                 q[j] = c;
                 k[j] = c * -2.0f;
                 sq += c * c;
