@@ -54,12 +54,18 @@ def test_a_chunk_that_does_not_fit_is_refused():
 
 
 @pytest.mark.parametrize("offset", [0.0, 100.0])
-def test_centred_rows_equal_the_reference(offset):
-    tokens = torch.randn(3, 50, 40) * 4 + offset
-    tokens[1, 7, 0] = float("nan")  # a NaN token: its channel is not shifted, as nan_to_num does
-    tokens[2, 3, 8] = float("inf")
+@pytest.mark.parametrize("batch", [1, 3])  # with two threads: one image, and images shared out
+def test_centred_rows_equal_the_reference(offset, batch):
+    tokens = torch.randn(batch, 50, 40) * 4 + offset
+    tokens[0, 7, 0] = float("nan")  # a NaN token: its channel is not shifted, as nan_to_num does
+    tokens[-1, 3, 8] = float("inf")
     want_q, want_kt = subvector_rows(tokens, 4)
-    got_q, got_kt = dcconv_cpu.subvector_rows_cpu(tokens, 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got_q, got_kt = dcconv_cpu.subvector_rows_cpu(tokens, 4)
+    finally:
+        torch.set_num_threads(before)
     assert got_kt.shape == want_kt.shape and got_kt.stride() == want_kt.stride(), "the same matmul operand layout"
     torch.testing.assert_close(got_q[..., :-2], want_q[..., :-2], equal_nan=True, rtol=0, atol=0)  # bit for bit
     torch.testing.assert_close(got_q, want_q, equal_nan=True, rtol=1e-6, atol=0)  # |c|^2 summed in another order
