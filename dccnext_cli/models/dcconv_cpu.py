@@ -99,7 +99,7 @@ def _library() -> ctypes.CDLL | None:
         log.warning("DCConv: no C++ compiler (%s) found, so the native CPU kernels are off; install g++ to turn "
                     "them on.", compiler)
         return None
-    problem = ""
+    problem: list[str] = []
     for flags in FLAG_SETS:
         try:
             library = ctypes.CDLL(str(_build(compiler, flags)))
@@ -110,8 +110,8 @@ def _library() -> ctypes.CDLL | None:
             getattr(library, name).argtypes = argtypes
             getattr(library, name).restype = ctypes.c_int64 if name.startswith("dcc_cluster_conv") else None
         return library
-    log.warning("DCConv: the native CPU kernels did not build with %s (%s); another backend runs instead.",
-                compiler, " ".join(problem) or "no output")
+    log.warning("DCConv: the native CPU kernels did not build with %s (%s); the reference runs instead (same "
+                "numbers, slower).", compiler, " ".join(problem) or "no output")
     return None
 
 
