@@ -76,8 +76,8 @@ def test_centred_rows_equal_the_reference(offset, batch):
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("channels", [64, 24])
 def test_convolution_equals_the_reference(dtype, with_bias, channels):
-    """Bit for bit at widths ATen's sum vectorises whole (multiples of 32, as every DCCNeXt width); at others
-    ATen sums its remainder lanes in another order."""
+    """Bit for bit at widths ATen's sum vectorises whole (multiples of 32, as every DCCNeXt width) and up to 17
+    slots; at other widths ATen sums its remainder lanes in another order (and 18 slots or more, too)."""
     g = torch.Generator().manual_seed(1)
     tokens = torch.randn(2, 30, channels, generator=g).to(dtype)
     idx = cluster_indices_reference(tokens, 9, 4, 1 << 21)
