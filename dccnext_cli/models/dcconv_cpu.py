@@ -1,8 +1,8 @@
 """DCConv's native CPU backend: the reference formulation as three small C++ loops (`dcconv_cpu.cpp`).
 
-On a CPU a layer is mostly fixed costs: at batch 1 and 224 px, Inductor's compiled form of the reference spent more
-time entering its two compiled calls (about 70-90 us each, guards included) than in its loops, and at batch 32 ATen's
-`topk` over int64 selection keys was most of the layer. Here each step is one call of a plain OpenMP loop:
+On a CPU a layer is mostly fixed costs: at batch 1 and 224 px each of the two compiled calls of Inductor's form of
+the reference cost tens of microseconds before its loops ran (Dynamo's guards, the call wrapper), and at batch 32
+ATen's `topk` over int64 selection keys was most of the layer. Here each step is one call of a plain OpenMP loop:
 
 - `dcc_subvector_rows`: the centred sub-vectors as the augmented query and key rows (as `subvector_rows`);
 - the distances stay one `torch.bmm` (the same matmul, so the same numbers, as every other backend);
