@@ -27,7 +27,7 @@ class Prediction:
         return {"image": self.image, "top": [{"class": c, "probability": p} for c, p in self.top]}
 
 
-@torch.inference_mode()  # (DCConv's fastest CPU kernels run under inference mode; see models/dcconv_inductor.py)
+@torch.inference_mode()  # no autograd bookkeeping at all (lighter than no_grad)
 def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 32,
             device: str | torch.device | None = None, precision: str = DEFAULT_PRECISION) -> list[Prediction]:
     """Every image is loaded (and checked) before the model runs, so a bad file fails fast.

@@ -1,6 +1,6 @@
 // DCConv's native CPU kernels: models/dcconv_cpu.py compiles this file on first use and calls it through ctypes.
 // Plain C++ and OpenMP, no torch headers, so it compiles in under a second. Each function is one step of the
-// reference formulation (models/dcconv_reference.py) in one parallel loop over rows.
+// reference formulation (models/dcconv_reference.py) in one parallel loop.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -45,6 +45,44 @@ inline uint16_t from_float<uint16_t>(float v) {  // round to nearest even, NaN k
     std::memcpy(&bits, &v, sizeof bits);
     bits += 0x7FFF + ((bits >> 16) & 1);
     return static_cast<uint16_t>(bits >> 16);
+}
+
+// out[r] = sum_k tokens[image(r) * n + idx[r, k]] * weight[k] (+ bias) for the rows r of (batch x n), summed
+// over k in order in float32, as the reference does. Tokens and out are float32 or bfloat16 (T); weight and
+// bias float32. Returns the number of rows with an index outside [0, n) (their outputs are left unwritten).
+template <typename T>
+int64_t cluster_conv(const T* tokens, const int64_t* idx, const float* weight, const float* bias, int64_t batch,
+                     int64_t n, int64_t channels, int64_t k, T* out, int threads) {
+    const int64_t rows_total = batch * n;
+    int64_t bad_rows = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1 && rows_total * k * channels >= 65536) \
+    reduction(+ : bad_rows)
+    {
+        std::vector<float> acc(channels);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows_total; ++r) {
+            const T* image = tokens + (r / n) * n * channels;
+            const int64_t* cluster = idx + r * k;
+            bool valid = true;
+            for (int64_t j = 0; j < k; ++j) valid = valid && cluster[j] >= 0 && cluster[j] < n;
+            if (!valid) {
+                ++bad_rows;
+                continue;
+            }
+            const T* first = image + cluster[0] * channels;
+            for (int64_t e = 0; e < channels; ++e) acc[e] = as_float(first[e]) * weight[e];
+            for (int64_t j = 1; j < k; ++j) {
+                const T* x = image + cluster[j] * channels;
+                const float* w = weight + j * channels;
+                for (int64_t e = 0; e < channels; ++e) acc[e] += as_float(x[e]) * w[e];
+            }
+            if (bias != nullptr)
+                for (int64_t e = 0; e < channels; ++e) acc[e] += bias[e];
+            T* y = out + r * channels;
+            for (int64_t e = 0; e < channels; ++e) y[e] = from_float<T>(acc[e]);
+        }
+    }
+    return bad_rows;
 }
 
 }  // namespace
@@ -131,59 +169,13 @@ void dcc_nearest(const float* dist, int64_t rows_total, int64_t rows, int64_t n,
     }
 }
 
-}  // extern "C"
-
-namespace {
-
-// out[r] = sum_k tokens[image(r) * n + idx[r, k]] * weight[k] (+ bias) for the rows r of (batch x n), summed
-// over k in order in float32, as the reference does. Tokens and out are float32 or bfloat16 (T); weight and
-// bias float32. Returns the number of rows with an index outside [0, n) (their outputs are left unwritten).
-template <typename T>
-int64_t cluster_conv(const T* tokens, const int64_t* idx, const float* weight, const float* bias, int64_t batch,
-                     int64_t n, int64_t channels, int64_t k, T* out, int threads) {
-    const int64_t rows_total = batch * n;
-    int64_t bad_rows = 0;
-#pragma omp parallel num_threads(threads) if (threads > 1 && rows_total * k * channels >= 65536) \
-    reduction(+ : bad_rows)
-    {
-        std::vector<float> acc(channels);
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows_total; ++r) {
-            const T* image = tokens + (r / n) * n * channels;
-            const int64_t* cluster = idx + r * k;
-            bool valid = true;
-            for (int64_t j = 0; j < k; ++j) valid = valid && cluster[j] >= 0 && cluster[j] < n;
-            if (!valid) {
-                ++bad_rows;
-                continue;
-            }
-            const T* first = image + cluster[0] * channels;
-            for (int64_t e = 0; e < channels; ++e) acc[e] = as_float(first[e]) * weight[e];
-            for (int64_t j = 1; j < k; ++j) {
-                const T* x = image + cluster[j] * channels;
-                const float* w = weight + j * channels;
-                for (int64_t e = 0; e < channels; ++e) acc[e] += as_float(x[e]) * w[e];
-            }
-            if (bias != nullptr)
-                for (int64_t e = 0; e < channels; ++e) acc[e] += bias[e];
-            T* y = out + r * channels;
-            for (int64_t e = 0; e < channels; ++e) y[e] = from_float<T>(acc[e]);
-        }
-    }
-    return bad_rows;
-}
-
-}  // namespace
-
-extern "C" {
-
 int64_t dcc_cluster_conv_f32(const float* tokens, const int64_t* idx, const float* weight, const float* bias,
                              int64_t batch, int64_t n, int64_t channels, int64_t k, float* out, int threads) {
     return cluster_conv(tokens, idx, weight, bias, batch, n, channels, k, out, threads);
 }
 
-int64_t dcc_cluster_conv_bf16(const uint16_t* tokens, const int64_t* idx, const float* weight,
-                              const float* bias, int64_t batch, int64_t n, int64_t channels, int64_t k, uint16_t* out, int threads) {
+int64_t dcc_cluster_conv_bf16(const uint16_t* tokens, const int64_t* idx, const float* weight, const float* bias,
+                              int64_t batch, int64_t n, int64_t channels, int64_t k, uint16_t* out, int threads) {
     return cluster_conv(tokens, idx, weight, bias, batch, n, channels, k, out, threads);
 }
 

@@ -6,8 +6,8 @@ ATen's `topk` over int64 selection keys was most of the layer. Here each step is
 
 - `dcc_subvector_rows`: the centred sub-vectors as the augmented query and key rows (as `subvector_rows`);
 - the distances stay one `torch.bmm` (the same matmul, so the same numbers, as every other backend);
-- `dcc_nearest`: the K' nearest of each row read straight from the float32 distances, kept in a sorted list of K'
-  (keys that order like the floats, ties to the lower token; no int64 key matrix);
+- `dcc_nearest`: the K' nearest of each row read straight from the float32 distances (per row, keys that order
+  like the floats with ties to the lower token, taken K' times by branch-free minima; no `topk`, no key matrix);
 - `dcc_cluster_conv_*`: gather, product and sum over K' in float32, per row, for float32 or bfloat16 tokens.
 
 The convolution's gradients are Inductor's (`dcconv_inductor.cluster_conv_inductor_backward`). The file is compiled
@@ -31,7 +31,13 @@ from pathlib import Path
 
 import torch
 
-from .dcconv_reference import as_dtype, as_tokens, cluster_indices_reference, effective_cluster_size
+from .dcconv_reference import (
+    as_dtype,
+    as_tokens,
+    cluster_indices_reference,
+    effective_cluster_size,
+    fits_one_chunk,
+)
 
 __all__ = ["available", "cluster_conv_cpu", "cluster_indices_cpu", "nearest_cpu", "select_all_cpu",
            "select_chunk_cpu", "subvector_rows_cpu"]
@@ -49,11 +55,11 @@ FLAG_SETS = (
 COMMON_FLAGS = ("-std=c++17", "-ffp-contract=off", "-shared", "-fPIC")
 
 _P, _I, _T = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-_SIGNATURES = {
-    "dcc_subvector_rows": [_P, _I, _I, _I, _I, _I, _P, _P, _T],
-    "dcc_nearest": [_P, _I, _I, _I, _I, _I, _P, _T],
-    "dcc_cluster_conv_f32": [_P, _P, _P, _P, _I, _I, _I, _I, _P, _T],
-    "dcc_cluster_conv_bf16": [_P, _P, _P, _P, _I, _I, _I, _I, _P, _T],
+_SIGNATURES = {  # name: (return type, argument types); the convolutions return their count of bad rows
+    "dcc_subvector_rows": (None, [_P, _I, _I, _I, _I, _I, _P, _P, _T]),
+    "dcc_nearest": (None, [_P, _I, _I, _I, _I, _I, _P, _T]),
+    "dcc_cluster_conv_f32": (_I, [_P, _P, _P, _P, _I, _I, _I, _I, _P, _T]),
+    "dcc_cluster_conv_bf16": (_I, [_P, _P, _P, _P, _I, _I, _I, _I, _P, _T]),
 }
 
 
@@ -106,9 +112,8 @@ def _library() -> ctypes.CDLL | None:
         except (OSError, subprocess.CalledProcessError) as error:
             problem = (getattr(error, "stderr", "") or str(error)).strip().splitlines()[-1:]
             continue
-        for name, argtypes in _SIGNATURES.items():
-            getattr(library, name).argtypes = argtypes
-            getattr(library, name).restype = ctypes.c_int64 if name.startswith("dcc_cluster_conv") else None
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            getattr(library, name).restype, getattr(library, name).argtypes = restype, argtypes
         return library
     log.warning("DCConv: the native CPU kernels did not build with %s (%s); the reference runs instead (same "
                 "numbers, slower).", compiler, " ".join(problem) or "no output")
@@ -170,7 +175,7 @@ def cluster_indices_cpu(x: torch.Tensor, cluster_size: int, subvector_interval: 
     tokens = as_tokens(x)
     batch, num_tokens, _ = tokens.shape
     plain = not (torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"))
-    if plain and batch * num_tokens * num_tokens <= chunk_elements:
+    if plain and fits_one_chunk(batch, num_tokens, chunk_elements):
         return select_all_cpu(tokens, subvector_interval, effective_cluster_size(cluster_size, num_tokens))
     return cluster_indices_reference(x, cluster_size, subvector_interval, chunk_elements, prepare=subvector_rows_cpu,
                                      select=select_chunk_cpu, whole=select_all_cpu)

@@ -29,6 +29,7 @@ __all__ = [
     "cluster_conv_reference_backward",
     "cluster_indices_reference",
     "effective_cluster_size",
+    "fits_one_chunk",
     "nearest_keyed",
     "nearest_sorted",
     "pairwise_sq_distances",
@@ -150,6 +151,11 @@ def select_all(tokens: torch.Tensor, subvector_interval: int, k: int) -> torch.T
     return select_chunk(queries, keys_t, 0, k)
 
 
+def fits_one_chunk(batch: int, num_tokens: int, chunk_elements: int) -> bool:
+    """Every distance of the batch in one chunk: the case `select_all` computes in one step."""
+    return batch * num_tokens * num_tokens <= chunk_elements
+
+
 def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
     """Distances stay float32 under mixed precision; the meta device (FLOP counting) has no autocast."""
     if device.type == "meta":
@@ -174,10 +180,10 @@ def cluster_indices_reference(
     with torch.no_grad(), autocast_disabled(tokens.device):
         if tokens.device.type == "meta":  # shapes only (the FLOP count)
             return tokens.new_empty((batch, num_tokens, k), dtype=torch.int64)
+        if fits_one_chunk(batch, num_tokens, chunk_elements):
+            return whole(tokens, subvector_interval, k)
         rows = min(num_tokens, max(1, chunk_elements // max(1, num_tokens)))
         group = max(1, chunk_elements // (rows * num_tokens))  # images per chunk
-        if rows == num_tokens and group >= batch:
-            return whole(tokens, subvector_interval, k)
         queries, keys_t = prepare(tokens, subvector_interval)
         out = torch.empty((batch, num_tokens, k), dtype=torch.int64, device=tokens.device)
         for first in range(0, batch, group):
