@@ -1,14 +1,17 @@
 """Speed on a busy machine: DCCNeXt beside other work, the way users run it on shared machines.
 
-    python -m benchmarks.busy [--part inference|training|both] [--quick] [--out benchmarks/results]
+    python -m benchmarks.busy [--part inference|training|both] [--quick] [--cycles N] [--out benchmarks/results]
 
 - **inference**: DCCNeXt-B2 (after `optimize_for_inference`, as `eval` and `predict` run it), its control and
   timm's convformer_s18, batch 8, 224 px, float32: interleaved rounds at 2 threads on the quiet machine, then
   beside two busy processes (`python -c "while True: pass"`) at 2 threads, then at the thread count
-  `common.threads.CoreShare` picks there (what `eval` and `predict` switch to). Reported per model: the slow-down
-  (busy over quiet), and B2's speed ratio to each peer busy over quiet (1.0: the load hurts B2 no more than the
-  peer). Each spin policy runs in a fresh process, since libgomp reads it when torch loads: libgomp's default
-  (spin about 300,000 times, then sleep), `GOMP_SPINCOUNT=10000` (what the `dccnext` command sets) and
+  `common.threads.CoreShare` picks there (what `eval` and `predict` switch to). The quiet and busy phases alternate
+  over `--cycles` cycles (fresh busy processes each time), so that drift of a shared machine hits both phases alike;
+  one cycle swung B2's kept ratio by 0.2-0.3 between runs. Reported per model: the slow-down (busy over quiet), and
+  B2's speed ratio to each peer busy over quiet (1.0: the load hurts B2 no more than the peer), the median over the
+  cycles and each cycle's. Each spin policy runs in a fresh process, since libgomp reads it when torch loads:
+  libgomp's default (spin about 300,000 times, then sleep), the two caps the `dccnext` command sets
+  (`GOMP_SPINCOUNT=10000` when it starts on a quiet machine, 2000 when other programs already run) and
   `OMP_WAIT_POLICY=PASSIVE` (no spin).
 - **training**: the quickstart-sized run `dccnext train --variant b0 --epochs 1 --set train_samples=3200
   --set eval_samples=32 --workers 0` alone, then twice at once; the pair's wall time over one alone (a fair
@@ -23,6 +26,7 @@ Writes `busy.json` and `busy.md` to `--out`. Needs an otherwise quiet machine: i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -34,9 +38,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from dccnext_cli.common.threads import BUSY_SPIN_COUNT, SPIN_COUNT
+
 REF = "convformer_s18"
 MODELS = ("dccnext_b2", "control_b2", REF)
-POLICIES = {"libgomp default": {}, "dccnext (GOMP_SPINCOUNT=10000)": {"GOMP_SPINCOUNT": "10000"},
+POLICIES = {"libgomp default": {},
+            f"dccnext started quiet (GOMP_SPINCOUNT={SPIN_COUNT})": {"GOMP_SPINCOUNT": SPIN_COUNT},
+            f"dccnext started busy (GOMP_SPINCOUNT={BUSY_SPIN_COUNT})": {"GOMP_SPINCOUNT": BUSY_SPIN_COUNT},
             "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 SPIN = [sys.executable, "-c", "while True: pass"]
 TRAIN = ["-m", "dccnext_cli", "train", "--variant", "b0", "--epochs", "1", "--set", "train_samples=3200",
@@ -55,9 +63,10 @@ def _stranger(command: list[str]) -> int:
     return int(subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True).stdout)
 
 
-def inference_child(warmup: int, rounds: int) -> dict:
-    """In this process (its spin policy fixed by its environment): quiet rounds at 2 threads, then rounds beside two
-    spinners at 2 threads, then at the thread count `fit_threads` picks there (what `eval` and `predict` do)."""
+def inference_child(warmup: int, rounds: int, cycles: int) -> dict:
+    """In this process (its spin policy fixed by its environment), `cycles` times: rounds on the quiet machine at 2
+    threads, then rounds beside two spinners at 2 threads; last, beside spinners, at the thread count `fit_threads`
+    picks there (what `eval` and `predict` do)."""
     import torch
 
     from dccnext_cli import optimize_for_inference
@@ -74,11 +83,15 @@ def inference_child(warmup: int, rounds: int) -> dict:
         if name != REF:
             optimize_for_inference(model)
         steps[name] = cases.inference_step(model, 8, (224, 224))
-    quiet = measure_interleaved(steps, warmup, rounds)
-    spinners = [_stranger(SPIN) for _ in range(2)]
-    try:
-        time.sleep(1.0)
-        busy = measure_interleaved(steps, 1, rounds)
+    phases: dict[str, dict[str, list[float]]] = {name: {"quiet_s": [], "busy_s": []} for name in MODELS}
+    for cycle in range(cycles):
+        quiet = measure_interleaved(steps, warmup if cycle == 0 else 1, rounds)
+        with _spinners():
+            busy = measure_interleaved(steps, 1, rounds)
+        for name in MODELS:
+            phases[name]["quiet_s"].append(quiet[name].median_s)
+            phases[name]["busy_s"].append(busy[name].median_s)
+    with _spinners():
         share = CoreShare(every_s=1.0)
         share.ceiling = 2
         share.sample()
@@ -86,27 +99,42 @@ def inference_child(warmup: int, rounds: int) -> dict:
         fitted_threads = share.threads_for(share.others() or 0.0)
         torch.set_num_threads(fitted_threads)
         fitted = measure_interleaved(steps, 1, rounds)
+    return {name: {**phases[name], "fitted_s": fitted[name].median_s, "fitted_threads": fitted_threads}
+            for name in MODELS}
+
+
+@contextlib.contextmanager
+def _spinners(count: int = 2):
+    """`count` busy strangers for the length of the block (given a second to start spinning)."""
+    pids = [_stranger(SPIN) for _ in range(count)]
+    try:
+        time.sleep(1.0)
+        yield
     finally:
-        for pid in spinners:
+        for pid in pids:
             os.kill(pid, signal.SIGKILL)
-    return {name: {"quiet_s": quiet[name].median_s, "busy_s": busy[name].median_s,
-                   "fitted_s": fitted[name].median_s, "fitted_threads": fitted_threads,
-                   "quiet_times_s": quiet[name].times_s, "busy_times_s": busy[name].times_s} for name in MODELS}
+        time.sleep(0.5)
 
 
-def inference(quick: bool) -> list[dict]:
+def inference(quick: bool, cycles: int) -> list[dict]:
     rows = []
     for label, policy in POLICIES.items():
-        command = [sys.executable, "-m", "benchmarks.busy", "--child", "--quick" if quick else "--full"]
+        command = [sys.executable, "-m", "benchmarks.busy", "--child", "--quick" if quick else "--full",
+                   "--cycles", str(cycles)]
         out = subprocess.run(command, env=_env(policy), capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         for name, r in result.items():
-            rows.append({"policy": label, "model": name, **r, "slowdown": r["busy_s"] / r["quiet_s"]})
+            slowdowns = [b / q for q, b in zip(r["quiet_s"], r["busy_s"], strict=True)]
+            rows.append({"policy": label, "model": name, **r, "slowdown": statistics.median(slowdowns),
+                         "cycle_slowdowns": slowdowns})
         print(f"inference, {label}: done", flush=True)
     for row in rows:
         b2 = next(r for r in rows if r["policy"] == row["policy"] and r["model"] == "dccnext_b2")
-        # B2's speed relative to this model, busy over quiet: < 1 means the load slows B2 more than it.
-        row["b2_ratio_kept"] = (row["busy_s"] / b2["busy_s"]) / (row["quiet_s"] / b2["quiet_s"])
+        # B2's speed relative to this model, busy over quiet, per cycle: < 1 means the load slows B2 more than it.
+        kept = [(b / b2b) / (q / b2q) for q, b, b2q, b2b in zip(row["quiet_s"], row["busy_s"], b2["quiet_s"],
+                                                                b2["busy_s"], strict=True)]
+        row["cycle_ratios_kept"] = kept
+        row["b2_ratio_kept"] = statistics.median(kept)
     return rows
 
 
@@ -126,7 +154,7 @@ def training(repeats: int) -> list[dict]:
     rows = []
     cores = str(len(os.sched_getaffinity(0)))
     before = {"OMP_NUM_THREADS": cores, "GOMP_SPINCOUNT": "300000"}  # libgomp's spin, threads never refitted
-    fixed = {"OMP_NUM_THREADS": cores, "GOMP_SPINCOUNT": "10000"}  # the short spin alone, threads never refitted
+    fixed = {"OMP_NUM_THREADS": cores, "GOMP_SPINCOUNT": SPIN_COUNT}  # the short spin alone, threads never refitted
     configs = {"dccnext default": {}, "fixed threads, short spin": fixed,
                "as before (fixed threads, libgomp's spin)": before}
     for label, policy in configs.items():
@@ -146,11 +174,13 @@ def markdown(result: dict) -> str:
     lines = []
     if "inference" in result:
         lines += ["| spin policy | model | quiet ms | busy ms | busy / quiet | B2's ratio to it kept "
-                  "| busy, fitted threads ms |", "|---|---|---:|---:|---:|---:|---:|"]
+                  "(each cycle) | busy, fitted threads ms |", "|---|---|---:|---:|---:|---:|---:|"]
         for r in result["inference"]:
-            kept = "" if r["model"] == "dccnext_b2" else f"{r['b2_ratio_kept']:.2f}"
-            lines.append(f"| {r['policy']} | {r['model']} | {r['quiet_s'] * 1000:.1f} | {r['busy_s'] * 1000:.1f} "
-                         f"| {r['slowdown']:.2f}x | {kept} | {r['fitted_s'] * 1000:.1f} ({r['fitted_threads']}) |")
+            each = ", ".join(f"{k:.2f}" for k in r["cycle_ratios_kept"])
+            kept = "" if r["model"] == "dccnext_b2" else f"{r['b2_ratio_kept']:.2f} ({each})"
+            quiet, busy = statistics.median(r["quiet_s"]) * 1000, statistics.median(r["busy_s"]) * 1000
+            lines.append(f"| {r['policy']} | {r['model']} | {quiet:.1f} | {busy:.1f} | {r['slowdown']:.2f}x "
+                         f"| {kept} | {r['fitted_s'] * 1000:.1f} ({r['fitted_threads']}) |")
         lines.append("")
     if "training" in result:
         lines += ["| threads | one alone s | two at once s | pair / alone |", "|---|---:|---:|---:|"]
@@ -164,17 +194,21 @@ def main() -> None:
     parser.add_argument("--part", choices=("inference", "training", "both"), default="both")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and one training repeat")
     parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cycles", type=int, default=None,
+                        help="quiet and busy phases alternated this many times (default 3, with --quick 1)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    cycles = args.cycles or (1 if args.quick else 3)
     if args.child:
-        print(json.dumps(inference_child(*((2, 5) if args.quick else (3, 9)))))
+        print(json.dumps(inference_child(*((2, 5) if args.quick else (3, 9)), cycles)))
         return
     from .compare import machine
 
-    result: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick}
+    result: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick,
+                    "cycles": cycles}
     if args.part in ("inference", "both"):
-        result["inference"] = inference(args.quick)
+        result["inference"] = inference(args.quick, cycles)
     if args.part in ("training", "both"):
         result["training"] = training(1 if args.quick else 2)
     args.out.mkdir(parents=True, exist_ok=True)

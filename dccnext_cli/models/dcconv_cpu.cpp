@@ -92,6 +92,8 @@ extern "C" {
 // Centred float32 sub-vectors (channels 0, d, 2d, ... of tokens (batch, n, channels)) as augmented rows:
 // queries (batch, n, s + 2) = [c, |c|^2, 1], keys (batch, n, s + 2) = [-2c, 1, |c|^2]. The centre of each image
 // and channel is its mean over the tokens rounded to a power-of-two grid at or below the spread (in double).
+// The sub-vectors are first copied into queries (one pass over the tokens: with d = 8 every cache line of the
+// input holds two of them, so each strided pass reads all of it), then centred there.
 // One parallel loop over images: one barrier a call (each barrier waits for every thread, which a busy machine
 // may have descheduled).
 void dcc_subvector_rows(const float* tokens, int64_t batch, int64_t n, int64_t channels, int64_t d, int64_t s,
@@ -100,14 +102,19 @@ void dcc_subvector_rows(const float* tokens, int64_t batch, int64_t n, int64_t c
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && batch > 1)
     for (int64_t b = 0; b < batch; ++b) {
         const float* image = tokens + b * n * channels;
+        float* rows = queries + b * n * width;
         std::vector<double> mean(s, 0.0), var(s, 0.0);
         std::vector<float> shift(s);
-        for (int64_t t = 0; t < n; ++t)
-            for (int64_t j = 0; j < s; ++j) mean[j] += image[t * channels + j * d];
+        for (int64_t t = 0; t < n; ++t) {
+            const float* row = image + t * channels;
+            float* q = rows + t * width;
+            for (int64_t j = 0; j < s; ++j) q[j] = row[j * d];
+            for (int64_t j = 0; j < s; ++j) mean[j] += q[j];
+        }
         for (int64_t j = 0; j < s; ++j) mean[j] /= static_cast<double>(n);
         for (int64_t t = 0; t < n; ++t)
             for (int64_t j = 0; j < s; ++j) {
-                const double dev = image[t * channels + j * d] - mean[j];
+                const double dev = rows[t * width + j] - mean[j];
                 var[j] += dev * dev;
             }
         for (int64_t j = 0; j < s; ++j) {
@@ -118,12 +125,11 @@ void dcc_subvector_rows(const float* tokens, int64_t batch, int64_t n, int64_t c
             shift[j] = std::isfinite(centre) ? static_cast<float>(centre) : 0.0f;
         }
         for (int64_t t = 0; t < n; ++t) {
-            const float* row = image + t * channels;
-            float* q = queries + (b * n + t) * width;
+            float* q = rows + t * width;
             float* k = keys + (b * n + t) * width;
             float sq = 0.0f;
             for (int64_t j = 0; j < s; ++j) {
-                const float c = row[j * d] - shift[j];
+                const float c = q[j] - shift[j];
                 q[j] = c;
                 k[j] = c * -2.0f;
                 sq += c * c;

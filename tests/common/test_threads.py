@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dccnext_cli.common.threads import CoreShare
+from dccnext_cli.common.threads import CoreShare, others_running, spin_count
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2,
                                 reason="Linux /proc and two cores")
@@ -103,7 +103,7 @@ SPIN = ("from dccnext_cli.common.threads import spin_briefly; import os; "
 
 
 @pytest.mark.parametrize("env, expected", [
-    ({}, "True 10000"),
+    ({}, "True 10000"),  # nothing else running
     ({"GOMP_SPINCOUNT": "5"}, "False 5"),
     ({"OMP_WAIT_POLICY": "ACTIVE"}, "False None"),
 ])
@@ -112,3 +112,28 @@ def test_the_command_caps_the_spin_unless_the_user_chose(env, expected):
     out = subprocess.run([sys.executable, "-c", SPIN], env={**clean, **env}, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == expected.split()
+
+
+def test_beside_a_busy_process_the_command_spins_shorter(stranger):
+    time.sleep(0.3)  # the stranger is running
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", SPIN], env=clean, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "2000"]
+
+
+def test_others_running_counts_busy_strangers_not_itself(stranger):
+    time.sleep(0.3)
+    assert others_running() >= 1
+    os.kill(stranger, signal.SIGSTOP)  # stopped: not runnable
+    try:
+        time.sleep(0.1)
+        assert others_running() == 0
+    finally:
+        os.kill(stranger, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("others, cores, expected", [
+    (0, 2, "10000"), (1, 2, "2000"), (2, 2, "2000"), (0, 16, "10000"), (3, 16, "10000"), (4, 16, "2000"),
+])
+def test_the_spin_cap_shortens_from_a_quarter_of_the_cores_busy(others, cores, expected):
+    assert spin_count(others, cores) == expected
