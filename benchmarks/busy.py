@@ -83,7 +83,8 @@ def inference_child(warmup: int, rounds: int, cycles: int) -> dict:
         if name != REF:
             optimize_for_inference(model)
         steps[name] = cases.inference_step(model, 8, (224, 224))
-    phases: dict[str, dict[str, list[float]]] = {name: {"quiet_s": [], "busy_s": []} for name in MODELS}
+    phases: dict[str, dict[str, list]] = {name: {"quiet_s": [], "busy_s": [], "quiet_times_s": [],
+                                                 "busy_times_s": []} for name in MODELS}
     for cycle in range(cycles):
         quiet = measure_interleaved(steps, warmup if cycle == 0 else 1, rounds)
         with _spinners():
@@ -91,6 +92,8 @@ def inference_child(warmup: int, rounds: int, cycles: int) -> dict:
         for name in MODELS:
             phases[name]["quiet_s"].append(quiet[name].median_s)
             phases[name]["busy_s"].append(busy[name].median_s)
+            phases[name]["quiet_times_s"].append(quiet[name].times_s)
+            phases[name]["busy_times_s"].append(busy[name].times_s)
     with _spinners():
         share = CoreShare(every_s=1.0)
         share.ceiling = 2
@@ -128,14 +131,19 @@ def inference(quick: bool, cycles: int) -> list[dict]:
             rows.append({"policy": label, "model": name, **r, "slowdown": statistics.median(slowdowns),
                          "cycle_slowdowns": slowdowns})
         print(f"inference, {label}: done", flush=True)
+    add_ratios_kept(rows)
+    return rows
+
+
+def add_ratios_kept(rows: list[dict]) -> None:
+    """B2's speed ratio to each row's model, busy over quiet, per cycle and their median (< 1: the load slows B2
+    more than that model)."""
     for row in rows:
         b2 = next(r for r in rows if r["policy"] == row["policy"] and r["model"] == "dccnext_b2")
-        # B2's speed relative to this model, busy over quiet, per cycle: < 1 means the load slows B2 more than it.
         kept = [(b / b2b) / (q / b2q) for q, b, b2q, b2b in zip(row["quiet_s"], row["busy_s"], b2["quiet_s"],
                                                                 b2["busy_s"], strict=True)]
         row["cycle_ratios_kept"] = kept
         row["b2_ratio_kept"] = statistics.median(kept)
-    return rows
 
 
 def _wall(command: list[str], env: dict[str, str], copies: int) -> float:

@@ -51,7 +51,9 @@ def spin_count(others: int, cores: int) -> str:
 
 def others_running(samples: int = 5, every_s: float = 0.002) -> int:
     """Threads of other programs that keep running: the fewest runnable threads of the machine (`/proc/loadavg`)
-    over a few samples, less this one; a burst that comes and goes does not count. 0 where Linux's /proc is not."""
+    over a few samples, less this one; a burst that comes and goes does not count. 0 where Linux's /proc is not.
+    In a container /proc/loadavg may count the host's threads too: then the short cap is taken (at worst a few
+    percent slower on a quiet machine)."""
     try:
         counts = []
         for i in range(samples):
