@@ -114,10 +114,15 @@ def test_the_command_caps_the_spin_unless_the_user_chose(env, expected):
     assert out.stdout.split() == expected.split()
 
 
-def test_beside_a_busy_process_the_command_spins_shorter(stranger):
-    time.sleep(0.3)  # the stranger is running
-    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    out = subprocess.run([sys.executable, "-c", SPIN], env=clean, capture_output=True, text=True, check=True)
+def test_beside_busy_processes_the_command_spins_shorter():
+    pids = [_stranger_spinner() for _ in range(max(1, len(os.sched_getaffinity(0)) // 4))]  # a quarter of the cores
+    try:
+        time.sleep(0.3)  # the strangers are running
+        clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+        out = subprocess.run([sys.executable, "-c", SPIN], env=clean, capture_output=True, text=True, check=True)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
     assert out.stdout.split() == ["True", "2000"]
 
 
