@@ -51,6 +51,7 @@ from .dcconv_reference import (
     cluster_conv_reference_backward,
     cluster_indices_reference,
     effective_cluster_size,
+    grad_and_autocast_off,
     pairwise_sq_distances,
 )
 from .settings import operator_settings
@@ -226,8 +227,8 @@ def _plain_call(fn: Callable, *args):
     """A backend called on plain tensors: no autograd, no autocast and no grad flags (a compiled backend guards on
     each, so one graph then serves training, inference and mixed precision; the backends cast for themselves)."""
     device = args[0].device
-    if not (torch.is_grad_enabled() or torch.is_autocast_enabled(device.type)):
-        return fn(*args)  # inference: nothing to switch off (entering the two contexts costs ~10 us a call)
+    if grad_and_autocast_off(device):
+        return fn(*args)  # inference: nothing to switch off
     plain = [a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args]
     with torch.no_grad(), autocast_disabled(device):
         return fn(*plain)

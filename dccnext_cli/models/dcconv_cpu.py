@@ -37,6 +37,7 @@ from .dcconv_reference import (
     cluster_indices_reference,
     effective_cluster_size,
     fits_one_chunk,
+    grad_and_autocast_off,
 )
 
 __all__ = ["available", "cluster_conv_cpu", "cluster_indices_cpu", "nearest_cpu", "select_all_cpu",
@@ -174,8 +175,7 @@ def cluster_indices_cpu(x: torch.Tensor, cluster_size: int, subvector_interval: 
     tenth of a layer's time."""
     tokens = as_tokens(x)
     batch, num_tokens, _ = tokens.shape
-    plain = not (torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"))
-    if plain and fits_one_chunk(batch, num_tokens, chunk_elements):
+    if grad_and_autocast_off(tokens.device) and fits_one_chunk(batch, num_tokens, chunk_elements):
         return select_all_cpu(tokens, subvector_interval, effective_cluster_size(cluster_size, num_tokens))
     return cluster_indices_reference(x, cluster_size, subvector_interval, chunk_elements, prepare=subvector_rows_cpu,
                                      select=select_chunk_cpu, whole=select_all_cpu)

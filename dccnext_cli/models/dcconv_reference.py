@@ -30,6 +30,7 @@ __all__ = [
     "cluster_indices_reference",
     "effective_cluster_size",
     "fits_one_chunk",
+    "grad_and_autocast_off",
     "nearest_keyed",
     "nearest_sorted",
     "pairwise_sq_distances",
@@ -154,6 +155,12 @@ def select_all(tokens: torch.Tensor, subvector_interval: int, k: int) -> torch.T
 def fits_one_chunk(batch: int, num_tokens: int, chunk_elements: int) -> bool:
     """Every distance of the batch in one chunk: the case `select_all` computes in one step."""
     return batch * num_tokens * num_tokens <= chunk_elements
+
+
+def grad_and_autocast_off(device: torch.device) -> bool:
+    """Neither autograd nor autocast is on: there is nothing for `no_grad` and `autocast_disabled` to switch off
+    (entering the two contexts costs ~10 us a call, a noticeable part of a layer at batch 1)."""
+    return not (torch.is_grad_enabled() or torch.is_autocast_enabled(device.type))
 
 
 def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
