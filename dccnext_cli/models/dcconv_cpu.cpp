@@ -47,42 +47,121 @@ inline uint16_t from_float<uint16_t>(float v) {  // round to nearest even, NaN k
     return static_cast<uint16_t>(bits >> 16);
 }
 
-// out[r] = sum_k tokens[image(r) * n + idx[r, k]] * weight[k] (+ bias) for the rows r of (batch x n), summed
-// over k in order in float32, as the reference does. Tokens and out are float32 or bfloat16 (T); weight and
-// bias float32. Returns the number of rows with an index outside [0, n) (their outputs are left unwritten).
+// Sixteen float32 lanes as a GCC/Clang vector: one AVX-512 register, or two or four narrower ones.
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+
+inline f32x16 load16(const float* p) {
+    f32x16 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline f32x16 load16(const uint16_t* p) {  // bfloat16 -> float32: the bits into the high half
+    u16x16 half;
+    std::memcpy(&half, p, sizeof half);
+    const u32x16 bits = __builtin_convertvector(half, u32x16) << 16;
+    f32x16 v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
+
+inline void store16(uint16_t* p, f32x16 v) {  // as from_float<uint16_t>, lane by lane
+    u32x16 bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    const u32x16 nan = reinterpret_cast<u32x16>(v != v);
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 & ~nan) | (0x7FC0 & nan);
+    const u16x16 half = __builtin_convertvector(bits, u16x16);
+    std::memcpy(p, &half, sizeof half);
+}
+
+// The cluster convolution of tokens t0 .. t0 + R - 1 of one image over the 32 channels [e0, e0 + 32):
+// out[t] = sum_k tokens[idx[t, k]] * weight[k] (+ bias), summed over k in order in float32, as the reference does.
+// R tokens at once make 2R independent chains of additions (one chain waits out each addition's latency) and
+// share each weight load.
+template <int R, typename T>
+inline void cluster_conv_rows(const T* image, const int64_t* idx, const float* weight, const float* bias,
+                              int64_t channels, int64_t k, int64_t e0, int64_t t0, T* out) {
+    f32x16 low[R], high[R];
+    for (int i = 0; i < R; ++i) {
+        const T* x = image + idx[(t0 + i) * k] * channels + e0;
+        low[i] = load16(x) * load16(weight + e0);
+        high[i] = load16(x + 16) * load16(weight + e0 + 16);
+    }
+    for (int64_t j = 1; j < k; ++j) {
+        const f32x16 w_low = load16(weight + j * channels + e0), w_high = load16(weight + j * channels + e0 + 16);
+        for (int i = 0; i < R; ++i) {
+            const T* x = image + idx[(t0 + i) * k + j] * channels + e0;
+            low[i] += load16(x) * w_low;
+            high[i] += load16(x + 16) * w_high;
+        }
+    }
+    for (int i = 0; i < R; ++i) {
+        if (bias != nullptr) {
+            low[i] += load16(bias + e0);
+            high[i] += load16(bias + e0 + 16);
+        }
+        store16(out + (t0 + i) * channels + e0, low[i]);
+        store16(out + (t0 + i) * channels + e0 + 16, high[i]);
+    }
+}
+
+// Every token of one image over the 32 channels [e0, e0 + 32). Those channels of every token (25 KB at 14 x 14
+// tokens) stay in the L1 cache while the gathers read them; taking whole token rows instead (2.5 KB each in
+// stage 3) read every gather from L2.
+template <typename T>
+inline void cluster_conv_block(const T* image, const int64_t* idx, const float* weight, const float* bias, int64_t n,
+                               int64_t channels, int64_t k, int64_t e0, T* out) {
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) cluster_conv_rows<4>(image, idx, weight, bias, channels, k, e0, t, out);
+    for (; t < n; ++t) cluster_conv_rows<1>(image, idx, weight, bias, channels, k, e0, t, out);
+}
+
+// The same for the last channels [e0, channels) when they are fewer than 32, one at a time.
+template <typename T>
+inline void cluster_conv_tail(const T* image, const int64_t* idx, const float* weight, const float* bias, int64_t n,
+                              int64_t channels, int64_t k, int64_t e0, T* out) {
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t e = e0; e < channels; ++e) {
+            float acc = as_float(image[idx[t * k] * channels + e]) * weight[e];
+            for (int64_t j = 1; j < k; ++j) acc += as_float(image[idx[t * k + j] * channels + e]) * weight[j * channels + e];
+            if (bias != nullptr) acc += bias[e];
+            out[t * channels + e] = from_float<T>(acc);
+        }
+}
+
+// The cluster convolution of tokens (batch, n, channels) by idx (batch, n, k) into out, for tokens and out in float32
+// or bfloat16 (T), weight (k, channels) and bias float32. Returns the number of rows with an index outside [0, n);
+// then nothing is written (the caller raises).
 template <typename T>
 int64_t cluster_conv(const T* tokens, const int64_t* idx, const float* weight, const float* bias, int64_t batch,
                      int64_t n, int64_t channels, int64_t k, T* out, int threads) {
+    constexpr int64_t block = 32;
     const int64_t rows_total = batch * n;
     int64_t bad_rows = 0;
-#pragma omp parallel num_threads(threads) if (threads > 1 && rows_total * k * channels >= 65536) \
-    reduction(+ : bad_rows)
-    {
-        std::vector<float> acc(channels);
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows_total; ++r) {
-            const T* image = tokens + (r / n) * n * channels;
-            const int64_t* cluster = idx + r * k;
-            bool valid = true;
-            for (int64_t j = 0; j < k; ++j) valid = valid && cluster[j] >= 0 && cluster[j] < n;
-            if (!valid) {
-                ++bad_rows;
-                continue;
-            }
-            const T* first = image + cluster[0] * channels;
-            for (int64_t e = 0; e < channels; ++e) acc[e] = as_float(first[e]) * weight[e];
-            for (int64_t j = 1; j < k; ++j) {
-                const T* x = image + cluster[j] * channels;
-                const float* w = weight + j * channels;
-                for (int64_t e = 0; e < channels; ++e) acc[e] += as_float(x[e]) * w[e];
-            }
-            if (bias != nullptr)
-                for (int64_t e = 0; e < channels; ++e) acc[e] += bias[e];
-            T* y = out + r * channels;
-            for (int64_t e = 0; e < channels; ++e) y[e] = from_float<T>(acc[e]);
-        }
+    for (int64_t r = 0; r < rows_total; ++r) {
+        bool valid = true;
+        for (int64_t j = 0; j < k; ++j) valid = valid && idx[r * k + j] >= 0 && idx[r * k + j] < n;
+        bad_rows += !valid;
     }
-    return bad_rows;
+    if (bad_rows) return bad_rows;
+    const int64_t blocks = (channels + block - 1) / block;  // the last may be a tail of fewer channels
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) \
+    if (threads > 1 && rows_total * k * channels >= 65536)
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t c = 0; c < blocks; ++c) {
+            const T* image = tokens + b * n * channels;
+            const int64_t* image_idx = idx + b * n * k;
+            T* image_out = out + b * n * channels;
+            if ((c + 1) * block <= channels)
+                cluster_conv_block(image, image_idx, weight, bias, n, channels, k, c * block, image_out);
+            else
+                cluster_conv_tail(image, image_idx, weight, bias, n, channels, k, c * block, image_out);
+        }
+    return 0;
 }
 
 }  // namespace
@@ -92,44 +171,46 @@ extern "C" {
 // Centred float32 sub-vectors (channels 0, d, 2d, ... of tokens (batch, n, channels)) as augmented rows:
 // queries (batch, n, s + 2) = [c, |c|^2, 1], keys (batch, n, s + 2) = [-2c, 1, |c|^2]. The centre of each image
 // and channel is its mean over the tokens rounded to a power-of-two grid at or below the spread (in double).
-// The sub-vectors are first copied into queries (one pass over the tokens: with d = 8 every cache line of the
-// input holds two of them, so each strided pass reads all of it), then centred there.
-// One parallel loop over images: one barrier a call (each barrier waits for every thread, which a busy machine
-// may have descheduled).
+// Three loops in one parallel region, each split over every thread whatever the batch: the sub-vectors copied into
+// queries (the one pass over the input: with d = 8 every cache line of it holds two of them; at batch 1 each
+// thread reads the tokens the previous op most likely wrote from its core), each (image, channel)'s centre (its
+// sums over the tokens in order, so the same whatever the threads), then the rows.
 void dcc_subvector_rows(const float* tokens, int64_t batch, int64_t n, int64_t channels, int64_t d, int64_t s,
                         float* queries, float* keys, int threads) {
     const int64_t width = s + 2;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && batch > 1)
-    for (int64_t b = 0; b < batch; ++b) {
-        const float* image = tokens + b * n * channels;
-        float* rows = queries + b * n * width;
-        std::vector<double> mean(s, 0.0), var(s, 0.0);
-        std::vector<float> shift(s);
-        for (int64_t t = 0; t < n; ++t) {
-            const float* row = image + t * channels;
-            float* q = rows + t * width;
+    std::vector<float> shift(batch * s);
+#pragma omp parallel num_threads(threads) if (threads > 1 && batch * n * s >= 4096)
+    {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < batch * n; ++r) {
+            const float* row = tokens + r * channels;
+            float* q = queries + r * width;
             for (int64_t j = 0; j < s; ++j) q[j] = row[j * d];
-            for (int64_t j = 0; j < s; ++j) mean[j] += q[j];
         }
-        for (int64_t j = 0; j < s; ++j) mean[j] /= static_cast<double>(n);
-        for (int64_t t = 0; t < n; ++t)
-            for (int64_t j = 0; j < s; ++j) {
-                const double dev = rows[t * width + j] - mean[j];
-                var[j] += dev * dev;
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < batch * s; ++c) {
+            const float* column = queries + (c / s) * n * width + c % s;
+            double mean = 0.0, var = 0.0;
+            for (int64_t t = 0; t < n; ++t) mean += column[t * width];
+            mean /= static_cast<double>(n);
+            for (int64_t t = 0; t < n; ++t) {
+                const double dev = column[t * width] - mean;
+                var += dev * dev;
             }
-        for (int64_t j = 0; j < s; ++j) {
-            double spread = std::sqrt(var[j] / static_cast<double>(n));
+            double spread = std::sqrt(var / static_cast<double>(n));
             spread = spread < 0x1p-100 ? 0x1p-100 : spread;  // NaN stays NaN, as torch's clamp_min
             const double step = std::exp2(std::floor(std::log2(spread)));
-            const double centre = std::nearbyint(mean[j] / step) * step;  // half to even, as torch.round
-            shift[j] = std::isfinite(centre) ? static_cast<float>(centre) : 0.0f;
+            const double centre = std::nearbyint(mean / step) * step;  // half to even, as torch.round
+            shift[c] = std::isfinite(centre) ? static_cast<float>(centre) : 0.0f;
         }
-        for (int64_t t = 0; t < n; ++t) {
-            float* q = rows + t * width;
-            float* k = keys + (b * n + t) * width;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < batch * n; ++r) {
+            const float* centre = shift.data() + (r / n) * s;
+            float* q = queries + r * width;
+            float* k = keys + r * width;
             float sq = 0.0f;
             for (int64_t j = 0; j < s; ++j) {
-                const float c = q[j] - shift[j];
+                const float c = q[j] - centre[j];
                 q[j] = c;
                 k[j] = c * -2.0f;
                 sq += c * c;

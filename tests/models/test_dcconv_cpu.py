@@ -54,9 +54,9 @@ def test_a_chunk_that_does_not_fit_is_refused():
 
 
 @pytest.mark.parametrize("offset", [0.0, 100.0])
-@pytest.mark.parametrize("batch", [1, 3])  # with two threads: one image, and images shared out
+@pytest.mark.parametrize("batch", [1, 3])  # with two threads: tokens and channels shared out within images and across
 def test_centred_rows_equal_the_reference(offset, batch):
-    tokens = torch.randn(batch, 50, 40) * 4 + offset
+    tokens = torch.randn(batch, 130, 160) * 4 + offset  # 130 x 40 sub-vector values an image: the threaded loops
     tokens[0, 7, 0] = float("nan")  # a NaN token: its channel is not shifted, as nan_to_num does
     tokens[-1, 3, 8] = float("inf")
     want_q, want_kt = subvector_rows(tokens, 4)
@@ -74,10 +74,11 @@ def test_centred_rows_equal_the_reference(offset, batch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("channels", [64, 24])
+@pytest.mark.parametrize("channels", [64, 24, 72])  # blocks of 32 channels only, a tail only, both
 def test_convolution_equals_the_reference(dtype, with_bias, channels):
     """Bit for bit at widths ATen's sum vectorises whole (multiples of 32, as every DCCNeXt width) and up to 17
-    slots; at other widths ATen sums its remainder lanes in another order (and 18 slots or more, too)."""
+    slots; at other widths ATen sums its remainder lanes in another order (and 18 slots or more, too). 30 tokens:
+    the kernel's groups of four and a remainder of two."""
     g = torch.Generator().manual_seed(1)
     tokens = torch.randn(2, 30, channels, generator=g).to(dtype)
     idx = cluster_indices_reference(tokens, 9, 4, 1 << 21)
@@ -93,9 +94,9 @@ def test_convolution_equals_the_reference(dtype, with_bias, channels):
 
 
 def test_strided_input_and_both_thread_counts_give_the_same_bits():
-    x = integer_tokens((2, 64, 40)).add_(torch.randn(2, 64, 40) * 0.01)
+    x = integer_tokens((2, 128, 160)).add_(torch.randn(2, 128, 160) * 0.01)  # large enough for every threaded loop
     strided = x.transpose(1, 2).contiguous().transpose(1, 2)  # same values, channels not contiguous
-    weight, bias = torch.randn(12, 40), torch.randn(40)
+    weight, bias = torch.randn(12, 160), torch.randn(160)
     before = torch.get_num_threads()
     outs = []
     for threads in (1, 2):

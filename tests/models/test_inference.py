@@ -10,7 +10,7 @@ import torch
 from timm.models.metaformer import StarReLU
 
 from dccnext_cli import create_dccnext, optimize_for_inference
-from dccnext_cli.models.dcconv import exporting
+from dccnext_cli.models.dcconv import DCConv, exporting
 from dccnext_cli.models.inference import InferenceGELU, InferenceStarReLU, PointwiseConv, SlicedConvFFN
 from dccnext_cli.models.settings import use_operator_settings
 
@@ -156,3 +156,34 @@ def test_the_onnx_gelu_is_written_only_when_exporting_for_onnx():
         torch.testing.assert_close(program.module()(x), torch.nn.functional.gelu(x), rtol=1e-6, atol=1e-6)
     assert "aten.gelu.default" in ops["torch"] and "aten.erf.default" not in ops["torch"]
     assert "aten.erf.default" in ops["onnx"] and "aten.gelu.default" not in ops["onnx"]
+
+
+def _dccnext_ops_seen(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = layer(x)
+    return out, {str(op) for counts in counter.get_flop_counts().values() for op in counts if "dccnext" in str(op)}
+
+
+def test_dcconv_skips_its_custom_ops_only_where_nothing_needs_them():
+    """optimize_for_inference's DCConv calls the backend directly without autograd and autocast (same numbers);
+    with autograd (the autograd rule) or autocast (float32 distances) the custom ops still run."""
+    plain = create_dccnext("b0", num_classes=10).eval()
+    fast = optimize_for_inference(copy.deepcopy(plain))
+    layers = [m for m in fast.modules() if isinstance(m, DCConv)]
+    assert layers and all(not m.custom_ops for m in layers) and "custom_ops=False" in repr(layers[0])
+    layer, reference = layers[0], next(m for m in plain.modules() if isinstance(m, DCConv))
+    x = torch.randn(2, 8, 8, layer.dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want, seen = _dccnext_ops_seen(reference, x)
+        assert seen == {"dccnext.cluster_indices", "dccnext.cluster_conv"}
+        got, seen = _dccnext_ops_seen(layer, x)
+        assert seen == set() and torch.equal(got, want)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _dccnext_ops_seen(layer, x)[1] == {"dccnext.cluster_indices", "dccnext.cluster_conv"}
+    xg = x.clone().requires_grad_()
+    got, seen = _dccnext_ops_seen(layer, xg)
+    assert "dccnext.cluster_conv" in seen and torch.equal(got.detach(), want)
+    got.sum().backward()
+    assert xg.grad is not None and layer.weight.grad is not None
