@@ -1,6 +1,6 @@
 // DCConv's native CPU kernels: models/dcconv_cpu.py compiles this file on first use and calls it through ctypes.
 // Plain C++ and OpenMP, no torch headers, so it compiles in under a second. Each function is one step of the
-// reference formulation (models/dcconv_reference.py) in one parallel loop.
+// reference formulation (models/dcconv_reference.py) in one parallel region.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -164,62 +164,87 @@ int64_t cluster_conv(const T* tokens, const int64_t* idx, const float* weight, c
     return 0;
 }
 
+// The sub-vector (channels 0, d, 2d, ...) of each token row in [first, last) copied into the first s of its
+// query row: the one pass over the input (with d = 8 every cache line of it holds two of them).
+inline void copy_subvectors(const float* tokens, int64_t channels, int64_t d, int64_t s, int64_t first, int64_t last,
+                            float* queries) {
+    for (int64_t r = first; r < last; ++r) {
+        const float* row = tokens + r * channels;
+        float* q = queries + r * (s + 2);
+        for (int64_t j = 0; j < s; ++j) q[j] = row[j * d];
+    }
+}
+
+// One image's centre of one channel, from its n values `stride` apart: the mean rounded to a power-of-two grid at
+// or below the spread, both summed over the tokens in order in double (so the same whatever the threads).
+inline float centre_of(const float* column, int64_t n, int64_t stride) {
+    double mean = 0.0, var = 0.0;
+    for (int64_t t = 0; t < n; ++t) mean += column[t * stride];
+    mean /= static_cast<double>(n);
+    for (int64_t t = 0; t < n; ++t) {
+        const double dev = column[t * stride] - mean;
+        var += dev * dev;
+    }
+    double spread = std::sqrt(var / static_cast<double>(n));
+    spread = spread < 0x1p-100 ? 0x1p-100 : spread;  // NaN stays NaN, as torch's clamp_min
+    const double step = std::exp2(std::floor(std::log2(spread)));
+    const double centre = std::nearbyint(mean / step) * step;  // half to even, as torch.round
+    return std::isfinite(centre) ? static_cast<float>(centre) : 0.0f;
+}
+
+// Rows [first, last) of queries centred by their image's `shift` (n rows an image), then augmented; keys written.
+inline void centre_rows(const float* shift, int64_t n, int64_t s, int64_t first, int64_t last, float* queries,
+                        float* keys) {
+    const int64_t width = s + 2;
+    for (int64_t r = first; r < last; ++r) {
+        const float* centre = shift + (r / n) * s;
+        float* q = queries + r * width;
+        float* k = keys + r * width;
+        float sq = 0.0f;
+        for (int64_t j = 0; j < s; ++j) {
+            const float c = q[j] - centre[j];
+            q[j] = c;
+            k[j] = c * -2.0f;
+            sq += c * c;
+        }
+        q[s] = sq;
+        q[s + 1] = 1.0f;
+        k[s] = 1.0f;
+        k[s + 1] = sq;
+    }
+}
+
 }  // namespace
 
 extern "C" {
 
 // Centred float32 sub-vectors (channels 0, d, 2d, ... of tokens (batch, n, channels)) as augmented rows:
-// queries (batch, n, s + 2) = [c, |c|^2, 1], keys (batch, n, s + 2) = [-2c, 1, |c|^2]. The centre of each image
-// and channel is its mean over the tokens rounded to a power-of-two grid at or below the spread (in double).
-// Three loops in one parallel region, each split over every thread whatever the batch: the sub-vectors copied into
-// queries (the one pass over the input: with d = 8 every cache line of it holds two of them; at batch 1 each
-// thread reads the tokens the previous op most likely wrote from its core), each (image, channel)'s centre (its
-// sums over the tokens in order, so the same whatever the threads), then the rows.
+// queries (batch, n, s + 2) = [c, |c|^2, 1], keys (batch, n, s + 2) = [-2c, 1, |c|^2], c the sub-vector less its
+// image's `centre_of` per channel. With at least an image a thread: one loop over the images, so one barrier a
+// call (each barrier waits for every thread, which a busy machine may have descheduled). With fewer (batch 1):
+// three loops each split over every thread (copy, centres, rows), so each thread reads the tokens the previous
+// op most likely wrote from its core.
 void dcc_subvector_rows(const float* tokens, int64_t batch, int64_t n, int64_t channels, int64_t d, int64_t s,
                         float* queries, float* keys, int threads) {
     const int64_t width = s + 2;
     std::vector<float> shift(batch * s);
-#pragma omp parallel num_threads(threads) if (threads > 1 && batch * n * s >= 4096)
+    if (batch >= threads || threads < 2 || batch * n * s < 4096) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && batch > 1)
+        for (int64_t b = 0; b < batch; ++b) {
+            copy_subvectors(tokens, channels, d, s, b * n, (b + 1) * n, queries);
+            for (int64_t j = 0; j < s; ++j) shift[b * s + j] = centre_of(queries + b * n * width + j, n, width);
+            centre_rows(shift.data(), n, s, b * n, (b + 1) * n, queries, keys);
+        }
+        return;
+    }
+#pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < batch * n; ++r) {
-            const float* row = tokens + r * channels;
-            float* q = queries + r * width;
-            for (int64_t j = 0; j < s; ++j) q[j] = row[j * d];
-        }
+        for (int64_t r = 0; r < batch * n; ++r) copy_subvectors(tokens, channels, d, s, r, r + 1, queries);
 #pragma omp for schedule(static)
-        for (int64_t c = 0; c < batch * s; ++c) {
-            const float* column = queries + (c / s) * n * width + c % s;
-            double mean = 0.0, var = 0.0;
-            for (int64_t t = 0; t < n; ++t) mean += column[t * width];
-            mean /= static_cast<double>(n);
-            for (int64_t t = 0; t < n; ++t) {
-                const double dev = column[t * width] - mean;
-                var += dev * dev;
-            }
-            double spread = std::sqrt(var / static_cast<double>(n));
-            spread = spread < 0x1p-100 ? 0x1p-100 : spread;  // NaN stays NaN, as torch's clamp_min
-            const double step = std::exp2(std::floor(std::log2(spread)));
-            const double centre = std::nearbyint(mean / step) * step;  // half to even, as torch.round
-            shift[c] = std::isfinite(centre) ? static_cast<float>(centre) : 0.0f;
-        }
+        for (int64_t c = 0; c < batch * s; ++c) shift[c] = centre_of(queries + (c / s) * n * width + c % s, n, width);
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < batch * n; ++r) {
-            const float* centre = shift.data() + (r / n) * s;
-            float* q = queries + r * width;
-            float* k = keys + r * width;
-            float sq = 0.0f;
-            for (int64_t j = 0; j < s; ++j) {
-                const float c = q[j] - centre[j];
-                q[j] = c;
-                k[j] = c * -2.0f;
-                sq += c * c;
-            }
-            q[s] = sq;
-            q[s + 1] = 1.0f;
-            k[s] = 1.0f;
-            k[s + 1] = sq;
-        }
+        for (int64_t r = 0; r < batch * n; ++r) centre_rows(shift.data(), n, s, r, r + 1, queries, keys);
     }
 }
 
