@@ -13,8 +13,8 @@ sees every operation. This step swaps in forms that compute the same numbers wit
   x * (1 + erf(x / sqrt 2)) * 0.5, the op order onnxruntime fuses into one Gelu node (torch's order it leaves as
   five passes over the FFN's 4C-wide tensor).
 - DCConv without its custom ops: without autograd and autocast each DCConv calls its backend's functions
-  directly (`dcconv.cluster_layer`, `custom_ops=False`): the two custom op calls of a layer cost ~25 us each
-  inside B2 at batch 1, about 2 % of the forward. A FLOP counter then sees the backend's aten ops only.
+  directly (`dcconv.cluster_layer`, `custom_ops=False`): the two custom op calls of a layer cost ~40 us
+  inside B2 at batch 1, 1.3 % of the forward. A FLOP counter then sees the backend's aten ops only.
 - the blocks' linears as 1x1 convolutions on the NCHW view of the same memory (`pointwise_conv`, on by default):
   on the CPU oneDNN's convolution ran these GEMMs much faster than the Linear's MKL GEMM on the project's AMD
   EPYC (B2 eager: 50.6 against 65.3 ms at batch 1 with 2 threads, 80.6 against 110.9 ms with one thread; 975

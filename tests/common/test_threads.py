@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dccnext_cli.common.threads import CoreShare, others_running, spin_count
+from dccnext_cli.common.threads import BUSY_SPIN_COUNT, SPIN_COUNT, CoreShare, others_running, spin_count
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2,
                                 reason="Linux /proc and two cores")
@@ -123,7 +123,7 @@ def test_beside_busy_processes_the_command_spins_shorter():
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-    assert out.stdout.split() == ["True", "2000"]
+    assert out.stdout.split() == ["True", BUSY_SPIN_COUNT] and BUSY_SPIN_COUNT != SPIN_COUNT
 
 
 def test_others_running_counts_busy_strangers_not_itself(stranger):
@@ -138,7 +138,7 @@ def test_others_running_counts_busy_strangers_not_itself(stranger):
 
 
 @pytest.mark.parametrize("others, cores, expected", [
-    (0, 2, "10000"), (1, 2, "2000"), (2, 2, "2000"), (0, 16, "10000"), (3, 16, "10000"), (4, 16, "2000"),
+    (0, 2, "10000"), (1, 2, "500"), (2, 2, "500"), (0, 16, "10000"), (3, 16, "10000"), (4, 16, "500"),
 ])
 def test_the_spin_cap_shortens_from_a_quarter_of_the_cores_busy(others, cores, expected):
     assert spin_count(others, cores) == expected
