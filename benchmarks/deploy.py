@@ -46,7 +46,8 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(rounds=((2, 7), (1, 3)))
+        """Batch 32 gets five rounds: with three, B2's ratio to its control read 0.91-0.99 in identical runs."""
+        return cls(rounds=((2, 7), (1, 5)))
 
 
 def onnx_session(model: nn.Module, folder: Path, name: str, profile: bool = False):
