@@ -229,6 +229,7 @@ def cluster_layer(
         subvector_interval: int,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
+        *,
         custom_ops: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DCConv on a (B, H, W, E) map: (output (B, H, W, E), indices (B, N, K')), both steps by one backend.
@@ -406,7 +407,7 @@ class DCConv(nn.Module):
             out = cluster_conv_plain(x.reshape(batch, height * width, channels), idx, self.weight, self.bias)
             return out.view(batch, height, width, channels)
         out, idx = cluster_layer(x, self.cluster_size, self.subvector_interval, self.weight, self.bias,
-                                 self.custom_ops)
+                                 custom_ops=self.custom_ops)
         if self.keep_indices:
             self.last_indices = idx
         return out

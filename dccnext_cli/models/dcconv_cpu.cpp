@@ -127,7 +127,8 @@ inline void cluster_conv_tail(const T* image, const int64_t* idx, const float* w
     for (int64_t t = 0; t < n; ++t)
         for (int64_t e = e0; e < channels; ++e) {
             float acc = as_float(image[idx[t * k] * channels + e]) * weight[e];
-            for (int64_t j = 1; j < k; ++j) acc += as_float(image[idx[t * k + j] * channels + e]) * weight[j * channels + e];
+            for (int64_t j = 1; j < k; ++j)
+                acc += as_float(image[idx[t * k + j] * channels + e]) * weight[j * channels + e];
             if (bias != nullptr) acc += bias[e];
             out[t * channels + e] = from_float<T>(acc);
         }

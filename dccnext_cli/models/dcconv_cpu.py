@@ -8,7 +8,8 @@ ATen's `topk` over int64 selection keys was most of the layer. Here each step is
 - the distances stay one `torch.bmm` (the same matmul, so the same numbers, as every other backend);
 - `dcc_nearest`: the K' nearest of each row read straight from the float32 distances (per row, keys that order
   like the floats with ties to the lower token, taken K' times by branch-free minima; no `topk`, no key matrix);
-- `dcc_cluster_conv_*`: gather, product and sum over K' in float32, per row, for float32 or bfloat16 tokens.
+- `dcc_cluster_conv_*`: gather, product and sum over K' in float32, for float32 or bfloat16 tokens: per block of
+  32 channels (in L1 while its gathers read it), four tokens at a time (their sums side by side in registers).
 
 The convolution's gradients are Inductor's (`dcconv_inductor.cluster_conv_inductor_backward`). The file is compiled
 on first use with the C++ compiler Inductor uses (`CXX`, else g++), for this CPU (`-march=native`), into the user's
