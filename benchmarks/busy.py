@@ -11,7 +11,7 @@
   B2's speed ratio to each peer busy over quiet (1.0: the load hurts B2 no more than the peer), the median over the
   cycles and each cycle's. Each spin policy runs in a fresh process, since libgomp reads it when torch loads:
   libgomp's default (spin about 300,000 times, then sleep), the two caps the `dccnext` command sets
-  (`GOMP_SPINCOUNT=10000` when it starts on a quiet machine, 2000 when other programs already run) and
+  (`SPIN_COUNT` when it starts on a quiet machine, `BUSY_SPIN_COUNT` when other programs already run) and
   `OMP_WAIT_POLICY=PASSIVE` (no spin).
 - **training**: the quickstart-sized run `dccnext train --variant b0 --epochs 1 --set train_samples=3200
   --set eval_samples=32 --workers 0` alone, then twice at once; the pair's wall time over one alone (a fair

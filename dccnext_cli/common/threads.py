@@ -16,11 +16,12 @@ idle where they are not needed:
   machine the cap is `GOMP_SPINCOUNT=10000`, a few tens of microseconds: it cost nothing measurable there, and
   beside a test suite it halved a training's time. When other programs already keep cores busy as the command
   starts, the cap is 500: beside two busy processes on two cores B2's batch-8 inference with two threads took
-  0.40 s against 0.58 s with 10,000 and kept 0.94-0.97 of its quiet speed ratio to convformer_s18 (2,000:
-  0.89-0.90 in three of four runs). The price is paid only if the machine turns quiet while the command runs:
-  there 500 cost 23 % at batch 1 (55.9 against 45.3 ms; 1,000 cost 8 %, 2,000 nothing measurable) and nothing
-  at batch 8, where the gaps between ops are shorter than the spin. `OMP_WAIT_POLICY=PASSIVE` (no spin at all)
-  cost 25-35 % at batch 1. The user's own `GOMP_SPINCOUNT` or `OMP_WAIT_POLICY` wins.
+  0.40-0.45 s against 0.58-0.61 s with 10,000 and kept 0.94 and 0.91 of its quiet speed ratio to
+  convformer_s18 in two runs (2,000: 0.89-0.90 in three of four runs). The price is paid only if the machine
+  turns quiet while the command runs: there 500 cost 23 % at batch 1 (55.9 against 45.3 ms; 1,000 cost 8 %,
+  2,000 nothing measurable) and nothing at batch 8, where the gaps between ops are shorter than the spin.
+  `OMP_WAIT_POLICY=PASSIVE` (no spin at all) cost 25-35 % at batch 1. The user's own `GOMP_SPINCOUNT` or
+  `OMP_WAIT_POLICY` wins.
 """
 
 from __future__ import annotations
